@@ -1,0 +1,123 @@
+"""Command line: `python -m roomvision {prepare,train,evaluate,predict,…} --help`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import config
+
+
+def _add_roots(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", type=Path, action="append", dest="data_roots", metavar="DIR",
+                   help="dataset root(s), matched to manifest sources by folder name "
+                        f"(default: ${config.ENV_DATA_ROOT} or the manifest's sidecar)")
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    from .data import prepare, summarise
+    df, report = prepare(a.roots, a.out, seed=a.seed, resplit=a.resplit, workers=a.workers)
+    print(summarise(df, report))
+    print(f"manifest written: {a.out}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+    cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in TrainConfig.__dataclass_fields__})
+    train(cfg)
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate_cli
+    return evaluate_cli(a)
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .inference import Predictor, write_results
+    from .images import find_images
+    files = find_images(a.paths)
+    if not files:
+        print("no image files found in the given paths", file=sys.stderr)
+        return 2
+    predictor = Predictor(a.weights, device=a.device)
+    results = predictor.predict_paths(files, batch_size=a.batch_size, progress=not a.quiet)
+    write_results(results, a.out, predictor.classes)
+    errors = [r for r in results if r["error"]]
+    for r in errors:
+        print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
+    print(f"{len(results) - len(errors)} scored, {len(errors)} failed" + (f"; written to {a.out}" if a.out else ""),
+          file=sys.stderr)
+    return 1 if errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m roomvision",
+                                     description="Room type, photo quality and aesthetic score for listing photos.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="import class folders into a cleaned, split manifest with proxy labels")
+    p.add_argument("roots", type=Path, nargs="+", help="dataset roots, each with one sub-folder per class")
+    p.add_argument("--out", type=Path, default=config.DEFAULT_MANIFEST, help="manifest CSV (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=config.SPLIT_SEED)
+    p.add_argument("--resplit", action="store_true", help="draw the split anew instead of keeping the existing one")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="fine-tune the multi-task model and write a self-describing checkpoint")
+    p.add_argument("--manifest", type=Path, default=config.DEFAULT_MANIFEST)
+    _add_roots(p)
+    p.add_argument("--out", type=Path, default=config.WEIGHTS_DIR / "roomvision-new.pt")
+    p.add_argument("--run-dir", type=Path, default=None, help="TensorBoard logs and resumable state")
+    p.add_argument("--backbone", default="tf_efficientnet_lite0")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="random initialisation instead of packaged ImageNet weights")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate of the heads (backbone: lr/4)")
+    p.add_argument("--weight-decay", type=float, default=0.02)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--freeze-stages", type=int, default=2, help="backbone stages kept frozen (CPU speed)")
+    p.add_argument("--degraded-fraction", type=float, default=0.5,
+                   help="share of training photos replaced by a degraded copy in each epoch")
+    p.add_argument("--patience", type=int, default=3, help="early stopping on validation macro-F1")
+    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap for quick runs (0 = full epoch)")
+    p.add_argument("--relabels", type=Path, default=None, help="human labels CSV that overrides proxy labels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics on the test split or on a folder of class sub-folders")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--manifest", type=Path, default=config.DEFAULT_MANIFEST)
+    _add_roots(p)
+    p.add_argument("--folder", type=Path, default=None, help="evaluate on this folder of class sub-folders instead")
+    p.add_argument("--source", default=None, help="only manifest rows of this source (e.g. house-rooms)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--relabels", type=Path, default=config.DEFAULT_RELABELS)
+    p.add_argument("--out-dir", type=Path, default=None, help="where metrics JSON, confusion matrix and failures go")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="score image files or folders; CSV or JSON out")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help=".csv or .json (default: CSV on stdout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,201 @@
+"""Evaluation on the test split or any folder of class sub-folders: metrics JSON, confusion matrix, failures CSV."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import (accuracy_score, average_precision_score, classification_report, confusion_matrix,
+                             f1_score, precision_recall_curve, roc_auc_score, roc_curve)
+from torch.utils.data import DataLoader
+
+from .config import CACHE_DIR, CLASSES
+from .data import load_manifest, manifest_roots, resolve_paths, scan_root
+from .inference import Predictor, run_model, softmax_np
+from .labels import LabelStore
+from .model import file_sha256
+from .train import SampleDataset, best_quality_threshold, degraded_samples, real_samples
+from .transforms import eval_transform
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE of the top-class confidence over equal-width bins."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            ece += inside.mean() * abs((pred[inside] == labels[inside]).mean() - conf[inside].mean())
+    return float(ece)
+
+
+def reliability_curve(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
+    conf, correct = probs.max(1), probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    rows = [(float(conf[idx == b].mean()), float(correct[idx == b].mean()), int((idx == b).sum()))
+            for b in range(bins) if (idx == b).any()]
+    return {"confidence": [r[0] for r in rows], "accuracy": [r[1] for r in rows], "count": [r[2] for r in rows]}
+
+
+def _thin(xs: np.ndarray, n: int = 200) -> list[float]:
+    idx = np.linspace(0, len(xs) - 1, min(n, len(xs))).round().astype(int)
+    return [round(float(v), 5) for v in np.asarray(xs)[idx]]
+
+
+def quality_metrics(p_good: np.ndarray, good: np.ndarray) -> dict:
+    """ROC-AUC, PR-AUC (BAD as the positive class), best-F1 threshold and curves."""
+    if len(np.unique(good)) < 2:
+        return {"n": int(len(good)), "note": "only one class present; AUC undefined"}
+    p_bad, bad = 1 - p_good, 1 - good
+    fpr, tpr, _ = roc_curve(bad, p_bad)
+    prec, rec, _ = precision_recall_curve(bad, p_bad)
+    threshold, f1 = best_quality_threshold(p_good, good)
+    return {"n": int(len(good)), "bad_share": float(bad.mean()), "roc_auc": float(roc_auc_score(bad, p_bad)),
+            "pr_auc": float(average_precision_score(bad, p_bad)), "best_f1_threshold": threshold,
+            "best_macro_f1": f1, "roc_curve": {"fpr": _thin(fpr), "tpr": _thin(tpr)},
+            "pr_curve": {"precision": _thin(prec), "recall": _thin(rec)}}
+
+
+def room_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, macro-F1 over the classes present, per-class report and confusion matrix."""
+    pred = probs.argmax(1)
+    present = sorted(np.unique(y).tolist())
+    report = classification_report(y, pred, labels=present, target_names=[classes[i] for i in present],
+                                   output_dict=True, zero_division=0)
+    return {"n": int(len(y)), "accuracy": float(accuracy_score(y, pred)),
+            "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+            "per_class": {classes[i]: {k: float(v) for k, v in report[classes[i]].items()} for i in present},
+            "confusion_matrix": confusion_matrix(y, pred, labels=list(range(len(classes)))).tolist()}
+
+
+def save_confusion(cm: list[list[int]], classes: list[str], stem: Path) -> None:
+    """Confusion matrix as CSV and PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+    pd.DataFrame(cm, index=[f"true_{c}" for c in classes], columns=[f"pred_{c}" for c in classes]).to_csv(
+        stem.with_suffix(".confusion.csv"))
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ConfusionMatrixDisplay(np.array(cm), display_labels=classes).plot(ax=ax, cmap="Blues", colorbar=False)
+    ax.set_title("Room confusion matrix")
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".confusion.png"), dpi=110)
+    plt.close(fig)
+
+
+def evaluate(predictor: Predictor, samples: pd.DataFrame, batch_size: int = 64, human: pd.DataFrame | None = None,
+             progress: str | None = "evaluating") -> tuple[dict, pd.DataFrame]:
+    """All metrics for real (and optional degraded) samples; returns metrics and per-sample outputs."""
+    loader = DataLoader(SampleDataset(samples, eval_transform(predictor.checkpoint.preprocess)),
+                        batch_size=batch_size, num_workers=1)
+    raw = run_model(predictor.model, loader, predictor.device, progress=progress)
+    t = predictor.thresholds
+    probs_raw, probs = softmax_np(raw["room"]), softmax_np(raw["room"], t.temperature)
+    p_good = 1 / (1 + np.exp(-raw["quality"]))
+    aest = raw["aesthetic"] @ np.arange(1, 11)
+    clean = (samples["degrade"] == "").values
+    y = samples["class_idx"].values
+    m = {"room": room_metrics(probs[clean], y[clean], predictor.classes)}
+    m["room_degraded"] = ({"n": int((~clean).sum()), "accuracy": float((probs[~clean].argmax(1) == y[~clean]).mean())}
+                          if (~clean).any() else {})
+    m["calibration"] = {"temperature": t.temperature,
+                        "ece_before": expected_calibration_error(probs_raw[clean], y[clean]),
+                        "ece_after": expected_calibration_error(probs[clean], y[clean]),
+                        "reliability_after": reliability_curve(probs[clean], y[clean])}
+    m["quality_vs_proxy"] = quality_metrics(p_good, samples["quality"].values)
+    m["quality_vs_proxy"]["threshold_in_use"] = t.quality
+    if human is not None and len(human):
+        hq = samples["human_quality"].values
+        has = hq != ""
+        m["quality_vs_human"] = quality_metrics(p_good[has], (hq[has] == "GOOD").astype(float))
+    m["aesthetic"] = {"srcc": float(spearmanr(aest, samples["aesthetic"]).statistic),
+                      "plcc": float(pearsonr(aest, samples["aesthetic"]).statistic),
+                      "histogram": np.histogram(aest[clean], bins=np.arange(1, 11.5, 0.5))[0].tolist(),
+                      "note": "targets are proxy scores from photo properties until humans rate"}
+    out = samples.copy()
+    for j, c in enumerate(predictor.classes):
+        out[f"prob_{c}"] = probs[:, j]
+    out["pred_idx"] = probs.argmax(1)
+    out["loss"] = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))
+    out["quality_prob_good"], out["aesthetic_score"] = p_good, aest
+    return m, out
+
+
+def failures_frame(out: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Misclassified clean samples: path, source, true, predicted, probabilities, loss."""
+    wrong = out[(out["degrade"] == "") & (out["pred_idx"] != out["class_idx"])]
+    f = pd.DataFrame({"path": wrong["path"], "source": wrong["source"],
+                      "true": [classes[i] for i in wrong["class_idx"]],
+                      "predicted": [classes[i] for i in wrong["pred_idx"]]})
+    for c in classes:
+        f[f"prob_{c}"] = wrong[f"prob_{c}"].round(5)
+    f["confidence"] = wrong[[f"prob_{c}" for c in classes]].max(axis=1).round(5)
+    f["loss"] = wrong["loss"].round(5)
+    return f.sort_values("loss", ascending=False).reset_index(drop=True)
+
+
+def folder_samples(folder: Path) -> pd.DataFrame:
+    """A manifest-like frame (with proxy labels measured now) for a folder of class sub-folders."""
+    from .data import analyse_file
+    items, unknown = scan_root(folder)
+    for u in unknown:
+        print(f"skipped folder (no matching class): {u}", file=sys.stderr)
+    rows = []
+    for rel, cls in items:
+        res = analyse_file(str(folder / rel))
+        if "error" in res:
+            print(f"unreadable {rel}: {res['error']}", file=sys.stderr)
+            continue
+        rows.append({"source": folder.name, "path": rel, "class": cls, "split": "test", **res})
+    if not rows:
+        raise ValueError(f"no readable images under class folders of {folder}")
+    return pd.DataFrame(rows)
+
+
+def evaluate_cli(a: argparse.Namespace) -> int:
+    predictor = Predictor(a.weights, device=a.device)
+    if a.folder:
+        df = folder_samples(a.folder)
+        paths = [a.folder / p for p in df["path"]]
+        tag, degraded_cache = f"folder-{a.folder.name}", None
+    else:
+        df = load_manifest(a.manifest)
+        df = df[df["split"] == a.split]
+        if a.source:
+            df = df[df["source"] == a.source]
+        if df.empty:
+            raise ValueError(f"no manifest rows for split={a.split!r} source={a.source!r}")
+        paths = resolve_paths(df, manifest_roots(a.manifest, a.data_roots))
+        tag = a.split + (f"-{a.source}" if a.source else "")
+        degraded_cache = CACHE_DIR / f"degraded-{file_sha256(a.manifest)[:12]}.csv"
+    df = df.reset_index(drop=True)
+    real = real_samples(df, paths, a.relabels)
+    parts = [real]
+    if degraded_cache is not None:
+        parts.append(degraded_samples(real, degraded_cache))
+    samples = pd.concat(parts, ignore_index=True)
+    human = LabelStore(a.relabels).merged() if a.relabels and Path(a.relabels).is_file() else None
+    metrics, out = evaluate(predictor, samples, a.batch_size, human)
+    metrics.update(model_version=predictor.version, weights=str(predictor.weights), evaluated_on=tag,
+                   sources=sorted(df["source"].unique().tolist()))
+    out_dir = a.out_dir or predictor.weights.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{predictor.weights.stem}.{tag}"
+    stem.with_suffix(".metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    save_confusion(metrics["room"]["confusion_matrix"], predictor.classes, stem)
+    if tag.startswith("test") or a.folder:
+        failures_frame(out, predictor.classes).to_csv(stem.with_suffix(".failures.csv"), index=False)
+    r, q = metrics["room"], metrics["quality_vs_proxy"]
+    print(f"{tag}: n={r['n']} accuracy {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f}; "
+          f"quality ROC-AUC {q.get('roc_auc', float('nan')):.4f} (n={q['n']}); "
+          f"ECE {metrics['calibration']['ece_before']:.4f} -> {metrics['calibration']['ece_after']:.4f}; "
+          f"aesthetic SRCC {metrics['aesthetic']['srcc']:.3f}")
+    print(f"written: {stem.with_suffix('.metrics.json')}")
+    return 0

@@ -1,0 +1,89 @@
+"""The one image decoding function used by the CLI, the app and the API."""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+class ImageDecodeError(ValueError):
+    """An input that is not a usable image; the message is meant for the user."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB (alpha composited on white, 16-bit scaled down)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 0.0
+        scale = 255.0 / (65535.0 if hi > 255 else max(hi, 1.0) if img.mode == "F" else 255.0)
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_image(source: str | Path | bytes | io.IOBase, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
+    """Decode a path, bytes or file object into an upright RGB image, or raise ImageDecodeError."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageDecodeError(f"file not found: {path}")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ImageDecodeError(f"file too large: {size:,} bytes (limit {max_bytes:,})")
+        data = path.read_bytes()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        data = source.read(max_bytes + 1)
+    if len(data) == 0:
+        raise ImageDecodeError("empty file (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageDecodeError(f"file too large: more than {max_bytes:,} bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise ImageDecodeError(
+                    f"image too large: {img.width}x{img.height} pixels (limit {MAX_IMAGE_PIXELS:,})")
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            rgb = _to_rgb(img)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"image too large (decompression-bomb limit): {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image, or an unsupported image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
+            ZeroDivisionError, MemoryError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+    if rgb.width < 1 or rgb.height < 1:
+        raise ImageDecodeError("image has no pixels")
+    return rgb
+
+
+def find_images(paths: list[str | Path]) -> list[Path]:
+    """Expand files and folders (recursively) into a sorted list of candidate image files."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(p)
+    return found

@@ -1,0 +1,172 @@
+"""Serving: load a checkpoint once, score batches of images, turn outputs into decisions."""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .config import default_weights_path
+from .images import ImageDecodeError, load_image
+from .model import Checkpoint, RoomVisionNet, Thresholds, resolve_device
+from .transforms import eval_transform
+
+SCORE_BINS = np.arange(1, 11, dtype=np.float64)
+
+
+def autocast(device: torch.device):
+    """Mixed precision on CUDA, plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def aesthetic_stats(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of 10-bin score distributions."""
+    mean = probs @ SCORE_BINS
+    std = np.sqrt(np.clip(probs @ SCORE_BINS ** 2 - mean ** 2, 0, None))
+    return mean, std
+
+
+def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@torch.inference_mode()
+def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str | None = None) -> dict:
+    """Raw outputs over a loader yielding (images, …): room logits, quality logits, aesthetic probs, features."""
+    model.eval()
+    out = {"room": [], "quality": [], "aesthetic": [], "features": []}
+    for batch in tqdm(loader, desc=progress, unit="batch", disable=progress is None, file=sys.stderr):
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            feats = model.backbone(x)
+            heads = model.heads(feats)
+        out["features"].append(feats.float().cpu())
+        out["room"].append(heads["room"].float().cpu())
+        out["quality"].append(heads["quality"].float().cpu())
+        out["aesthetic"].append(torch.softmax(heads["aesthetic"].float(), dim=1).cpu())
+    return {k: torch.cat(v).numpy() if v else np.zeros((0,)) for k, v in out.items()}
+
+
+class _PathDataset(Dataset):
+    """Decodes files in DataLoader workers; a bad file yields an error string instead of a tensor."""
+
+    def __init__(self, paths, transform):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return self.transform(load_image(self.paths[i])), ""
+        except ImageDecodeError as exc:
+            return None, str(exc)
+
+
+def _collate(items):
+    ok = [x for x, _ in items if x is not None]
+    return (torch.stack(ok) if ok else None), [err for _, err in items]
+
+
+class Predictor:
+    """The model of one checkpoint, ready to score images on the chosen device."""
+
+    def __init__(self, weights: str | Path | None = None, device: str = "auto", threads: int | None = None):
+        self.weights = Path(weights) if weights else default_weights_path()
+        self.checkpoint = Checkpoint.load(self.weights)
+        self.device = resolve_device(device)
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = self.checkpoint.build_model().to(self.device).to(memory_format=torch.channels_last)
+        self.transform = eval_transform(self.checkpoint.preprocess)
+        self.classes = list(self.checkpoint.classes)
+        self.thresholds = self.checkpoint.thresholds
+        self.version = self.checkpoint.version
+
+    def _rows(self, raw: dict) -> list[dict]:
+        probs = softmax_np(raw["room"], self.thresholds.temperature)
+        p_good = 1 / (1 + np.exp(-raw["quality"]))
+        mean, std = aesthetic_stats(raw["aesthetic"])
+        rows = []
+        for i in range(len(probs)):
+            row = {"room": self.classes[int(probs[i].argmax())]}
+            row.update({f"prob_{c}": float(probs[i, j]) for j, c in enumerate(self.classes)})
+            row.update(quality_prob_good=float(p_good[i]),
+                       quality_label="GOOD" if p_good[i] >= self.thresholds.quality else "BAD",
+                       aesthetic_score=float(mean[i]), aesthetic_std=float(std[i]),
+                       aesthetic_distribution=raw["aesthetic"][i].round(4).tolist(), error="")
+            rows.append(row)
+        return rows
+
+    def predict_images(self, images: list[Image.Image]) -> list[dict]:
+        """Score decoded RGB images together as one batch."""
+        if not images:
+            return []
+        x = torch.stack([self.transform(img) for img in images])
+        return self._rows(run_model(self.model, [x], self.device))
+
+    def predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int = 1,
+                      progress: bool = False) -> list[dict]:
+        """Score files in batches (decoding in a worker); unreadable files get an error row."""
+        loader = DataLoader(_PathDataset(paths, self.transform), batch_size=batch_size, num_workers=workers,
+                            collate_fn=_collate, pin_memory=self.device.type == "cuda")
+        results: list[dict] = []
+        bar = tqdm(total=len(paths), desc="scoring", unit="img", disable=not progress, file=sys.stderr)
+        for x, errors in loader:
+            scored = iter(self._rows(run_model(self.model, [x], self.device)) if x is not None else [])
+            for err in errors:
+                path = str(paths[len(results)])
+                results.append({"path": path, **next(scored)} if not err else {"path": path, "error": err})
+                bar.update(1)
+        bar.close()
+        return results
+
+
+def decide(row: dict, thresholds: Thresholds, classes: list[str]) -> dict:
+    """Decisions for one prediction at the given thresholds (no model call)."""
+    if row.get("error"):
+        return {"room_decision": "", "quality_decision": "", "listing_ready": False}
+    confidence = max(row[f"prob_{c}"] for c in classes)
+    room = row["room"] if confidence >= thresholds.min_room_confidence else "uncertain"
+    quality = "GOOD" if row["quality_prob_good"] >= thresholds.quality else "BAD"
+    ready = quality == "GOOD" and room != "uncertain" and row["aesthetic_score"] >= thresholds.listing_ready_min_aesthetic
+    return {"room_decision": room, "room_confidence": confidence, "quality_decision": quality, "listing_ready": ready}
+
+
+def results_frame(results: list[dict], classes: list[str]) -> pd.DataFrame:
+    """Fixed column order: path, room, prob_<class>…, quality_prob_good, quality_label, aesthetic_score, aesthetic_std, error."""
+    cols = ["path", "room", *[f"prob_{c}" for c in classes], "quality_prob_good", "quality_label",
+            "aesthetic_score", "aesthetic_std", "error"]
+    df = pd.DataFrame(results).reindex(columns=cols)
+    df["error"] = df["error"].fillna("")
+    return df
+
+
+def write_results(results: list[dict], out: Path | None, classes: list[str]) -> None:
+    """CSV (default, stdout when out is None) or JSON by the file suffix."""
+    df = results_frame(results, classes)
+    if out is not None and out.suffix.lower() == ".json":
+        records = json.loads(df.to_json(orient="records"))
+        out.write_text(json.dumps(records, indent=2) + "\n")
+    elif out is not None:
+        df.to_csv(out, index=False)
+    else:
+        df.to_csv(sys.stdout, index=False)
+
+
+def thresholds_dict(t: Thresholds) -> dict:
+    return asdict(t)

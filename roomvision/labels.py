@@ -1,0 +1,148 @@
+"""Append-only store of human quality labels: atomic, locked appends; tolerant reads; merged view."""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import os
+import warnings
+from pathlib import Path, PurePosixPath
+
+import pandas as pd
+from filelock import FileLock
+
+COLUMNS = ["path", "sha256", "proxy_label", "human_label", "rating", "annotator", "timestamp", "model_version"]
+DECISIONS = ("GOOD", "BAD", "SKIP", "UNDO")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+class LabelError(ValueError):
+    """A label row that cannot be stored as given."""
+
+
+def safe_relative_path(path: str) -> str:
+    """The path as a clean POSIX path relative to the dataset root; LabelError if it escapes it."""
+    text = str(path).replace("\\", "/")
+    p = PurePosixPath(text)
+    if not text or p.is_absolute() or ".." in p.parts or (len(text) > 1 and text[1] == ":"):
+        raise LabelError(f"path must be relative to the dataset root and stay inside it: {path!r}")
+    return p.as_posix()
+
+
+def _encode_row(row: dict) -> bytes:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([row.get(c, "") for c in COLUMNS])
+    return buf.getvalue().encode("utf-8")
+
+
+class LabelStore:
+    """One CSV of decisions; each append is a single locked, fsynced write of one complete line."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock = FileLock(str(self.path) + ".lock")
+
+    def append(self, path: str, human_label: str, sha256: str = "", proxy_label: str = "",
+               rating: int | None = None, annotator: str = "", model_version: str = "") -> dict:
+        """Validate and durably append one decision; returns the stored row."""
+        label = human_label.upper()
+        if label not in DECISIONS:
+            raise LabelError(f"label must be one of {', '.join(DECISIONS)}, not {human_label!r}")
+        if rating not in (None, "") and not (isinstance(rating, int) and 1 <= rating <= 5):
+            raise LabelError(f"rating must be an integer from 1 to 5, not {rating!r}")
+        row = {"path": safe_relative_path(path), "sha256": sha256, "proxy_label": proxy_label,
+               "human_label": label, "rating": "" if rating in (None, "") else rating,
+               "annotator": annotator.strip()[:80],
+               "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
+               "model_version": model_version}
+        line = _encode_row(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                prefix = b""
+                if size == 0:
+                    prefix = _encode_row(dict(zip(COLUMNS, COLUMNS)))
+                elif not self._ends_with_newline(size):
+                    prefix = b"\n"  # a torn line from a crash stays isolated on its own line
+                data = prefix + line
+                written = os.write(fd, data)
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return row
+
+    def _ends_with_newline(self, size: int) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(size - 1)
+            return f.read(1) == b"\n"
+
+    def read_raw(self) -> pd.DataFrame:
+        """Every well-formed row in order; torn or unsafe rows are reported with a warning and skipped."""
+        if not self.path.is_file():
+            return pd.DataFrame(columns=COLUMNS)
+        raw = self.path.read_bytes()
+        rows, bad = [], 0
+        lines = raw.split(b"\n")
+        complete = lines[:-1]  # the part after the last newline is a torn line (or empty)
+        if lines[-1]:
+            warnings.warn(f"{self.path}: ignoring an incomplete last line (interrupted write)")
+        for i, line in enumerate(complete):
+            try:
+                values = next(csv.reader([line.decode("utf-8")]))
+            except (UnicodeDecodeError, StopIteration, csv.Error):
+                bad += 1
+                continue
+            if i == 0 and values == COLUMNS:
+                continue
+            if len(values) != len(COLUMNS) or values[3] not in DECISIONS:
+                bad += 1
+                continue
+            row = dict(zip(COLUMNS, values))
+            try:
+                row["path"] = safe_relative_path(row["path"])
+            except LabelError:
+                bad += 1
+                continue
+            rows.append(row)
+        if bad:
+            warnings.warn(f"{self.path}: ignored {bad} malformed or unsafe row(s)")
+        return pd.DataFrame(rows, columns=COLUMNS)
+
+    def merged(self) -> pd.DataFrame:
+        """Latest decision per image with undo honoured; only GOOD/BAD decisions remain."""
+        stacks: dict[str, list[dict]] = {}
+        for row in self.read_raw().to_dict("records"):
+            stack = stacks.setdefault(row["path"], [])
+            if row["human_label"] == "UNDO":
+                if stack:
+                    stack.pop()
+            else:
+                stack.append(row)
+        latest = [s[-1] for s in stacks.values() if s and s[-1]["human_label"] in ("GOOD", "BAD")]
+        df = pd.DataFrame(latest, columns=COLUMNS)
+        df["rating"] = pd.to_numeric(df["rating"], errors="coerce")
+        return df.reset_index(drop=True)
+
+    def decided_paths(self) -> set[str]:
+        """Images with a standing decision (GOOD, BAD or SKIP) after undos."""
+        stacks: dict[str, list[str]] = {}
+        for path, label in zip(*self.read_raw()[["path", "human_label"]].T.values):
+            stack = stacks.setdefault(path, [])
+            stack.pop() if label == "UNDO" and stack else (label != "UNDO" and stack.append(label))
+        return {p for p, s in stacks.items() if s}
+
+
+def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """Prefix cells that a spreadsheet would run as formulas with a quote (CSV injection)."""
+    def fix(v):
+        return "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v
+    return df.map(fix)
+
+
+def export_csv(df: pd.DataFrame) -> bytes:
+    """Merged labels as CSV bytes, safe to open in a spreadsheet."""
+    return neutralise_formulas(df).to_csv(index=False).encode("utf-8")

