@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.02)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--freeze-stages", type=int, default=2, help="backbone stages kept frozen (CPU speed)")
-    p.add_argument("--degraded-fraction", type=float, default=0.5,
+    p.add_argument("--degraded-fraction", type=float, default=0.35,
                    help="share of training photos replaced by a degraded copy in each epoch")
     p.add_argument("--patience", type=int, default=3, help="early stopping on validation macro-F1")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap for quick runs (0 = full epoch)")

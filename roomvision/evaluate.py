@@ -199,3 +199,21 @@ def evaluate_cli(a: argparse.Namespace) -> int:
           f"aesthetic SRCC {metrics['aesthetic']['srcc']:.3f}")
     print(f"written: {stem.with_suffix('.metrics.json')}")
     return 0
+
+
+def report_paths(weights: Path, tag: str = "test") -> dict[str, Path]:
+    """Where `evaluate` writes its outputs for a weights file."""
+    stem = Path(weights).parent / f"{Path(weights).stem}.{tag}"
+    return {k: stem.with_suffix(f".{k}.{ext}") for k, ext in
+            (("metrics", "json"), ("failures", "csv"), ("confusion", "csv"))}
+
+
+def filter_failures(df: pd.DataFrame, true: str | None = None, predicted: str | None = None,
+                    confidence: tuple[float, float] = (0.0, 1.0), sort_by: str = "loss") -> pd.DataFrame:
+    """Failures for one confusion cell / class filter and confidence range, most telling first."""
+    keep = df["confidence"].between(*confidence)
+    if true:
+        keep &= df["true"] == true
+    if predicted:
+        keep &= df["predicted"] == predicted
+    return df[keep].sort_values(sort_by, ascending=False).reset_index(drop=True)

@@ -44,11 +44,18 @@ def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 @torch.inference_mode()
-def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str | None = None) -> dict:
-    """Raw outputs over a loader yielding (images, …): room logits, quality logits, aesthetic probs, features."""
+def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str | None = None,
+              on_batch=None) -> dict:
+    """Raw outputs over a loader yielding (images, …): room logits, quality logits, aesthetic probs, features.
+
+    `progress` names a tqdm bar; `on_batch(done, total)` reports progress to a UI.
+    """
     model.eval()
     out = {"room": [], "quality": [], "aesthetic": [], "features": []}
-    for batch in tqdm(loader, desc=progress, unit="batch", disable=progress is None, file=sys.stderr):
+    total = len(loader) if hasattr(loader, "__len__") else 0
+    for i, batch in enumerate(tqdm(loader, desc=progress, unit="batch", disable=progress is None, file=sys.stderr)):
+        if on_batch is not None:
+            on_batch(i, total)
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device):
@@ -170,3 +177,17 @@ def write_results(results: list[dict], out: Path | None, classes: list[str]) -> 
 
 def thresholds_dict(t: Thresholds) -> dict:
     return asdict(t)
+
+
+def gradcam(predictor: Predictor, img: Image.Image, class_index: int | None = None) -> tuple[np.ndarray, int]:
+    """Grad-CAM of the room head on the last feature map: a 0-1 heat map and the class it explains."""
+    model = predictor.model
+    x = predictor.transform(img).unsqueeze(0).to(predictor.device)
+    with torch.enable_grad():
+        fmap = model.backbone.forward_features(x).detach().requires_grad_(True)
+        logits = model.room_head(model.backbone.forward_head(fmap))
+        c = int(logits.argmax(1)) if class_index is None else class_index
+        logits[0, c].backward()
+    weights = fmap.grad.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * fmap).sum(1))[0].detach().cpu().numpy()
+    return cam / cam.max() if cam.max() > 0 else cam, c

@@ -8,6 +8,7 @@ import os
 import warnings
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pandas as pd
 from filelock import FileLock
 
@@ -112,28 +113,27 @@ class LabelStore:
             warnings.warn(f"{self.path}: ignored {bad} malformed or unsafe row(s)")
         return pd.DataFrame(rows, columns=COLUMNS)
 
-    def merged(self) -> pd.DataFrame:
-        """Latest decision per image with undo honoured; only GOOD/BAD decisions remain."""
+    def _standing(self) -> dict[str, dict]:
+        """Per image (sha256, else path) the decision still standing after undos."""
         stacks: dict[str, list[dict]] = {}
         for row in self.read_raw().to_dict("records"):
-            stack = stacks.setdefault(row["path"], [])
-            if row["human_label"] == "UNDO":
-                if stack:
-                    stack.pop()
-            else:
+            stack = stacks.setdefault(row["sha256"] or row["path"], [])
+            if row["human_label"] != "UNDO":
                 stack.append(row)
-        latest = [s[-1] for s in stacks.values() if s and s[-1]["human_label"] in ("GOOD", "BAD")]
+            elif stack:
+                stack.pop()
+        return {k: s[-1] for k, s in stacks.items() if s}
+
+    def merged(self) -> pd.DataFrame:
+        """Latest GOOD/BAD decision per image with undo honoured: what training reads."""
+        latest = [r for r in self._standing().values() if r["human_label"] in ("GOOD", "BAD")]
         df = pd.DataFrame(latest, columns=COLUMNS)
         df["rating"] = pd.to_numeric(df["rating"], errors="coerce")
         return df.reset_index(drop=True)
 
-    def decided_paths(self) -> set[str]:
-        """Images with a standing decision (GOOD, BAD or SKIP) after undos."""
-        stacks: dict[str, list[str]] = {}
-        for path, label in zip(*self.read_raw()[["path", "human_label"]].T.values):
-            stack = stacks.setdefault(path, [])
-            stack.pop() if label == "UNDO" and stack else (label != "UNDO" and stack.append(label))
-        return {p for p, s in stacks.items() if s}
+    def decided_keys(self) -> set[str]:
+        """Images (sha256, else path) with a standing decision, skips included."""
+        return set(self._standing())
 
 
 def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
@@ -146,3 +146,34 @@ def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
 def export_csv(df: pd.DataFrame) -> bytes:
     """Merged labels as CSV bytes, safe to open in a spreadsheet."""
     return neutralise_formulas(df).to_csv(index=False).encode("utf-8")
+
+
+def human_lookup(merged: pd.DataFrame, sha256s, paths) -> list[dict | None]:
+    """The merged human decision for each (sha256, path), matched by hash first."""
+    records = merged.to_dict("records")
+    by_sha = {r["sha256"]: r for r in records if r["sha256"]}
+    by_path = {r["path"]: r for r in records}
+    return [by_sha.get(h) or by_path.get(p) for h, p in zip(sha256s, paths)]
+
+
+def relabel_queue(manifest: pd.DataFrame, p_good: pd.Series | None, threshold: float, decided: set[str],
+                  order: str = "informative", include_labelled: bool = False, seed: int = 0) -> pd.DataFrame:
+    """Manifest rows to label next.
+
+    'informative': model and proxy disagree first, then P(GOOD) nearest the threshold; 'random'; 'file'.
+    `p_good` is indexed by sha256 (missing photos sort last under 'informative').
+    """
+    q = manifest.copy()
+    if not include_labelled:
+        q = q[~(q["sha256"].isin(decided) | q["path"].isin(decided))]
+    q["p_good"] = q["sha256"].map(p_good) if p_good is not None else np.nan
+    if order == "random":
+        return q.sample(frac=1, random_state=seed).reset_index(drop=True)
+    if order == "file":
+        return q.sort_values(["source", "path"]).reset_index(drop=True)
+    if order != "informative":
+        raise ValueError(f"unknown queue order {order!r}")
+    model_good = q["p_good"] >= threshold
+    q["disagree"] = q["p_good"].notna() & (model_good != (q["quality_label"] == "GOOD"))
+    q["margin"] = (q["p_good"] - threshold).abs().fillna(np.inf)
+    return q.sort_values(["disagree", "margin", "path"], ascending=[False, True, True]).reset_index(drop=True)

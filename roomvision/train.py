@@ -25,7 +25,7 @@ from .config import CACHE_DIR, CLASSES, DEFAULT_MANIFEST, WEIGHTS_DIR
 from .data import load_manifest, manifest_roots, resolve_paths
 from .images import load_image
 from .inference import autocast, run_model, softmax_np
-from .labels import LabelStore
+from .labels import LabelStore, human_lookup
 from .model import DEFAULT_BACKBONE, Checkpoint, Preprocess, RoomVisionNet, Thresholds, file_sha256, resolve_device
 from .quality import DEGRADATIONS, aesthetic_target, compute_metrics, degrade, quality_label, score_distribution
 from .transforms import eval_transform, train_transform
@@ -45,7 +45,7 @@ class TrainConfig:
     weight_decay: float = 0.02
     label_smoothing: float = 0.1
     freeze_stages: int = 2
-    degraded_fraction: float = 0.5
+    degraded_fraction: float = 0.35
     patience: int = 3
     max_steps_per_epoch: int = 0
     relabels: Path | None = None
@@ -72,11 +72,8 @@ def real_samples(df: pd.DataFrame, paths: list[Path], relabels: Path | None) -> 
         "human_quality": "", "degrade": "", "seed": [int(h[:8], 16) for h in df["sha256"]],
     })
     if relabels is not None and Path(relabels).is_file():
-        human = LabelStore(relabels).merged()
-        by_sha = {h: r for h, r in zip(human["sha256"], human.to_dict("records")) if h}
-        by_path = {r["path"]: r for r in human.to_dict("records")}
-        for i, (sha, path) in enumerate(zip(s["sha256"], s["path"])):
-            r = by_sha.get(sha) or by_path.get(path)
+        found = human_lookup(LabelStore(relabels).merged(), s["sha256"], s["path"])
+        for i, r in enumerate(found):
             if r is None:
                 continue
             s.at[i, "human_quality"] = r["human_label"]

@@ -1,0 +1,97 @@
+"""Metrics of the active model, the model versions in weights/, and head retraining from human labels."""
+import json
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from roomvision.config import default_weights_path
+from roomvision.evaluate import report_paths
+from roomvision.features import build_feature_cache, cache_path, load_feature_cache
+from roomvision.labels import LabelStore
+from roomvision.retrain import retrain_heads
+from roomvision.webapp import active_weights, dataset_roots_sidebar, get_predictor, list_models, manifest_path, relabels_path
+
+st.title("Model")
+weights_dir = default_weights_path().parent
+models = list_models(weights_dir)
+st.subheader(f"Versions in {weights_dir}")
+st.dataframe(models, hide_index=True)
+usable = models[models["error"] == ""]["file"].tolist() if len(models) else []
+current = active_weights()
+if usable:
+    choice = st.selectbox("Active model for this session", usable,
+                          index=usable.index(current.name) if current.name in usable else 0)
+    if weights_dir / choice != current:
+        st.session_state["active_weights"] = str(weights_dir / choice)
+        st.rerun()
+
+predictor = get_predictor()
+if predictor is None:
+    st.stop()
+ckpt = predictor.checkpoint
+st.caption(f"**{ckpt.version}** · backbone {ckpt.backbone} · input {ckpt.preprocess.input_size}px · "
+           f"temperature {ckpt.thresholds.temperature:.2f} · quality threshold {ckpt.thresholds.quality:.2f} · "
+           f"created {ckpt.created}")
+
+metrics_file = report_paths(predictor.weights)["metrics"]
+if not metrics_file.is_file():
+    st.info(f"No test metrics yet for this model. Run `python -m roomvision evaluate --weights {predictor.weights}`. "
+            "Validation figures from training:")
+    st.json(ckpt.metrics.get("validation", {}))
+else:
+    m = json.loads(metrics_file.read_text())
+    r, q, cal, aes = m["room"], m["quality_vs_proxy"], m["calibration"], m["aesthetic"]
+    cols = st.columns(5)
+    cols[0].metric("Room accuracy", f"{r['accuracy']:.3f}")
+    cols[1].metric("Room macro-F1", f"{r['macro_f1']:.3f}")
+    cols[2].metric("Quality ROC-AUC", f"{q.get('roc_auc', float('nan')):.3f}")
+    cols[3].metric("ECE after scaling", f"{cal['ece_after']:.3f}", f"before {cal['ece_before']:.3f}", delta_color="off")
+    cols[4].metric("Aesthetic SRCC (proxy)", f"{aes['srcc']:.3f}")
+    st.caption(f"Evaluated on {m['evaluated_on']} ({', '.join(m['sources'])}), n = {r['n']} photos.")
+    st.dataframe(pd.DataFrame(r["per_class"]).T, column_config={"support": st.column_config.NumberColumn(format="%d")})
+    classes = list(r["per_class"])
+    left, right = st.columns(2)
+    cm = go.Figure(go.Heatmap(z=r["confusion_matrix"], x=ckpt.classes, y=ckpt.classes, colorscale="Blues",
+                              text=r["confusion_matrix"], texttemplate="%{text}"))
+    cm.update_layout(title="Confusion matrix", xaxis_title="predicted", yaxis_title="true",
+                     yaxis_autorange="reversed", height=380)
+    left.plotly_chart(cm)
+    rel = cal["reliability_after"]
+    calib = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line=dict(dash="dot")),
+                       go.Scatter(x=rel["confidence"], y=rel["accuracy"], mode="lines+markers", name="model")])
+    calib.update_layout(title="Calibration (after temperature scaling)", xaxis_title="confidence",
+                        yaxis_title="accuracy", height=380)
+    right.plotly_chart(calib)
+    if "roc_curve" in q:
+        roc = go.Figure(go.Scatter(x=q["roc_curve"]["fpr"], y=q["roc_curve"]["tpr"], mode="lines"))
+        roc.update_layout(title=f"Quality ROC (BAD positive), AUC {q['roc_auc']:.3f}", xaxis_title="false positive rate",
+                          yaxis_title="true positive rate", height=340)
+        left.plotly_chart(roc)
+        pr = go.Figure(go.Scatter(x=q["pr_curve"]["recall"], y=q["pr_curve"]["precision"], mode="lines"))
+        pr.update_layout(title=f"Quality precision-recall, AUC {q['pr_auc']:.3f}", xaxis_title="recall",
+                         yaxis_title="precision", height=340)
+        right.plotly_chart(pr)
+    hist = go.Figure(go.Bar(x=[1 + 0.5 * i + 0.25 for i in range(len(aes["histogram"]))], y=aes["histogram"]))
+    hist.update_layout(title="Aesthetic scores on real photos (proxy until people rate)", xaxis_title="score",
+                       height=300)
+    st.plotly_chart(hist)
+
+st.subheader("Retrain from relabels")
+store = LabelStore(relabels_path())
+human = store.merged()
+st.write(f"{len(human)} photos carry a human quality label in `{relabels_path()}`. Retraining fine-tunes the three "
+         "heads on cached backbone features (under a minute on a CPU) and saves a new version; the default model "
+         "file is never overwritten.")
+roots = dataset_roots_sidebar()
+features_file = cache_path(predictor.weights, manifest_path()) if manifest_path().is_file() else None
+if st.button("Retrain heads now", disabled=features_file is None):
+    if not features_file.is_file():
+        bar = st.progress(0.0, text="Caching backbone features (once per model)…")
+        build_feature_cache(predictor, manifest_path(), [Path(p) for p in roots.values()],
+                            on_batch=lambda d, t: bar.progress(d / max(t, 1), text=f"batch {d}/{t}"), progress=None)
+    with st.spinner("Training heads…"):
+        result = retrain_heads(predictor.weights, load_feature_cache(features_file), relabels_path())
+    st.success(f"Saved {result['out'].name} in {result['seconds']:.0f} s. Choose it above to use it.")
+    st.dataframe(pd.DataFrame({"before": result["before"], "after": result["after"]}))

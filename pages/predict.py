@@ -1,0 +1,81 @@
+"""Upload photos; see room, quality and aesthetic predictions with live thresholds."""
+import hashlib
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from roomvision.images import load_image
+from roomvision.inference import decide, gradcam, results_frame
+from roomvision.webapp import get_predictor, overlay_heatmap, score_uploads, threshold_sidebar
+
+st.title("Predict")
+st.caption("Room type, photo quality (GOOD/BAD) and aesthetic score 1–10. The aesthetic score is a proxy learned "
+           "from photo properties (exposure, contrast, colour, sharpness, level verticals) until people rate photos.")
+
+predictor = get_predictor()
+if predictor is None:
+    st.stop()
+thresholds = threshold_sidebar(predictor)
+show_cam = st.sidebar.toggle("Grad-CAM overlay for the room", value=False)
+
+files = st.file_uploader("Listing photos", type=["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"],
+                         accept_multiple_files=True)
+if not files:
+    st.info("Upload one or more photos (jpg, png, webp, bmp, tiff) to score them.")
+    st.stop()
+
+cache = st.session_state.setdefault("predictions", {})
+uploads = [(f.name, f.getvalue()) for f in files]
+keys = [f"{predictor.version}:{hashlib.sha256(data).hexdigest()}" for _, data in uploads]
+todo = [i for i, k in enumerate(keys) if k not in cache]
+if todo:
+    bar = st.progress(0.0, text=f"Scoring {len(todo)} photo(s)…")
+    scored = score_uploads(predictor, [uploads[i] for i in todo],
+                           progress=lambda done, total: bar.progress(done / max(total, 1),
+                                                                     text=f"Scored {done}/{total}"))
+    for i, row in zip(todo, scored):
+        cache[keys[i]] = row
+    bar.empty()
+results = [{**cache[k], "path": name} for k, (name, _) in zip(keys, uploads)]
+
+table = results_frame(results, predictor.classes)
+decisions = pd.DataFrame([decide(r, thresholds, predictor.classes) for r in results])
+table = pd.concat([table, decisions], axis=1)
+
+for (name, data), row, dec in zip(uploads, results, decisions.to_dict("records")):
+    with st.container(border=True):
+        if row.get("error"):
+            st.error(f"**{name}**: {row['error']}")
+            continue
+        left, mid, right = st.columns([1.2, 1.3, 1.2])
+        img = load_image(data)
+        if show_cam:
+            heat, cls = gradcam(predictor, img)
+            left.image(overlay_heatmap(img, heat), caption=f"{name} — Grad-CAM for {predictor.classes[cls]}")
+        else:
+            left.image(img, caption=name)
+        room = dec["room_decision"]
+        mid.metric("Room", room, f"{dec['room_confidence']:.0%} confident", delta_color="off")
+        probs = [row[f"prob_{c}"] for c in predictor.classes]
+        fig = go.Figure(go.Bar(x=probs, y=predictor.classes, orientation="h", text=[f"{p:.0%}" for p in probs]))
+        fig.update_layout(height=220, margin=dict(l=0, r=0, t=10, b=0), xaxis=dict(range=[0, 1]))
+        mid.plotly_chart(fig, key=f"room-{name}")
+        q = dec["quality_decision"]
+        right.metric("Quality", q, f"P(GOOD) {row['quality_prob_good']:.2f} (threshold {thresholds.quality:.2f})",
+                     delta_color="normal" if q == "GOOD" else "inverse")
+        m = row["metrics"]
+        right.caption(f"Sharpness {m['sharpness']:.0f} · median luminance {m['lum_p50']:.0f} · "
+                      f"clipped dark {m['dark_clip']:.0%} / bright {m['bright_clip']:.0%} · "
+                      f"{m['width']}×{m['height']} px")
+        right.caption("Proxy rules: " + ("; ".join(row["proxy_reasons"]) or "none fired"))
+        right.metric("Aesthetic (proxy)", f"{row['aesthetic_score']:.1f} / 10", f"± {row['aesthetic_std']:.1f}",
+                     delta_color="off")
+        dist = go.Figure(go.Bar(x=list(range(1, 11)), y=row["aesthetic_distribution"]))
+        dist.update_layout(height=140, margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(dtick=1))
+        right.plotly_chart(dist, key=f"aes-{name}")
+        right.write("✅ Listing-ready" if dec["listing_ready"] else "Not listing-ready")
+
+st.subheader("All results")
+st.dataframe(table, hide_index=True)
+st.download_button("Download CSV", table.to_csv(index=False).encode(), "roomvision-predictions.csv", "text/csv")

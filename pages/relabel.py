@@ -1,0 +1,119 @@
+"""Review proxy quality labels one photo at a time; decisions are appended to the relabel CSV."""
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from roomvision.features import build_feature_cache, cache_path
+from roomvision.labels import LabelError, LabelStore, export_csv, relabel_queue
+from roomvision.webapp import (cached_p_good, dataset_roots_sidebar, get_predictor, manifest_path, read_manifest,
+                               relabels_path, thumbnail)
+
+st.title("Relabel photo quality")
+predictor = get_predictor()
+manifest_file = manifest_path()
+if predictor is None:
+    st.stop()
+if not manifest_file.is_file():
+    st.info(f"No manifest at `{manifest_file}`. Create one with `python -m roomvision prepare ROOT…` "
+            "(each root holds one folder per room class).")
+    st.stop()
+
+st.sidebar.header("Labelling")
+annotator = st.sidebar.text_input("Your name", key="annotator")
+order = st.sidebar.selectbox("Queue order", ["informative", "random", "file"],
+                             help="informative: model and proxy disagree first, then P(GOOD) nearest the threshold")
+include_labelled = st.sidebar.checkbox("Include photos already labelled")
+split = st.sidebar.selectbox("Split", ["all", "train", "val", "test"])
+roots = dataset_roots_sidebar()
+
+store = LabelStore(relabels_path())
+manifest = read_manifest(str(manifest_file), manifest_file.stat().st_mtime)
+if split != "all":
+    manifest = manifest[manifest["split"] == split]
+
+scores_file = cache_path(predictor.weights, manifest_file)
+p_good = cached_p_good(str(scores_file), scores_file.stat().st_mtime) if scores_file.is_file() else None
+if p_good is None:
+    st.warning("The model has not scored the manifest yet, so the informative order cannot rank by the model; "
+               "P(GOOD) is computed for each photo as it is shown.")
+    if st.button("Score all manifest photos now (a few minutes on a CPU)"):
+        bar = st.progress(0.0, text="Scoring…")
+        build_feature_cache(predictor, manifest_file, [Path(p) for p in roots.values()],
+                            on_batch=lambda d, t: bar.progress(d / max(t, 1), text=f"batch {d}/{t}"), progress=None)
+        st.rerun()
+
+decided = store.decided_keys()
+queue = relabel_queue(manifest, p_good, predictor.thresholds.quality, decided, order, include_labelled)
+labelled = int(manifest["sha256"].isin(decided).sum())
+st.progress(labelled / max(len(manifest), 1), text=f"{labelled} / {len(manifest)} photos labelled")
+
+history = st.session_state.setdefault("relabel_history", [])
+pos = st.session_state.setdefault("relabel_pos", 0) if include_labelled else 0
+
+
+def record(label: str, row: dict) -> None:
+    """Append one decision (or an undo of this session's last one) to the store."""
+    try:
+        if label == "UNDO":
+            if not history:
+                st.session_state["relabel_msg"] = "Nothing to undo in this session."
+                return
+            last = history.pop()
+            store.append(last["path"], "UNDO", sha256=last["sha256"], annotator=annotator,
+                         model_version=predictor.version)
+            st.session_state["relabel_msg"] = f"Undid the decision on {last['path']}."
+            return
+        rating = st.session_state.get(f"rating-{row['sha256']}")
+        store.append(row["path"], label, sha256=row["sha256"], proxy_label=row["quality_label"], rating=rating,
+                     annotator=annotator, model_version=predictor.version)
+        history.append({"path": row["path"], "sha256": row["sha256"]})
+        st.session_state["relabel_msg"] = f"Saved {label} for {row['path']}."
+        if include_labelled:
+            st.session_state["relabel_pos"] += 1
+    except LabelError as exc:
+        st.session_state["relabel_msg"] = f"Not saved: {exc}"
+
+
+if msg := st.session_state.pop("relabel_msg", None):
+    st.toast(msg)
+if queue.empty or pos >= len(queue):
+    st.success("Queue done: every photo in this selection has a decision.")
+    st.button("Undo last decision", on_click=record, args=("UNDO", {}), shortcut="u")
+else:
+    row = queue.iloc[pos].to_dict()
+    image_file = os.path.join(roots.get(row["source"], ""), row["path"])
+    with st.container(border=True):
+        left, right = st.columns([1.4, 1])
+        thumb = thumbnail(image_file, 640) if row["source"] in roots else None
+        if thumb:
+            left.image(thumb, caption=f"{row['source']}/{row['path']} ({row['class']})")
+        else:
+            left.warning(f"Image not found: {image_file}. Set the dataset root in the sidebar.")
+        if row.get("p_good") == row.get("p_good"):  # not NaN
+            model_p = float(row["p_good"])
+        elif thumb:
+            from roomvision.images import load_image
+            model_p = predictor.predict_images([load_image(image_file)])[0]["quality_prob_good"]
+        else:
+            model_p = None
+        right.metric("Proxy label", row["quality_label"])
+        right.caption("Reasons: " + (row["quality_reasons"] or "no rule fired"))
+        right.caption(f"Sharpness {row['sharpness']:.0f} · median luminance {row['lum_p50']:.0f} · "
+                      f"noise {row['noise']:.1f} · blockiness {row['blockiness']:.2f} · "
+                      f"{row['width']}×{row['height']} px")
+        if model_p is not None:
+            right.metric("Model P(GOOD)", f"{model_p:.2f}",
+                         "agrees" if (model_p >= predictor.thresholds.quality) == (row["quality_label"] == "GOOD")
+                         else "disagrees", delta_color="off")
+        right.segmented_control("Aesthetic rating (optional, 1–5)", [1, 2, 3, 4, 5], key=f"rating-{row['sha256']}")
+        b1, b2, b3, b4 = right.columns(4)
+        b1.button("GOOD", on_click=record, args=("GOOD", row), type="primary", shortcut="g", key="btn-good")
+        b2.button("BAD", on_click=record, args=("BAD", row), shortcut="b", key="btn-bad")
+        b3.button("Skip", on_click=record, args=("SKIP", row), shortcut="s", key="btn-skip")
+        b4.button("Undo", on_click=record, args=("UNDO", row), shortcut="u", key="btn-undo")
+        right.caption("Keys: g = GOOD, b = BAD, s = skip, u = undo")
+
+merged = store.merged()
+st.download_button(f"Download merged labels ({len(merged)} photos)", export_csv(merged), "quality_labels.csv",
+                   "text/csv")

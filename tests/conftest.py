@@ -1,0 +1,73 @@
+"""Shared fixtures: every test image is generated here, never read from the project tree."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets"
+
+
+def room_like(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A sharp, well-exposed synthetic 'interior': gradients, rectangles and lines."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([80 + 90 * x / w, 90 + 80 * y / h, 110 + 40 * np.sin(x / 17.0)], -1)
+    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(img)
+    for _ in range(14):
+        x0, y0 = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
+        x1, y1 = x0 + int(rng.integers(15, 120)), y0 + int(rng.integers(15, 100))
+        d.rectangle([x0, y0, x1, y1], fill=tuple(int(v) for v in rng.integers(20, 235, 3)),
+                    outline=tuple(int(v) for v in rng.integers(0, 255, 3)), width=2)
+    for _ in range(10):
+        d.line([tuple(int(v) for v in rng.integers(0, min(w, h), 2)) for _ in range(2)],
+               fill=tuple(int(v) for v in rng.integers(0, 255, 3)), width=2)
+    return img
+
+
+@pytest.fixture
+def make_room():
+    return room_like
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    """Class folders (with alias names) of generated photos, one unknown folder and one corrupt file."""
+    root = tmp_path / "rooms"
+    folders = {"bathroom": 0, "Bedroom": 1, "Dinning": 2, "kitchen": 3, "Living room": 4}
+    for name, k in folders.items():
+        (root / name).mkdir(parents=True)
+        for i in range(8):
+            room_like(k * 100 + i).save(root / name / f"{i}.jpg", quality=92)
+    (root / "Garage").mkdir()
+    room_like(999).save(root / "Garage" / "x.jpg")
+    (root / "kitchen" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised Lite0 checkpoint (fast to build, exercises the real code path)."""
+    import torch
+    from roomvision.config import CLASSES
+    from roomvision.model import Checkpoint, Preprocess, RoomVisionNet, Thresholds
+    torch.manual_seed(0)
+    model = RoomVisionNet(pretrained=False)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    Checkpoint(backbone="tf_efficientnet_lite0", classes=list(CLASSES), preprocess=Preprocess(),
+               thresholds=Thresholds(temperature=1.5, quality=0.4), state_dict=model.state_dict(),
+               metrics={"validation": {"room_accuracy": 0.2}}, version="tiny").save(path)
+    return path
+
+
+def needs_shared(sub: str) -> Path:
+    path = SHARED / sub
+    if not path.is_dir():
+        pytest.skip(f"dataset {path} not present (CI has it beside the project)")
+    return path

@@ -1,0 +1,105 @@
+"""Every page through Streamlit's AppTest, on a tiny checkpoint and a generated dataset."""
+import io
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from roomvision.data import prepare
+from roomvision.evaluate import report_paths
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture
+def app_env(tmp_path, tiny_dataset, tiny_checkpoint, monkeypatch):
+    weights = tmp_path / "weights" / "tiny.pt"
+    weights.parent.mkdir()
+    shutil.copy(tiny_checkpoint, weights)
+    manifest = tmp_path / "manifest.csv"
+    prepare([tiny_dataset], manifest, workers=1)
+    monkeypatch.setenv("ROOMVISION_WEIGHTS", str(weights))
+    monkeypatch.setenv("ROOMVISION_MANIFEST", str(manifest))
+    monkeypatch.setenv("ROOMVISION_RELABELS", str(tmp_path / "labels" / "relabels.csv"))
+    monkeypatch.setenv("ROOMVISION_DATA_ROOT", str(tiny_dataset))
+    return {"weights": weights, "manifest": manifest, "relabels": tmp_path / "labels" / "relabels.csv",
+            "root": tiny_dataset}
+
+
+def jpeg_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def run_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    if page != "pages/predict.py":
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, make_room):
+    at = run_page("pages/predict.py")
+    assert len(at.slider) == 3 and at.file_uploader
+    at.file_uploader[0].set_value([("room.jpg", jpeg_bytes(make_room(1)), "image/jpeg"),
+                                   ("junk.jpg", b"definitely not an image", "image/jpeg")])
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("junk.jpg" in e.value and "not an image" in e.value for e in at.error)
+    quality = [m for m in at.metric if m.label == "Quality"]
+    assert len(quality) == 1
+    at.slider(key="thr_quality").set_value(0.0).run()
+    assert [m for m in at.metric if m.label == "Quality"][0].value == "GOOD"
+    at.slider(key="thr_quality").set_value(1.0).run()
+    assert [m for m in at.metric if m.label == "Quality"][0].value == "BAD"
+    at.slider(key="thr_room").set_value(1.0).run()
+    assert [m for m in at.metric if m.label == "Room"][0].value == "uncertain"
+    at.button[0].click().run()  # reset to defaults
+    assert at.slider(key="thr_quality").value == pytest.approx(0.4)
+    assert at.dataframe and at.get("download_button")
+
+
+def test_mistakes_page_explains_missing_evaluation(app_env):
+    at = run_page("pages/mistakes.py")
+    assert any("python -m roomvision evaluate" in i.value for i in at.info)
+
+
+def test_mistakes_page_filters_failures(app_env):
+    paths = report_paths(app_env["weights"])
+    manifest = pd.read_csv(app_env["manifest"])
+    rows = manifest.head(3)
+    pd.DataFrame({"path": rows["path"], "source": rows["source"], "true": ["Kitchen", "Kitchen", "Bedroom"],
+                  "predicted": ["Dining", "Bedroom", "Dining"], **{f"prob_{c}": 0.2 for c in
+                  ["Bathroom", "Bedroom", "Dining", "Kitchen", "Livingroom"]},
+                  "confidence": [0.9, 0.5, 0.3], "loss": [2.0, 1.0, 0.5]}).to_csv(paths["failures"], index=False)
+    at = run_page("pages/mistakes.py")
+    assert any("3 of 3" in c.value for c in at.caption)
+    at.selectbox[0].set_value("Kitchen").run()
+    assert any("2 of 3" in c.value for c in at.caption)
+    at.selectbox[1].set_value("Dining").run()
+    assert any("1 of 3" in c.value for c in at.caption)
+
+
+def test_relabel_page_writes_a_row_and_undo_appends(app_env):
+    at = run_page("pages/relabel.py")
+    at.text_input(key="annotator").set_value("ana").run()
+    at.button(key="btn-bad").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    rows = pd.read_csv(app_env["relabels"], keep_default_na=False)
+    assert len(rows) == 1 and rows.loc[0, "human_label"] == "BAD" and rows.loc[0, "annotator"] == "ana"
+    assert not rows.loc[0, "path"].startswith("/") and len(rows.loc[0, "sha256"]) == 64
+    at.button(key="btn-undo").click().run()
+    rows = pd.read_csv(app_env["relabels"], keep_default_na=False)
+    assert list(rows["human_label"]) == ["BAD", "UNDO"]
+
+
+def test_model_page_lists_versions(app_env):
+    at = run_page("pages/model.py")
+    assert any("tiny.pt" in str(df.value) for df in at.dataframe)
+    assert any("Retrain heads now" in b.label for b in at.button)

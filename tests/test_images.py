@@ -1,0 +1,74 @@
+"""Hostile and odd inputs: each decodes to RGB or fails with a clear message; serving carries on."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from image_corpus import make_corpus
+from roomvision.config import MAX_UPLOAD_BYTES
+from roomvision.images import ImageDecodeError, load_image
+from roomvision.inference import Predictor
+
+CORPUS = make_corpus(MAX_UPLOAD_BYTES)
+
+
+def test_corpus_is_large_enough():
+    assert len(CORPUS) >= 30
+
+
+@pytest.mark.parametrize("name,data,ok", CORPUS, ids=[c[0] for c in CORPUS])
+def test_each_file_decodes_or_fails_clearly(name, data, ok):
+    if ok:
+        img = load_image(data)
+        assert img.mode == "RGB" and img.width >= 1 and img.height >= 1
+    else:
+        with pytest.raises(ImageDecodeError) as exc:
+            load_image(data)
+        assert len(str(exc.value)) > 10
+
+
+def test_exif_orientation_is_applied():
+    img = load_image(dict((n, d) for n, d, _ in CORPUS)["exif_rotated.jpg"])
+    assert img.size == (120, 160)  # stored 160x120, displayed rotated
+
+
+def test_transparency_is_composited_on_white():
+    img = np.asarray(load_image(dict((n, d) for n, d, _ in CORPUS)["rgba.png"]))
+    assert img[:, 0].mean() > 250  # alpha 0 on the left edge shows white
+
+
+def test_sixteen_bit_keeps_its_range():
+    img = np.asarray(load_image(dict((n, d) for n, d, _ in CORPUS)["i16.png"]))
+    assert img.max() > 200 and img.min() < 10
+
+
+def test_animated_file_uses_first_frame():
+    img = np.asarray(load_image(dict((n, d) for n, d, _ in CORPUS)["animated.gif"]))
+    assert abs(int(img.mean()) - 30) < 5
+
+
+def test_messages_name_the_problem():
+    data = dict((n, d) for n, d, _ in CORPUS)
+    for name, phrase in [("empty.jpg", "empty"), ("bomb.png", "too large"), ("too_big.jpg", "too large"),
+                         ("text.jpg", "not an image"), ("truncated.jpg", "truncated")]:
+        with pytest.raises(ImageDecodeError, match=phrase):
+            load_image(data[name])
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(ImageDecodeError, match="not found"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_predictor_serves_every_good_file_after_bad_ones(tiny_checkpoint):
+    predictor = Predictor(tiny_checkpoint, device="cpu")
+    outcomes = {}
+    for name, data, _ in CORPUS:
+        try:
+            (row,) = predictor.predict_images([load_image(data)])
+            assert abs(sum(v for k, v in row.items() if k.startswith("prob_")) - 1) < 1e-4
+            outcomes[name] = True
+        except ImageDecodeError:
+            outcomes[name] = False
+    assert outcomes == {name: ok for name, _, ok in CORPUS}

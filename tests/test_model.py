@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+
+from roomvision.config import CLASSES
+from roomvision.inference import Predictor, decide
+from roomvision.model import Checkpoint, CheckpointError, RoomVisionNet, create_backbone
+from roomvision.transforms import eval_transform
+from roomvision.model import Preprocess
+
+
+def test_forward_shapes():
+    model = RoomVisionNet(pretrained=False).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 3, 224, 224))
+    assert out["room"].shape == (3, len(CLASSES))
+    assert out["quality"].shape == (3,)
+    assert out["aesthetic"].shape == (3, 10)
+
+
+def test_predictions_are_probabilities(tiny_checkpoint, make_room):
+    p = Predictor(tiny_checkpoint, device="cpu")
+    rows = p.predict_images([make_room(1), make_room(2, (500, 200))])
+    for r in rows:
+        assert sum(r[f"prob_{c}"] for c in CLASSES) == pytest.approx(1.0, abs=1e-5)
+        assert 0 <= r["quality_prob_good"] <= 1
+        assert 1 <= r["aesthetic_score"] <= 10 and r["aesthetic_std"] >= 0
+        assert sum(r["aesthetic_distribution"]) == pytest.approx(1.0, abs=1e-3)
+        assert r["room"] in CLASSES
+
+
+def test_checkpoint_round_trip_describes_itself(tiny_checkpoint, tmp_path):
+    ckpt = Checkpoint.load(tiny_checkpoint)
+    assert ckpt.classes == list(CLASSES) and ckpt.backbone == "tf_efficientnet_lite0"
+    assert ckpt.preprocess.input_size == 224 and ckpt.preprocess.mean == (0.5, 0.5, 0.5)
+    assert ckpt.thresholds.temperature == 1.5 and ckpt.thresholds.quality == 0.4
+    assert ckpt.created and ckpt.metrics["validation"]["room_accuracy"] == 0.2
+    model = ckpt.build_model()
+    again = tmp_path / "again.pt"
+    ckpt.save(again)
+    reloaded = Checkpoint.load(again).build_model()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model(x)["room"], reloaded(x)["room"], atol=1e-3)
+
+
+def test_bad_weights_files_give_clear_errors(tmp_path, tiny_checkpoint):
+    with pytest.raises(CheckpointError, match="not found"):
+        Checkpoint.load(tmp_path / "nope.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        Checkpoint.load(tmp_path / "text.pt")
+    torch.save({"weights": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a roomvision checkpoint"):
+        Checkpoint.load(tmp_path / "foreign.pt")
+    ckpt = Checkpoint.load(tiny_checkpoint)
+    ckpt.backbone = "tf_efficientnet_lite1"
+    with pytest.raises(CheckpointError, match="do not match backbone"):
+        ckpt.build_model()
+
+
+def test_cuda_request_without_gpu_is_clear():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        Predictor.__init__.__globals__["resolve_device"]("cuda")
+
+
+def test_decide_applies_thresholds(tiny_checkpoint):
+    p = Predictor(tiny_checkpoint, device="cpu")
+    row = {"room": "Kitchen", **{f"prob_{c}": 0.1 for c in CLASSES}, "quality_prob_good": 0.6,
+           "aesthetic_score": 6.0, "error": ""}
+    row["prob_Kitchen"] = 0.6
+    t = p.thresholds
+    assert decide(row, t, p.classes)["quality_decision"] == "GOOD"
+    t2 = type(t)(**{**t.__dict__, "quality": 0.7, "min_room_confidence": 0.65})
+    d = decide(row, t2, p.classes)
+    assert d["quality_decision"] == "BAD" and d["room_decision"] == "uncertain" and not d["listing_ready"]
+
+
+def test_packaged_imagenet_weights_recognise_a_real_photo():
+    """Strict key match plus a sensible ImageNet top-5 on scikit-image's photo of a cat."""
+    from skimage import data as skdata
+    from PIL import Image
+    from torchvision.models import ResNet18_Weights
+    names = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
+    model = create_backbone("tf_efficientnet_lite0", pretrained=True).eval()
+    tf = eval_transform(Preprocess())
+    results = {}
+    for photo, expected in ((skdata.chelsea(), {"tabby", "tiger cat", "Egyptian cat"}),
+                            (skdata.coffee(), {"espresso", "cup", "coffee mug"})):
+        with torch.no_grad():
+            logits = model(tf(Image.fromarray(photo)).unsqueeze(0))[0]
+        top5 = [names[i] for i in logits.topk(5).indices]
+        results[tuple(sorted(expected))] = top5
+        assert expected & set(top5[:2]), top5
