@@ -1,12 +1,12 @@
 """roomvision: room type, photo quality and aesthetic score for listing photos (`streamlit run app.py`)."""
 import streamlit as st
 
-st.set_page_config(page_title="roomvision", page_icon="🏠", layout="wide")
+st.set_page_config(page_title="roomvision", page_icon=":material/home:", layout="wide")
 
 pages = [
-    st.Page("pages/predict.py", title="Predict", icon="🔎", default=True),
-    st.Page("pages/mistakes.py", title="Mistakes", icon="❌"),
-    st.Page("pages/relabel.py", title="Relabel", icon="🏷️"),
-    st.Page("pages/model.py", title="Model", icon="📊"),
+    st.Page("pages/predict.py", title="Predict", icon=":material/search:", default=True),
+    st.Page("pages/mistakes.py", title="Mistakes", icon=":material/error:"),
+    st.Page("pages/relabel.py", title="Relabel", icon=":material/label:"),
+    st.Page("pages/model.py", title="Model", icon=":material/monitoring:"),
 ]
 st.navigation(pages).run()

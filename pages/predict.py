@@ -56,21 +56,22 @@ for (name, data), row, dec in zip(uploads, results, decisions.to_dict("records")
         else:
             left.image(img, caption=name)
         room = dec["room_decision"]
-        mid.metric("Room", room, f"{dec['room_confidence']:.0%} confident", delta_color="off")
+        mid.metric("Room", room, f"{dec['room_confidence']:.0%} confident", delta_color="off",
+               delta_arrow="off")
         probs = [row[f"prob_{c}"] for c in predictor.classes]
         fig = go.Figure(go.Bar(x=probs, y=predictor.classes, orientation="h", text=[f"{p:.0%}" for p in probs]))
         fig.update_layout(height=220, margin=dict(l=0, r=0, t=10, b=0), xaxis=dict(range=[0, 1]))
         mid.plotly_chart(fig, key=f"room-{name}")
         q = dec["quality_decision"]
         right.metric("Quality", q, f"P(GOOD) {row['quality_prob_good']:.2f} (threshold {thresholds.quality:.2f})",
-                     delta_color="normal" if q == "GOOD" else "inverse")
+                     delta_color="green" if q == "GOOD" else "red", delta_arrow="off")
         m = row["metrics"]
         right.caption(f"Sharpness {m['sharpness']:.0f} · median luminance {m['lum_p50']:.0f} · "
                       f"clipped dark {m['dark_clip']:.0%} / bright {m['bright_clip']:.0%} · "
                       f"{m['width']}×{m['height']} px")
         right.caption("Proxy rules: " + ("; ".join(row["proxy_reasons"]) or "none fired"))
         right.metric("Aesthetic (proxy)", f"{row['aesthetic_score']:.1f} / 10", f"± {row['aesthetic_std']:.1f}",
-                     delta_color="off")
+                     delta_color="off", delta_arrow="off")
         dist = go.Figure(go.Bar(x=list(range(1, 11)), y=row["aesthetic_distribution"]))
         dist.update_layout(height=140, margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(dtick=1))
         right.plotly_chart(dist, key=f"aes-{name}")

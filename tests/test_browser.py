@@ -1,0 +1,107 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright against `streamlit run app.py`."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from roomvision.data import prepare
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+PROJECT = Path(__file__).resolve().parent.parent
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run"]
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("ROOMVISION_REQUIRE_BROWSER"):
+        pytest.fail(f"{CHROMIUM} missing but ROOMVISION_REQUIRE_BROWSER is set")
+    pytest.skip("Debian chromium not installed (apt-get install chromium chromium-driver)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, tiny_dataset, tiny_checkpoint):
+    weights = tmp_path / "weights" / "tiny.pt"
+    weights.parent.mkdir()
+    shutil.copy(tiny_checkpoint, weights)
+    manifest = tmp_path / "manifest.csv"
+    prepare([tiny_dataset], manifest, workers=1)
+    relabels = tmp_path / "labels" / "relabels.csv"
+    port = free_port()
+    env = {**os.environ, "ROOMVISION_WEIGHTS": str(weights), "ROOMVISION_MANIFEST": str(manifest),
+           "ROOMVISION_RELABELS": str(relabels), "ROOMVISION_DATA_ROOT": str(tiny_dataset)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                             "--server.port", str(port), "--server.address", "127.0.0.1",
+                             "--browser.gatherUsageStats", "false"], cwd=PROJECT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
+    yield {"url": url, "relabels": relabels, "root": tiny_dataset}
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def test_app_in_chromium(server, tmp_path, make_room):
+    ARTIFACTS.mkdir(exist_ok=True)
+    photo = tmp_path / "living.jpg"
+    make_room(7, (640, 480)).save(photo)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(90_000)
+        page.goto(server["url"])
+        page.get_by_text("Listing photos").wait_for()
+        page.locator("input[type=file]").set_input_files(str(photo))
+        quality = page.locator('[data-testid="stMetric"]').filter(has_text="Quality")
+        quality.wait_for()
+        assert page.locator('[data-testid="stMetric"]').filter(has_text="Room").count() == 1
+        page.screenshot(path=str(ARTIFACTS / "predict.png"), full_page=True)
+
+        slider = page.get_by_role("slider").first
+        slider.focus()
+        slider.press("Home")  # threshold 0: everything is GOOD
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stMetric]')]"
+                               ".some(m => m.innerText.includes('Quality') && m.innerText.includes('GOOD'))")
+        slider.press("End")  # threshold 1: everything is BAD
+        page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stMetric]')]"
+                               ".some(m => m.innerText.includes('Quality') && m.innerText.includes('BAD'))")
+        page.screenshot(path=str(ARTIFACTS / "predict-threshold-1.png"), full_page=True)
+
+        page.goto(server["url"] + "/relabel")
+        page.get_by_role("button", name="GOOD").wait_for()
+        page.wait_for_timeout(1000)
+        page.keyboard.press("b")
+        for _ in range(60):
+            if server["relabels"].is_file() and len(pd.read_csv(server["relabels"])) >= 1:
+                break
+            time.sleep(0.5)
+        rows = pd.read_csv(server["relabels"], keep_default_na=False)
+        assert list(rows["human_label"]) == ["BAD"]
+        assert (server["root"] / rows.loc[0, "path"]).is_file()
+        page.screenshot(path=str(ARTIFACTS / "relabel.png"), full_page=True)
+
+        page.goto(server["url"] + "/mistakes")
+        page.get_by_text("python -m roomvision evaluate").first.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "mistakes.png"), full_page=True)
+        browser.close()
