@@ -52,6 +52,29 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+    from .api import create_app
+    uvicorn.run(create_app(a.weights, a.device, a.allow_image_urls), host=a.host, port=a.port)
+    return 0
+
+
+def cmd_score(a: argparse.Namespace) -> int:
+    from .score import read_inputs, score_local, score_ray, summary
+    paths = read_inputs(a.source)
+    if not paths:
+        raise ValueError(f"no image files in {a.source}")
+    if a.out.suffix.lower() not in (".csv", ".parquet"):
+        raise ValueError("--out must end in .csv or .parquet")
+    if a.engine == "ray":
+        df = score_ray(paths, a.out, a.weights, a.device, a.batch_size, a.address, a.resume)
+    else:
+        df = score_local(paths, a.out, a.weights, a.device, a.batch_size, a.workers, a.resume)
+    print(summary(df))
+    print(f"written: {a.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m roomvision",
                                      description="Room type, photo quality and aesthetic score for listing photos.")
@@ -111,6 +134,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", help="REST API: GET /health, POST /v1/predict (docs at /docs)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--allow-image-urls", action="store_true",
+                   help="accept image_url inputs (public http(s) hosts only, with timeout and size limit)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("score", help="batch-score a folder or a .txt list of paths to CSV or Parquet")
+    p.add_argument("source", type=Path, help="folder (recursive) or .txt file with one image path per line")
+    p.add_argument("--out", type=Path, required=True, help="results.csv or results.parquet")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=1, help="decoding processes (local engine)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its journal")
+    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
+    p.set_defaults(func=cmd_score)
     return parser
 
 

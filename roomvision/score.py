@@ -1,0 +1,139 @@
+"""Batch scoring of folders or path lists to CSV/Parquet: streamed, resumable, locally or on Ray."""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from .images import find_images
+from .inference import Predictor, results_frame
+
+
+def read_inputs(source: Path) -> list[Path]:
+    """A folder (recursive) or a text file with one path per line."""
+    if source.is_dir():
+        return find_images([source])
+    if source.is_file() and source.suffix.lower() in (".txt", ".lst", ".list"):
+        lines = [ln.strip() for ln in source.read_text().splitlines()]
+        return [Path(ln) for ln in lines if ln and not ln.startswith("#")]
+    raise ValueError(f"{source} is neither a folder nor a .txt list of image paths")
+
+
+def journal_path(out: Path) -> Path:
+    return out.with_name(out.name + ".partial.csv")
+
+
+class Journal:
+    """Rows appended (and fsynced) batch by batch, so a crash loses at most the batch in flight."""
+
+    def __init__(self, path: Path, columns: list[str], resume: bool):
+        self.path, self.columns = path, columns
+        if not resume and path.exists():
+            path.unlink()
+        self.done = set(pd.read_csv(path, usecols=["path"], keep_default_na=False)["path"]) if path.exists() else set()
+        self.file = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
+        if self.file.tell() == 0:
+            self.writer.writeheader()
+
+    def write(self, rows: list[dict]) -> None:
+        self.writer.writerows(rows)
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def finish(journal: Path, out: Path) -> pd.DataFrame:
+    """Turn the journal into the final CSV or Parquet file."""
+    df = pd.read_csv(journal, keep_default_na=False).drop_duplicates("path", keep="last")
+    if out.suffix.lower() == ".parquet":
+        df.to_parquet(out, index=False)
+        journal.unlink()
+    else:
+        df.to_csv(out, index=False)
+        journal.unlink()
+    return df
+
+
+def summary(df: pd.DataFrame) -> str:
+    ok = df[df["error"] == ""]
+    rooms = ", ".join(f"{k} {v}" for k, v in sorted(Counter(ok["room"]).items()))
+    bad = (ok["quality_label"] == "BAD").mean() if len(ok) else 0.0
+    return (f"{len(df)} images: {len(ok)} scored, {len(df) - len(ok)} errors | rooms: {rooms or 'none'} | "
+            f"BAD share {bad:.1%}")
+
+
+def score_local(paths: list[Path], out: Path, weights=None, device="auto", batch_size=64, workers=1,
+                resume=False, progress=True) -> pd.DataFrame:
+    predictor = Predictor(weights, device=device)
+    columns = list(results_frame([], predictor.classes).columns)
+    journal = Journal(journal_path(out), columns, resume)
+    todo = [p for p in paths if str(p) not in journal.done]
+    if journal.done:
+        print(f"resuming: {len(journal.done)} already scored, {len(todo)} to go", file=sys.stderr)
+    from tqdm import tqdm
+    bar = tqdm(total=len(todo), desc="scoring", unit="img", disable=not progress, file=sys.stderr)
+    try:
+        chunk = batch_size * 8  # journal granularity: a handful of batches per write
+        for start in range(0, len(todo), chunk):
+            rows = predictor.predict_paths(todo[start:start + chunk], batch_size=batch_size, workers=workers)
+            journal.write(results_frame(rows, predictor.classes).to_dict("records"))
+            bar.update(len(rows))
+    finally:
+        journal.close()
+        bar.close()
+    return finish(journal.path, out)
+
+
+class _RayScorer:
+    """One predictor per Ray worker; scores a batch of raw files."""
+
+    def __init__(self, weights, device):
+        self.predictor = Predictor(weights, device=device)
+
+    def __call__(self, batch: dict) -> dict:
+        from .images import ImageDecodeError, load_image
+        images, index, rows = [], [], []
+        for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
+            try:
+                images.append(load_image(bytes(data)))
+                index.append(i)
+            except ImageDecodeError as exc:
+                rows.append((i, {"path": path, "error": str(exc)}))
+        for i, row in zip(index, self.predictor.predict_images(images)):
+            rows.append((i, {"path": batch["path"][i], **row}))
+        df = results_frame([r for _, r in sorted(rows, key=lambda t: t[0])], self.predictor.classes)
+        return {c: df[c].to_numpy() for c in df.columns}
+
+
+def score_ray(paths: list[Path], out: Path, weights=None, device="auto", batch_size=64, address=None,
+              resume=False, num_workers: int | None = None) -> pd.DataFrame:
+    """The same scoring with Ray Data: files read by Ray, one predictor actor per worker (GPUs where present)."""
+    import ray
+    predictor_meta = Predictor(weights, device="cpu")
+    columns = list(results_frame([], predictor_meta.classes).columns)
+    weights = str(predictor_meta.weights)
+    del predictor_meta
+    journal = Journal(journal_path(out), columns, resume)
+    todo = [str(Path(p).resolve()) for p in paths if str(p) not in journal.done]
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        workers = num_workers or max(1, int(gpus) or int(ray.cluster_resources().get("CPU", 1)) // 2)
+        if todo:
+            ds = ray.data.read_binary_files(todo, include_paths=True)
+            scored = ds.map_batches(_RayScorer, fn_constructor_args=(weights, "cuda" if gpus else device),
+                                    batch_size=batch_size, concurrency=workers, num_gpus=1 if gpus else 0,
+                                    batch_format="numpy")
+            for batch in scored.iter_batches(batch_size=batch_size * 4, batch_format="pandas"):
+                journal.write(batch.to_dict("records"))
+    finally:
+        journal.close()
+        ray.shutdown()
+    return finish(journal.path, out)
