@@ -52,6 +52,40 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def cmd_cache_features(a: argparse.Namespace) -> int:
+    from .features import build_feature_cache
+    from .inference import Predictor
+    out = build_feature_cache(Predictor(a.weights, device=a.device), a.manifest, a.data_roots, a.batch_size)
+    print(f"written: {out}")
+    return 0
+
+
+def cmd_retrain_heads(a: argparse.Namespace) -> int:
+    import json
+    from .features import cache_path, load_feature_cache
+    from .retrain import retrain_heads
+    weights = a.weights or config.default_weights_path()
+    cache = cache_path(weights, a.manifest)
+    if not cache.is_file():
+        raise FileNotFoundError(f"no feature cache {cache}; run `python -m roomvision cache-features` first")
+    result = retrain_heads(weights, load_feature_cache(cache), a.relabels, a.out)
+    print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
+    return 0
+
+
+def cmd_app(a: argparse.Namespace) -> int:
+    """Start the Streamlit app, under jemalloc when the system has it (much faster CPU inference)."""
+    import os
+    env = dict(os.environ)
+    if os.path.exists(config.JEMALLOC) and "jemalloc" not in env.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = ":".join(filter(None, [config.JEMALLOC, env.get("LD_PRELOAD")]))
+        env.setdefault("MALLOC_CONF", "dirty_decay_ms:-1,muzzy_decay_ms:-1")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(config.PROJECT_ROOT / "app.py"),
+           "--server.port", str(a.port), "--server.address", a.host, "--browser.gatherUsageStats", "false"]
+    os.execvpe(cmd[0], cmd, env)
+    return 0
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
     from .api import create_app
@@ -134,6 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("cache-features", help="run the model once over the manifest (+ degraded copies); "
+                                              "cache features for the relabel queue and head retraining")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--manifest", type=Path, default=config.DEFAULT_MANIFEST)
+    _add_roots(p)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_cache_features)
+
+    p = sub.add_parser("retrain-heads", help="retrain the heads on cached features with human labels; "
+                                             "saves a new version, never the default file")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--manifest", type=Path, default=config.DEFAULT_MANIFEST)
+    p.add_argument("--relabels", type=Path, default=config.DEFAULT_RELABELS)
+    p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-relabel-<UTC time>.pt")
+    p.set_defaults(func=cmd_retrain_heads)
+
+    p = sub.add_parser("app", help="start the Streamlit app (uses jemalloc when installed)")
+    p.add_argument("--host", default="localhost")
+    p.add_argument("--port", type=int, default=8501)
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("serve", help="REST API: GET /health, POST /v1/predict (docs at /docs)")
     p.add_argument("--host", default="127.0.0.1")

@@ -29,6 +29,7 @@ DEFAULT_DATASET_ROOTS = (
 )
 ENV_DATA_ROOT = "ROOMVISION_DATA_ROOT"  # os.pathsep-separated dataset roots
 ENV_WEIGHTS = "ROOMVISION_WEIGHTS"
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"  # Debian's libjemalloc2
 
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
 SPLIT_SEED = 20261121

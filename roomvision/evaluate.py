@@ -74,19 +74,19 @@ def room_metrics(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
             "confusion_matrix": confusion_matrix(y, pred, labels=list(range(len(classes)))).tolist()}
 
 
-def save_confusion(cm: list[list[int]], classes: list[str], stem: Path) -> None:
+def save_confusion(cm: list[list[int]], classes: list[str], csv_path: Path, png_path: Path) -> None:
     """Confusion matrix as CSV and PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
     pd.DataFrame(cm, index=[f"true_{c}" for c in classes], columns=[f"pred_{c}" for c in classes]).to_csv(
-        stem.with_suffix(".confusion.csv"))
+        csv_path)
     fig, ax = plt.subplots(figsize=(6, 5))
     ConfusionMatrixDisplay(np.array(cm), display_labels=classes).plot(ax=ax, cmap="Blues", colorbar=False)
     ax.set_title("Room confusion matrix")
     fig.tight_layout()
-    fig.savefig(stem.with_suffix(".confusion.png"), dpi=110)
+    fig.savefig(png_path, dpi=110)
     plt.close(fig)
 
 
@@ -185,27 +185,28 @@ def evaluate_cli(a: argparse.Namespace) -> int:
     metrics, out = evaluate(predictor, samples, a.batch_size, human)
     metrics.update(model_version=predictor.version, weights=str(predictor.weights), evaluated_on=tag,
                    sources=sorted(df["source"].unique().tolist()))
-    out_dir = a.out_dir or predictor.weights.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{predictor.weights.stem}.{tag}"
-    stem.with_suffix(".metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    save_confusion(metrics["room"]["confusion_matrix"], predictor.classes, stem)
+    paths = report_paths(predictor.weights, tag, a.out_dir)
+    paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+    save_confusion(metrics["room"]["confusion_matrix"], predictor.classes, paths["confusion"],
+                   paths["confusion_image"])
     if tag.startswith("test") or a.folder:
-        failures_frame(out, predictor.classes).to_csv(stem.with_suffix(".failures.csv"), index=False)
+        failures_frame(out, predictor.classes).to_csv(paths["failures"], index=False)
     r, q = metrics["room"], metrics["quality_vs_proxy"]
     print(f"{tag}: n={r['n']} accuracy {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f}; "
           f"quality ROC-AUC {q.get('roc_auc', float('nan')):.4f} (n={q['n']}); "
           f"ECE {metrics['calibration']['ece_before']:.4f} -> {metrics['calibration']['ece_after']:.4f}; "
           f"aesthetic SRCC {metrics['aesthetic']['srcc']:.3f}")
-    print(f"written: {stem.with_suffix('.metrics.json')}")
+    print(f"written: {paths['metrics']}")
     return 0
 
 
-def report_paths(weights: Path, tag: str = "test") -> dict[str, Path]:
-    """Where `evaluate` writes its outputs for a weights file."""
-    stem = Path(weights).parent / f"{Path(weights).stem}.{tag}"
-    return {k: stem.with_suffix(f".{k}.{ext}") for k, ext in
-            (("metrics", "json"), ("failures", "csv"), ("confusion", "csv"))}
+def report_paths(weights: Path, tag: str = "test", out_dir: Path | None = None) -> dict[str, Path]:
+    """Where `evaluate` writes its outputs for a weights file: <dir>/<weights stem>.<tag>.<kind>.<ext>."""
+    folder = Path(out_dir) if out_dir else Path(weights).parent
+    stem = f"{Path(weights).stem}.{tag}"
+    return {k: folder / f"{stem}.{k}.{ext}" for k, ext in
+            (("metrics", "json"), ("failures", "csv"), ("confusion", "csv"), ("confusion_image", "png"))}
 
 
 def filter_failures(df: pd.DataFrame, true: str | None = None, predicted: str | None = None,

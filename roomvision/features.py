@@ -37,10 +37,11 @@ def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[P
     raw = run_model(predictor.model, loader, predictor.device, progress=progress, on_batch=on_batch)
     out = cache_path(predictor.weights, manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {c: samples[c].to_numpy(dtype=str if samples[c].dtype == object else None) for c in META_COLUMNS}
+    meta = {c: samples[c].to_numpy() if samples[c].dtype.kind in "iufb" else np.array(samples[c].astype(str).tolist())
+            for c in META_COLUMNS}
     tmp = out.with_suffix(".tmp.npz")
-    np.savez(tmp, features=raw["features"].astype(np.float16), room=raw["room"], quality=raw["quality"],
-             aesthetic=raw["aesthetic"], **meta)
+    np.savez(tmp, features=raw["features"].astype(np.float16), room_logits=raw["room"],
+             quality_logit=raw["quality"], aesthetic_probs=raw["aesthetic"], **meta)
     tmp.replace(out)
     return out
 

@@ -53,6 +53,11 @@ def retrain_heads(weights: Path, cache: dict, relabels: Path | None, out: Path |
                   epochs: int = 60, lr: float = 2e-3, batch_size: int = 512, seed: int = 0) -> dict:
     """Fine-tune the heads from their current weights; save a new version next to `weights`."""
     t0 = time.time()
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    base = Path(weights).stem.split("-relabel-")[0]
+    out = Path(out) if out else Path(weights).parent / f"{base}-relabel-{stamp}.pt"
+    if out.resolve() == DEFAULT_WEIGHTS.resolve():
+        raise ValueError("refusing to overwrite the default model; choose another output name")
     torch.manual_seed(seed)
     ckpt = Checkpoint.load(weights)
     model = ckpt.build_model()
@@ -95,11 +100,6 @@ def retrain_heads(weights: Path, cache: dict, relabels: Path | None, out: Path |
     vclean = val_idx[clean[val_idx]]
     temperature = fit_temperature(outputs(vclean)["room"], y[vclean])
     threshold, _ = best_quality_threshold(1 / (1 + np.exp(-val_out["quality"])), quality[val_idx])
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = Path(weights).stem.split("-relabel-")[0]
-    out = Path(out) if out else Path(weights).parent / f"{base}-relabel-{stamp}.pt"
-    if out.resolve() == DEFAULT_WEIGHTS.resolve():
-        raise ValueError("refusing to overwrite the default model; choose another output name")
     new = replace(ckpt, state_dict={k: v.detach() for k, v in model.state_dict().items()},
                   thresholds=replace(ckpt.thresholds, temperature=temperature, quality=threshold),
                   metrics={**ckpt.metrics, "relabel_retrain": {"before": before, "after": after,

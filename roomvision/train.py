@@ -232,10 +232,12 @@ def train(cfg: TrainConfig) -> Path:
                                                 total_steps=cfg.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     writer = SummaryWriter(str(run_dir / "tb"))
-    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": -1, "stale": 0, "history": []}
+    state = {"epoch": 0, "epochs": cfg.epochs, "best_f1": -1.0, "best_epoch": -1, "stale": 0, "history": []}
     last = run_dir / "last.pt"
     if cfg.resume and last.is_file():
         saved = torch.load(last, map_location="cpu", weights_only=False)
+        if saved["state"].get("epochs", cfg.epochs) != cfg.epochs:
+            raise ValueError(f"resume with the same --epochs as the interrupted run ({saved['state']['epochs']})")
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])

@@ -159,4 +159,4 @@ def cached_p_good(cache_file: str, mtime: float) -> pd.Series:
     from .features import load_feature_cache
     data = load_feature_cache(Path(cache_file))
     real = (data["samples"]["degrade"] == "").to_numpy()
-    return pd.Series(1 / (1 + np.exp(-data["quality"][real])), index=data["samples"]["sha256"][real].to_numpy())
+    return pd.Series(1 / (1 + np.exp(-data["quality_logit"][real])), index=data["samples"]["sha256"][real].to_numpy())

@@ -11,7 +11,7 @@ from roomvision.config import CLASSES, DEFAULT_WEIGHTS
 from roomvision.model import Checkpoint
 
 
-@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "predict"])
+@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "predict", "app", "serve", "score", "cache-features", "retrain-heads"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args([command, "--help"])
@@ -26,25 +26,36 @@ def test_prepare_train_evaluate_predict(tiny_dataset, tmp_path, monkeypatch):
     manifest = tmp_path / "manifest.csv"
     assert main(["prepare", str(tiny_dataset), "--out", str(manifest), "--workers", "1"]) == 0
     weights = tmp_path / "w" / "model.pt"
-    assert main(["train", "--manifest", str(manifest), "--data-root", str(tiny_dataset), "--out", str(weights),
-                 "--run-dir", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "8", "--no-pretrained",
-                 "--max-steps-per-epoch", "2", "--device", "cpu", "--workers", "0"]) == 0
-    ckpt = Checkpoint.load(weights)
-    assert ckpt.metrics["validation"]["epochs_run"] == 2
-    assert ckpt.manifest_sha256 and 0.02 <= ckpt.thresholds.quality <= 0.98
-    assert (tmp_path / "run" / "last.pt").is_file()
-    assert any((tmp_path / "run" / "tb").iterdir())
+    train_args = ["train", "--manifest", str(manifest), "--data-root", str(tiny_dataset), "--out", str(weights),
+                  "--run-dir", str(tmp_path / "run"), "--epochs", "3", "--batch-size", "8", "--no-pretrained",
+                  "--max-steps-per-epoch", "2", "--device", "cpu", "--workers", "0"]
+    import roomvision.train as train_module
+    real_metrics = train_module.validation_metrics
+    calls = []
 
-    assert main(["train", "--manifest", str(manifest), "--data-root", str(tiny_dataset), "--out", str(weights),
-                 "--run-dir", str(tmp_path / "run"), "--epochs", "3", "--batch-size", "8", "--no-pretrained",
-                 "--max-steps-per-epoch", "2", "--device", "cpu", "--workers", "0", "--resume"]) == 0
-    assert Checkpoint.load(weights).metrics["validation"]["epochs_run"] == 3
+    def crash_in_second_validation(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_metrics(*args)
+
+    monkeypatch.setattr(train_module, "validation_metrics", crash_in_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        main(train_args)
+    assert (tmp_path / "run" / "last.pt").is_file() and not weights.exists()
+    monkeypatch.setattr(train_module, "validation_metrics", real_metrics)
+    assert main([("4" if a == "3" else a) for a in train_args] + ["--resume"]) == 2  # schedule mismatch
+    assert main([*train_args, "--resume"]) == 0
+    ckpt = Checkpoint.load(weights)
+    assert ckpt.metrics["validation"]["epochs_run"] == 3 and len(ckpt.metrics["history"]) == 3
+    assert ckpt.manifest_sha256 and 0.02 <= ckpt.thresholds.quality <= 0.98
+    assert any((tmp_path / "run" / "tb").iterdir())
 
     assert main(["evaluate", "--weights", str(weights), "--manifest", str(manifest), "--data-root",
                  str(tiny_dataset), "--device", "cpu"]) == 0
     metrics = json.loads((tmp_path / "w" / "model.test.metrics.json").read_text())
     assert 0 <= metrics["room"]["accuracy"] <= 1 and "roc_auc" in metrics["quality_vs_proxy"]
-    assert (tmp_path / "w" / "model.test.confusion.png").stat().st_size > 1000
+    assert (tmp_path / "w" / "model.test.confusion_image.png").stat().st_size > 1000
     failures = pd.read_csv(tmp_path / "w" / "model.test.failures.csv")
     test_paths = set(pd.read_csv(manifest).query("split == 'test'")["path"])
     assert set(failures["path"]) <= test_paths
@@ -53,6 +64,24 @@ def test_prepare_train_evaluate_predict(tiny_dataset, tmp_path, monkeypatch):
     assert main(["evaluate", "--weights", str(weights), "--folder", str(tiny_dataset), "--device", "cpu",
                  "--out-dir", str(tmp_path / "ev")]) == 0
     assert (tmp_path / "ev" / "model.folder-rooms.metrics.json").is_file()
+
+    monkeypatch.setattr("roomvision.features.CACHE_DIR", tmp_path / "cache")
+    assert main(["cache-features", "--weights", str(weights), "--manifest", str(manifest), "--data-root",
+                 str(tiny_dataset), "--device", "cpu"]) == 0
+    from roomvision.labels import LabelStore
+    relabels = tmp_path / "relabels.csv"
+    rows = pd.read_csv(manifest).query("split == 'train'").head(3)
+    for path, sha in zip(rows["path"], rows["sha256"]):
+        LabelStore(relabels).append(path, "BAD", sha256=sha, rating=2)
+    retrained = tmp_path / "w" / "model-relabel-test.pt"
+    assert main(["retrain-heads", "--weights", str(weights), "--manifest", str(manifest), "--relabels",
+                 str(relabels), "--out", str(retrained)]) == 0
+    info = Checkpoint.load(retrained).metrics["relabel_retrain"]
+    assert info["human_labels"] == 3 and {"room_accuracy", "quality_roc_auc"} <= set(info["after"])
+    with pytest.raises(ValueError, match="refusing to overwrite the default"):
+        from roomvision.features import cache_path, load_feature_cache
+        from roomvision.retrain import retrain_heads
+        retrain_heads(weights, load_feature_cache(cache_path(weights, manifest)), relabels, DEFAULT_WEIGHTS)
 
     out = tmp_path / "pred.json"
     code = main(["predict", str(tiny_dataset / "kitchen"), "--weights", str(weights), "--out", str(out),
