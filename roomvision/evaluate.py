@@ -13,7 +13,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, classifica
                              f1_score, precision_recall_curve, roc_auc_score, roc_curve)
 from torch.utils.data import DataLoader
 
-from .config import CACHE_DIR, CLASSES
+from .config import CACHE_DIR
 from .data import load_manifest, manifest_roots, resolve_paths, scan_root
 from .inference import Predictor, run_model, softmax_np
 from .labels import LabelStore

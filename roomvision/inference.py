@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -173,10 +172,6 @@ def write_results(results: list[dict], out: Path | None, classes: list[str]) -> 
         df.to_csv(out, index=False)
     else:
         df.to_csv(sys.stdout, index=False)
-
-
-def thresholds_dict(t: Thresholds) -> dict:
-    return asdict(t)
 
 
 def gradcam(predictor: Predictor, img: Image.Image, class_index: int | None = None) -> tuple[np.ndarray, int]:

@@ -117,10 +117,6 @@ class RoomVisionNet(nn.Module):
         self.quality_head = nn.Linear(dim, 1)
         self.aesthetic_head = nn.Linear(dim, AESTHETIC_BINS)
 
-    @property
-    def feature_dim(self) -> int:
-        return self.backbone.num_features
-
     def heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.dropout(features)
         return {"room": self.room_head(f), "quality": self.quality_head(f).squeeze(-1),

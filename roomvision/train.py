@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from .config import CACHE_DIR, CLASSES, DEFAULT_MANIFEST, WEIGHTS_DIR
 from .data import load_manifest, manifest_roots, resolve_paths
 from .images import load_image
-from .inference import autocast, run_model, softmax_np
+from .inference import autocast, run_model
 from .labels import LabelStore, human_lookup
 from .model import DEFAULT_BACKBONE, Checkpoint, Preprocess, RoomVisionNet, Thresholds, file_sha256, resolve_device
 from .quality import DEGRADATIONS, aesthetic_target, compute_metrics, degrade, quality_label, score_distribution
@@ -53,7 +52,6 @@ class TrainConfig:
     workers: int = 1
     device: str = "auto"
     resume: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def rating_to_score(rating: float) -> float:

@@ -7,7 +7,6 @@ import pytest
 from conftest import needs_shared
 from roomvision.config import CLASSES, DEFAULT_MANIFEST, DEFAULT_WEIGHTS
 from roomvision.data import load_manifest, manifest_roots, resolve_paths, scan_root
-from roomvision.images import load_image
 from roomvision.inference import Predictor
 
 

@@ -1,9 +1,7 @@
 """Hostile and odd inputs: each decodes to RGB or fails with a clear message; serving carries on."""
-import io
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from image_corpus import make_corpus
 from roomvision.config import MAX_UPLOAD_BYTES

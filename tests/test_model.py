@@ -1,10 +1,9 @@
-import numpy as np
 import pytest
 import torch
 
 from roomvision.config import CLASSES
 from roomvision.inference import Predictor, decide
-from roomvision.model import Checkpoint, CheckpointError, RoomVisionNet, create_backbone
+from roomvision.model import Checkpoint, CheckpointError, RoomVisionNet, create_backbone, resolve_device
 from roomvision.transforms import eval_transform
 from roomvision.model import Preprocess
 
@@ -63,7 +62,7 @@ def test_cuda_request_without_gpu_is_clear():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="no CUDA GPU"):
-        Predictor.__init__.__globals__["resolve_device"]("cuda")
+        resolve_device("cuda")
 
 
 def test_decide_applies_thresholds(tiny_checkpoint):
