@@ -70,15 +70,15 @@ def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str 
 class _PathDataset(Dataset):
     """Decodes files in DataLoader workers; a bad file yields an error string instead of a tensor."""
 
-    def __init__(self, paths, transform):
-        self.paths, self.transform = list(paths), transform
+    def __init__(self, paths, transform, min_side: int | None = None):
+        self.paths, self.transform, self.min_side = list(paths), transform, min_side
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return self.transform(load_image(self.paths[i])), ""
+            return self.transform(load_image(self.paths[i], min_side=self.min_side)), ""
         except ImageDecodeError as exc:
             return None, str(exc)
 
@@ -128,7 +128,8 @@ class Predictor:
     def predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int = 1,
                       progress: bool = False) -> list[dict]:
         """Score files in batches (decoding in a worker); unreadable files get an error row."""
-        loader = DataLoader(_PathDataset(paths, self.transform), batch_size=batch_size, num_workers=workers,
+        dataset = _PathDataset(paths, self.transform, min_side=self.checkpoint.preprocess.resize_size)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                             collate_fn=_collate, pin_memory=self.device.type == "cuda")
         results: list[dict] = []
         bar = tqdm(total=len(paths), desc="scoring", unit="img", disable=not progress, file=sys.stderr)
@@ -182,7 +183,8 @@ def gradcam(predictor: Predictor, img: Image.Image, class_index: int | None = No
         fmap = model.backbone.forward_features(x).detach().requires_grad_(True)
         logits = model.room_head(model.backbone.forward_head(fmap))
         c = int(logits.argmax(1)) if class_index is None else class_index
-        logits[0, c].backward()
-    weights = fmap.grad.mean(dim=(2, 3), keepdim=True)
+        # autograd.grad leaves the shared model's parameters untouched (safe across app sessions)
+        (grad,) = torch.autograd.grad(logits[0, c], fmap)
+    weights = grad.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * fmap).sum(1))[0].detach().cpu().numpy()
     return cam / cam.max() if cam.max() > 0 else cam, c

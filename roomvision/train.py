@@ -52,6 +52,8 @@ class TrainConfig:
     workers: int = 1
     device: str = "auto"
     resume: bool = False
+    init: Path | None = None
+    min_crop: float = 0.45
 
 
 def rating_to_score(rating: float) -> float:
@@ -210,6 +212,9 @@ def train(cfg: TrainConfig) -> Path:
 
     model = RoomVisionNet(cfg.backbone, pretrained=cfg.pretrained).to(device).to(memory_format=torch.channels_last)
     pre = Preprocess.for_backbone(cfg.backbone, model.backbone)
+    if cfg.init:
+        model.load_state_dict(Checkpoint.load(cfg.init).build_model().state_dict())
+        print(f"initialised from {cfg.init}", file=sys.stderr)
     frozen = _set_trainable(model, cfg.freeze_stages)
 
     train_real = real[real.split == "train"].reset_index(drop=True)
@@ -248,7 +253,7 @@ def train(cfg: TrainConfig) -> Path:
         use_deg = rng.random(len(train_real)) < cfg.degraded_fraction
         epoch_samples = pd.concat([train_real[~use_deg], train_deg[use_deg]], ignore_index=True)
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        loader = DataLoader(SampleDataset(epoch_samples, train_transform(pre)), batch_size=cfg.batch_size,
+        loader = DataLoader(SampleDataset(epoch_samples, train_transform(pre, cfg.min_crop)), batch_size=cfg.batch_size,
                             shuffle=True, generator=g, num_workers=cfg.workers, drop_last=True,
                             pin_memory=device.type == "cuda", persistent_workers=False)
         model.train()

@@ -19,10 +19,10 @@ def eval_transform(pre: Preprocess) -> T.Compose:
     ])
 
 
-def train_transform(pre: Preprocess) -> T.Compose:
+def train_transform(pre: Preprocess, min_crop: float = 0.45) -> T.Compose:
     """Geometric augmentation only: colour changes would alter the quality and aesthetic targets."""
     return T.Compose([
-        T.RandomResizedCrop(pre.input_size, scale=(0.45, 1.0), ratio=(0.8, 1.25),
+        T.RandomResizedCrop(pre.input_size, scale=(min_crop, 1.0), ratio=(0.8, 1.25),
                             interpolation=_INTERP[pre.interpolation]),
         T.RandomHorizontalFlip(),
         T.ToTensor(),

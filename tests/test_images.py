@@ -1,4 +1,5 @@
 """Hostile and odd inputs: each decodes to RGB or fails with a clear message; serving carries on."""
+import io
 
 import numpy as np
 import pytest
@@ -70,3 +71,11 @@ def test_predictor_serves_every_good_file_after_bad_ones(tiny_checkpoint):
         except ImageDecodeError:
             outcomes[name] = False
     assert outcomes == {name: ok for name, _, ok in CORPUS}
+
+
+def test_large_jpeg_decodes_at_reduced_scale_for_the_model():
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 2000, 3), dtype=np.uint8)).save(buf, "JPEG")
+    full, small = load_image(buf.getvalue()), load_image(buf.getvalue(), min_side=256)
+    assert full.size == (2000, 1500)
+    assert min(small.size) >= 256 and small.width < 2000 / 2

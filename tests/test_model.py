@@ -93,3 +93,11 @@ def test_packaged_imagenet_weights_recognise_a_real_photo():
         top5 = [names[i] for i in logits.topk(5).indices]
         results[tuple(sorted(expected))] = top5
         assert expected & set(top5[:2]), top5
+
+
+def test_gradcam_heat_map_and_no_gradients_left_on_the_model(tiny_checkpoint, make_room):
+    from roomvision.inference import gradcam
+    p = Predictor(tiny_checkpoint, device="cpu")
+    heat, cls = gradcam(p, make_room(3))
+    assert heat.shape == (7, 7) and 0 <= heat.min() and heat.max() <= 1 and cls in range(len(CLASSES))
+    assert all(param.grad is None for param in p.model.parameters())
