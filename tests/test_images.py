@@ -3,6 +3,7 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from image_corpus import make_corpus
 from roomvision.config import MAX_UPLOAD_BYTES
