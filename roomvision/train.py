@@ -7,7 +7,7 @@ import random
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +185,20 @@ def validation_metrics(raw: dict, samples: pd.DataFrame) -> dict:
     return m
 
 
+def select_preprocess(model: RoomVisionNet, val: pd.DataFrame, pre: Preprocess, device: torch.device,
+                      workers: int = 1) -> tuple[Preprocess, dict]:
+    """Pick the evaluation resize on validation: centre crop (crop_pct 0.875) or the whole frame (1.0)."""
+    clean = val[val["degrade"] == ""]
+    scores = {}
+    for resize in (round(pre.input_size / 0.875), pre.input_size):
+        candidate = replace(pre, resize_size=resize)
+        loader = DataLoader(SampleDataset(clean, eval_transform(candidate)), batch_size=64, num_workers=workers)
+        pred = run_model(model, loader, device, progress=f"preprocess resize {resize}")["room"].argmax(1)
+        scores[resize] = float(f1_score(clean["class_idx"], pred, average="macro"))
+    best = max(scores, key=scores.get)
+    return replace(pre, resize_size=best), {f"val_macro_f1_resize_{k}": v for k, v in scores.items()}
+
+
 def _set_trainable(model: RoomVisionNet, freeze_stages: int) -> list[torch.nn.Module]:
     """Freeze stem and the first stages (kept in eval mode so BatchNorm statistics stay put)."""
     frozen = [model.backbone.conv_stem, model.backbone.bn1, *model.backbone.blocks[:freeze_stages]]
@@ -307,11 +321,14 @@ def train(cfg: TrainConfig) -> Path:
 
     model.load_state_dict(torch.load(run_dir / "best_model.pt", map_location="cpu", weights_only=True))
     model.to(device)
+    pre, resize_scores = select_preprocess(model, val, pre, device, cfg.workers)
+    val_loader = DataLoader(SampleDataset(val, eval_transform(pre)), batch_size=64, num_workers=cfg.workers)
     raw = run_model(model, val_loader, device, progress="calibrating")
     clean = (val["degrade"] == "").values
     temperature = fit_temperature(raw["room"][clean], val["class_idx"].values[clean])
     q_threshold, q_f1 = best_quality_threshold(1 / (1 + np.exp(-raw["quality"])), val["quality"].values)
     metrics = validation_metrics(raw, val)
+    metrics.update(resize_scores)
     metrics.update(quality_best_f1_val=q_f1, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
                    val_nll_before=float(F.cross_entropy(torch.tensor(raw["room"][clean]),
                                                         torch.tensor(val["class_idx"].values[clean]))),
