@@ -79,7 +79,7 @@ def retrain_heads(weights: Path, cache: dict, relabels: Path | None, out: Path |
     params = [*model.room_head.parameters(), *model.quality_head.parameters(), *model.aesthetic_head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     targets = torch.from_numpy(np.stack([score_distribution(a) for a in aesthetic]))
-    yt, qt = torch.from_numpy(y), torch.from_numpy(quality)
+    yt, qt = torch.tensor(y), torch.tensor(quality)
     # human labels count more: they are few and they are the truth
     weight = torch.from_numpy(np.where(human >= 0, 5.0, 1.0).astype(np.float32))
     g = torch.Generator().manual_seed(seed)
