@@ -3,8 +3,8 @@
 python benchmarks/inference.py [--images N] [--repeats R]
 
 Each engine runs in its own subprocess (so peak RSS and cold load are its own); figures are medians
-over the repeats. Run it under jemalloc for the numbers in README:
-LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
+over the repeats. Ours runs as shipped (`python -m roomvision app` preloads jemalloc when installed); the
+baseline runs with the default allocator, as the usual approach does.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def run_ours(paths: list[str], weights: str) -> dict:
         lat.append(time.perf_counter() - t)
     predictor.predict_paths(paths[:64], batch_size=64)  # warm-up of the batched path
     t = time.perf_counter()
-    predictor.predict_paths(paths, batch_size=64, workers=1)
+    predictor.predict_paths(paths, batch_size=64)
     batch = len(paths) / (time.perf_counter() - t)
     return {"import_s": t_import, "load_s": load, "b1_ips": len(paths) / sum(lat),
             "b1_median_ms": 1000 * statistics.median(lat), "b64_ips": batch}
@@ -108,7 +108,7 @@ def child(engine: str, paths_file: str, weights: str) -> None:
 
 
 def main() -> None:
-    from roomvision.config import DEFAULT_WEIGHTS
+    from roomvision.config import DEFAULT_WEIGHTS, JEMALLOC
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -122,15 +122,20 @@ def main() -> None:
         paths_file = Path(tmp) / "paths.json"
         paths_file.write_text(json.dumps(paths))
         runs: dict[str, list[dict]] = {"ours": [], "baseline": []}
+        envs = {"baseline": {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")},
+                "ours": dict(os.environ)}
+        if os.path.exists(JEMALLOC):
+            envs["ours"].update(LD_PRELOAD=JEMALLOC, MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1")
         for _ in range(args.repeats):
             for engine in runs:
                 out = subprocess.run([sys.executable, __file__, "--weights", args.weights, "--child", engine,
-                                      str(paths_file)], capture_output=True, text=True, check=True, env=os.environ)
+                                      str(paths_file)], capture_output=True, text=True, check=True, env=envs[engine])
                 runs[engine].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {e: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for e, rs in runs.items()}
     print(f"images: {len(paths)} ({'house-rooms test split' if 'house-rooms' in paths[0] else 'generated'}), "
           f"repeats: {args.repeats}, threads: {os.cpu_count()}, "
-          f"allocator: {'jemalloc' if 'jemalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc'}")
+          f"allocator: ours {'jemalloc' if 'jemalloc' in envs['ours'].get('LD_PRELOAD', '') else 'glibc'}, "
+          f"baseline glibc")
     print(f"{'figure':<28}{'ours':>12}{'baseline':>12}{'ours/base':>12}")
     rows = [("batch 1, images/s", "b1_ips", True), ("batch 64, images/s", "b64_ips", True),
             ("median latency, ms", "b1_median_ms", False), ("peak RSS, MB", "peak_rss_mb", False),

@@ -208,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=1, help="decoding processes (local engine)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes (local engine; default: 1 for long lists, else 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its journal")
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")

@@ -15,10 +15,11 @@ from tqdm import tqdm
 
 from .config import default_weights_path
 from .images import ImageDecodeError, load_image
-from .model import Checkpoint, RoomVisionNet, Thresholds, resolve_device
+from .model import Checkpoint, RoomVisionNet, Thresholds, fuse_batchnorm, resolve_device
 from .transforms import eval_transform
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
+FORWARD_CHUNK = 32
 
 
 def autocast(device: torch.device):
@@ -49,21 +50,23 @@ def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str 
 
     `progress` names a tqdm bar; `on_batch(done, total)` reports progress to a UI.
     """
-    model.eval()
+    if model.training:
+        model.eval()
     out = {"room": [], "quality": [], "aesthetic": [], "features": []}
     total = len(loader) if hasattr(loader, "__len__") else 0
     for i, batch in enumerate(tqdm(loader, desc=progress, unit="batch", disable=progress is None, file=sys.stderr)):
         if on_batch is not None:
             on_batch(i, total)
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            feats = model.backbone(x)
-            heads = model.heads(feats)
-        out["features"].append(feats.float().cpu())
-        out["room"].append(heads["room"].float().cpu())
-        out["quality"].append(heads["quality"].float().cpu())
-        out["aesthetic"].append(torch.softmax(heads["aesthetic"].float(), dim=1).cpu())
+        for chunk in x.split(FORWARD_CHUNK):  # bounds activation memory; throughput is flat beyond this
+            chunk = chunk.to(device, non_blocking=True)
+            with autocast(device):
+                feats = model.backbone(chunk)
+                heads = model.heads(feats)
+            out["features"].append(feats.float().cpu())
+            out["room"].append(heads["room"].float().cpu())
+            out["quality"].append(heads["quality"].float().cpu())
+            out["aesthetic"].append(torch.softmax(heads["aesthetic"].float(), dim=1).cpu())
     return {k: torch.cat(v).numpy() if v else np.zeros((0,)) for k, v in out.items()}
 
 
@@ -97,7 +100,7 @@ class Predictor:
         self.device = resolve_device(device)
         if threads:
             torch.set_num_threads(threads)
-        self.model = self.checkpoint.build_model().to(self.device).to(memory_format=torch.channels_last)
+        self.model = fuse_batchnorm(self.checkpoint.build_model()).to(self.device)
         self.transform = eval_transform(self.checkpoint.preprocess)
         self.classes = list(self.checkpoint.classes)
         self.thresholds = self.checkpoint.thresholds
@@ -125,21 +128,34 @@ class Predictor:
         x = torch.stack([self.transform(img) for img in images])
         return self._rows(run_model(self.model, [x], self.device))
 
-    def predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int = 1,
-                      progress: bool = False) -> list[dict]:
-        """Score files in batches (decoding in a worker); unreadable files get an error row."""
+    def iter_predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = None):
+        """Yield the result rows of each batch of files; unreadable files get an error row.
+
+        Decoding runs in a worker process for long lists (`workers=None` decides): starting one costs seconds.
+        """
+        if workers is None:
+            workers = 1 if len(paths) > 8 * batch_size else 0
         dataset = _PathDataset(paths, self.transform, min_side=self.checkpoint.preprocess.resize_size)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                             collate_fn=_collate, pin_memory=self.device.type == "cuda")
-        results: list[dict] = []
-        bar = tqdm(total=len(paths), desc="scoring", unit="img", disable=not progress, file=sys.stderr)
+        done = 0
         for x, errors in loader:
             scored = iter(self._rows(run_model(self.model, [x], self.device)) if x is not None else [])
+            rows = []
             for err in errors:
-                path = str(paths[len(results)])
-                results.append({"path": path, **next(scored)} if not err else {"path": path, "error": err})
-                bar.update(1)
-        bar.close()
+                path = str(paths[done])
+                rows.append({"path": path, **next(scored)} if not err else {"path": path, "error": err})
+                done += 1
+            yield rows
+
+    def predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = None,
+                      progress: bool = False) -> list[dict]:
+        """Score files in batches; unreadable files get an error row."""
+        results: list[dict] = []
+        with tqdm(total=len(paths), desc="scoring", unit="img", disable=not progress, file=sys.stderr) as bar:
+            for rows in self.iter_predict_paths(paths, batch_size, workers):
+                results.extend(rows)
+                bar.update(len(rows))
         return results
 
 

@@ -126,6 +126,26 @@ class RoomVisionNet(nn.Module):
         return self.heads(self.backbone(x))
 
 
+@torch.no_grad()
+def fuse_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows a conv into the conv's weights (inference only, in place).
+
+    timm's BatchNormAct2d is replaced by its activation, so the serving graph runs one op fewer per conv.
+    """
+    children = list(module.named_children())
+    for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features:
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+            tail = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            setattr(module, bn_name, nn.Sequential(*tail) if tail else nn.Identity())
+    for _, child in module.named_children():
+        fuse_batchnorm(child)
+    return module
+
+
 @dataclass
 class Checkpoint:
     """Everything needed to rebuild and serve a model, nanoGPT style."""

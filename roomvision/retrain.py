@@ -50,7 +50,7 @@ def head_metrics(heads: dict, y: np.ndarray, quality: np.ndarray, human: np.ndar
 
 
 def retrain_heads(weights: Path, cache: dict, relabels: Path | None, out: Path | None = None,
-                  epochs: int = 60, lr: float = 2e-3, batch_size: int = 512, seed: int = 0) -> dict:
+                  epochs: int = 10, lr: float = 5e-4, batch_size: int = 512, seed: int = 0) -> dict:
     """Fine-tune the heads from their current weights; save a new version next to `weights`."""
     t0 = time.time()
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")

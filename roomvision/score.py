@@ -69,7 +69,7 @@ def summary(df: pd.DataFrame) -> str:
             f"BAD share {bad:.1%}")
 
 
-def score_local(paths: list[Path], out: Path, weights=None, device="auto", batch_size=64, workers=1,
+def score_local(paths: list[Path], out: Path, weights=None, device="auto", batch_size=64, workers=None,
                 resume=False, progress=True) -> pd.DataFrame:
     predictor = Predictor(weights, device=device)
     columns = list(results_frame([], predictor.classes).columns)
@@ -80,9 +80,7 @@ def score_local(paths: list[Path], out: Path, weights=None, device="auto", batch
     from tqdm import tqdm
     bar = tqdm(total=len(todo), desc="scoring", unit="img", disable=not progress, file=sys.stderr)
     try:
-        chunk = batch_size * 8  # journal granularity: a handful of batches per write
-        for start in range(0, len(todo), chunk):
-            rows = predictor.predict_paths(todo[start:start + chunk], batch_size=batch_size, workers=workers)
+        for rows in predictor.iter_predict_paths(todo, batch_size, workers):
             journal.write(results_frame(rows, predictor.classes).to_dict("records"))
             bar.update(len(rows))
     finally:

@@ -101,3 +101,21 @@ def test_gradcam_heat_map_and_no_gradients_left_on_the_model(tiny_checkpoint, ma
     heat, cls = gradcam(p, make_room(3))
     assert heat.shape == (7, 7) and 0 <= heat.min() and heat.max() <= 1 and cls in range(len(CLASSES))
     assert all(param.grad is None for param in p.model.parameters())
+
+
+def test_fused_batchnorm_gives_the_same_outputs(tiny_checkpoint):
+    from roomvision.model import fuse_batchnorm
+    torch.manual_seed(0)
+    model = Checkpoint.load(tiny_checkpoint).build_model()
+    for m in model.modules():  # non-trivial statistics so the fold has something to do
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(x)
+        fused = fuse_batchnorm(model)
+        got = fused(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    for k in expected:
+        assert torch.allclose(expected[k], got[k], atol=1e-4, rtol=1e-4), k
