@@ -105,7 +105,7 @@ else:
         if model_p is not None:
             right.metric("Model P(GOOD)", f"{model_p:.2f}",
                          "agrees" if (model_p >= predictor.thresholds.quality) == (row["quality_label"] == "GOOD")
-                         else "disagrees", delta_color="off")
+                         else "disagrees", delta_color="off", delta_arrow="off")
         right.segmented_control("Aesthetic rating (optional, 1–5)", [1, 2, 3, 4, 5], key=f"rating-{row['sha256']}")
         b1, b2, b3, b4 = right.columns(4)
         b1.button("GOOD", on_click=record, args=("GOOD", row), type="primary", shortcut="g", key="btn-good")
