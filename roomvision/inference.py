@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import json
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .config import default_weights_path
+from .config import CACHE_DIR, default_weights_path
 from .images import ImageDecodeError, load_image
-from .model import Checkpoint, RoomVisionNet, Thresholds, fuse_batchnorm, resolve_device
+from .model import Checkpoint, RoomVisionNet, Thresholds, file_sha256, fuse_batchnorm, resolve_device
 from .transforms import eval_transform
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
@@ -91,10 +92,50 @@ def _collate(items):
     return (torch.stack(ok) if ok else None), [err for _, err in items]
 
 
-class Predictor:
-    """The model of one checkpoint, ready to score images on the chosen device."""
+class _ServingHeads(torch.nn.Module):
+    """Export wrapper: image batch -> (features, room logits, quality logit, aesthetic probabilities)."""
 
-    def __init__(self, weights: str | Path | None = None, device: str = "auto", threads: int | None = None):
+    def __init__(self, model: RoomVisionNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        feats = self.model.backbone(x)
+        heads = self.model.heads(feats)
+        return feats, heads["room"], heads["quality"], torch.softmax(heads["aesthetic"], dim=1)
+
+
+def onnx_session(model: RoomVisionNet, weights: Path, threads: int):
+    """An ONNX Runtime session for the (BatchNorm-folded) model, exported once per weights file and cached."""
+    import warnings
+    import onnxruntime as ort
+    path = CACHE_DIR / "onnx" / f"{file_sha256(weights)[:16]}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes exporting at once never share a file
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_ServingHeads(model).eval(), torch.zeros(1, 3, 224, 224), str(tmp), input_names=["x"],
+                              output_names=["features", "room", "quality", "aesthetic"],
+                              dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}}, opset_version=17,
+                              dynamo=False)
+        tmp.replace(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # no busy-waiting: PyTorch's own threads (preprocessing) share the same cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class Predictor:
+    """The model of one checkpoint, ready to score images on the chosen device.
+
+    On the CPU the forward pass runs in ONNX Runtime when it is installed (`backend="auto"`), about three times
+    faster than eager PyTorch here; the PyTorch model stays loaded for Grad-CAM and on GPUs.
+    """
+
+    def __init__(self, weights: str | Path | None = None, device: str = "auto", threads: int | None = None,
+                 backend: str = "auto"):
         self.weights = Path(weights) if weights else default_weights_path()
         self.checkpoint = Checkpoint.load(self.weights)
         self.device = resolve_device(device)
@@ -105,6 +146,25 @@ class Predictor:
         self.classes = list(self.checkpoint.classes)
         self.thresholds = self.checkpoint.thresholds
         self.version = self.checkpoint.version
+        self.session = None
+        if backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"backend must be auto, torch or onnx, not {backend!r}")
+        if backend == "onnx" or (backend == "auto" and self.device.type == "cpu"):
+            try:
+                self.session = onnx_session(self.model, self.weights, threads or torch.get_num_threads())
+            except ImportError:
+                if backend == "onnx":
+                    raise ValueError("backend 'onnx' needs the onnxruntime and onnx packages") from None
+        self.backend = "onnx" if self.session is not None else "torch"
+
+    def _raw(self, x: torch.Tensor) -> dict:
+        if self.session is None:
+            return run_model(self.model, [x], self.device)
+        out = {"features": [], "room": [], "quality": [], "aesthetic": []}
+        for chunk in x.split(FORWARD_CHUNK):
+            for key, value in zip(out, self.session.run(None, {"x": chunk.numpy()})):
+                out[key].append(value)
+        return {k: np.concatenate(v) for k, v in out.items()}
 
     def _rows(self, raw: dict) -> list[dict]:
         probs = softmax_np(raw["room"], self.thresholds.temperature)
@@ -126,7 +186,7 @@ class Predictor:
         if not images:
             return []
         x = torch.stack([self.transform(img) for img in images])
-        return self._rows(run_model(self.model, [x], self.device))
+        return self._rows(self._raw(x))
 
     def iter_predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = None):
         """Yield the result rows of each batch of files; unreadable files get an error row.
@@ -140,7 +200,7 @@ class Predictor:
                             collate_fn=_collate, pin_memory=self.device.type == "cuda")
         done = 0
         for x, errors in loader:
-            scored = iter(self._rows(run_model(self.model, [x], self.device)) if x is not None else [])
+            scored = iter(self._rows(self._raw(x)) if x is not None else [])
             rows = []
             for err in errors:
                 path = str(paths[done])

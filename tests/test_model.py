@@ -119,3 +119,17 @@ def test_fused_batchnorm_gives_the_same_outputs(tiny_checkpoint):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     for k in expected:
         assert torch.allclose(expected[k], got[k], atol=1e-4, rtol=1e-4), k
+
+
+def test_onnx_backend_matches_pytorch(tiny_checkpoint, make_room):
+    pytest.importorskip("onnxruntime")
+    images = [make_room(11), make_room(12, (400, 300))]
+    onnx = Predictor(tiny_checkpoint, device="cpu", backend="onnx")
+    eager = Predictor(tiny_checkpoint, device="cpu", backend="torch")
+    assert onnx.backend == "onnx" and eager.backend == "torch"
+    for a, b in zip(onnx.predict_images(images), eager.predict_images(images)):
+        assert a["room"] == b["room"]
+        for c in CLASSES:
+            assert a[f"prob_{c}"] == pytest.approx(b[f"prob_{c}"], abs=1e-4)
+        assert a["quality_prob_good"] == pytest.approx(b["quality_prob_good"], abs=1e-4)
+        assert a["aesthetic_score"] == pytest.approx(b["aesthetic_score"], abs=1e-3)
