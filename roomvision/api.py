@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from .config import MAX_UPLOAD_BYTES
-from .images import ImageDecodeError, load_image
 from .inference import Predictor
 
 MAX_FILES = 64
@@ -117,21 +116,16 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
             inputs.append((f.filename or "upload", f.file.read(MAX_UPLOAD_BYTES + 1)))
         if not inputs:
             raise HTTPException(400, "send one or more images as multipart field 'files' (or an image_url)")
-        results: list[ImageResult | None] = [None] * len(inputs)
-        decoded = []
-        for i, (name, data) in enumerate(inputs):
-            try:
-                decoded.append((i, load_image(data)))
-            except ImageDecodeError as exc:
-                results[i] = ImageResult(filename=name, error=str(exc))
-        rows = p.predict_images([img for _, img in decoded])
-        for (i, _), row in zip(decoded, rows):
-            results[i] = ImageResult(
-                filename=inputs[i][0], room=row["room"],
-                probabilities={c: row[f"prob_{c}"] for c in p.classes},
+        results = []
+        for row, _ in p.predict_named(inputs):
+            if row["error"]:
+                results.append(ImageResult(filename=row["path"], error=row["error"]))
+                continue
+            results.append(ImageResult(
+                filename=row["path"], room=row["room"], probabilities={c: row[f"prob_{c}"] for c in p.classes},
                 quality_prob_good=row["quality_prob_good"], quality_threshold=threshold,
                 quality_label="GOOD" if row["quality_prob_good"] >= threshold else "BAD",
-                aesthetic_score=row["aesthetic_score"], aesthetic_std=row["aesthetic_std"])
+                aesthetic_score=row["aesthetic_score"], aesthetic_std=row["aesthetic_std"]))
         return PredictResponse(model_version=p.version, results=results)
 
     return app

@@ -55,7 +55,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_cache_features(a: argparse.Namespace) -> int:
     from .features import build_feature_cache
     from .inference import Predictor
-    out = build_feature_cache(Predictor(a.weights, device=a.device), a.manifest, a.data_roots, a.batch_size)
+    predictor = Predictor(a.weights, device=a.device, backend="torch")  # features come from the PyTorch model
+    out = build_feature_cache(predictor, a.manifest, a.data_roots, a.batch_size)
     print(f"written: {out}")
     return 0
 

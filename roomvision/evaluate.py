@@ -160,7 +160,7 @@ def folder_samples(folder: Path) -> pd.DataFrame:
 
 
 def evaluate_cli(a: argparse.Namespace) -> int:
-    predictor = Predictor(a.weights, device=a.device)
+    predictor = Predictor(a.weights, device=a.device, backend="torch")  # evaluation runs the PyTorch model
     if a.folder:
         df = folder_samples(a.folder)
         paths = [a.folder / p for p in df["path"]]

@@ -44,6 +44,13 @@ def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def serving_outputs(model: RoomVisionNet, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(features, room logits, quality logit, aesthetic probabilities) for an image batch."""
+    feats = model.backbone(x)
+    heads = model.heads(feats)
+    return feats, heads["room"], heads["quality"], torch.softmax(heads["aesthetic"].float(), dim=1)
+
+
 @torch.inference_mode()
 def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str | None = None,
               on_batch=None) -> dict:
@@ -62,12 +69,9 @@ def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str 
         for chunk in x.split(FORWARD_CHUNK):  # bounds activation memory; throughput is flat beyond this
             chunk = chunk.to(device, non_blocking=True)
             with autocast(device):
-                feats = model.backbone(chunk)
-                heads = model.heads(feats)
-            out["features"].append(feats.float().cpu())
-            out["room"].append(heads["room"].float().cpu())
-            out["quality"].append(heads["quality"].float().cpu())
-            out["aesthetic"].append(torch.softmax(heads["aesthetic"].float(), dim=1).cpu())
+                feats, room, quality, aesthetic = serving_outputs(model, chunk)
+            for key, value in zip(("features", "room", "quality", "aesthetic"), (feats, room, quality, aesthetic)):
+                out[key].append(value.float().cpu())
     return {k: torch.cat(v).numpy() if v else np.zeros((0,)) for k, v in out.items()}
 
 
@@ -100,13 +104,14 @@ class _ServingHeads(torch.nn.Module):
         self.model = model
 
     def forward(self, x):
-        feats = self.model.backbone(x)
-        heads = self.model.heads(feats)
-        return feats, heads["room"], heads["quality"], torch.softmax(heads["aesthetic"], dim=1)
+        return serving_outputs(self.model, x)
 
 
-def onnx_session(model: RoomVisionNet, weights: Path, threads: int):
-    """An ONNX Runtime session for the (BatchNorm-folded) model, exported once per weights file and cached."""
+def onnx_session(model: RoomVisionNet, weights: Path, input_size: int, threads: int):
+    """An ONNX Runtime session for the (BatchNorm-folded) model, exported once per weights file and cached.
+
+    Traced at the checkpoint's input size: TF "SAME" padding becomes constants in the graph.
+    """
     import warnings
     import onnxruntime as ort
     path = CACHE_DIR / "onnx" / f"{file_sha256(weights)[:16]}.onnx"
@@ -115,10 +120,9 @@ def onnx_session(model: RoomVisionNet, weights: Path, threads: int):
         tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes exporting at once never share a file
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_ServingHeads(model).eval(), torch.zeros(1, 3, 224, 224), str(tmp), input_names=["x"],
-                              output_names=["features", "room", "quality", "aesthetic"],
-                              dynamic_axes={"x": {0: "batch", 2: "height", 3: "width"}}, opset_version=17,
-                              dynamo=False)
+            torch.onnx.export(_ServingHeads(model).eval(), torch.zeros(1, 3, input_size, input_size), str(tmp),
+                              input_names=["x"], output_names=["features", "room", "quality", "aesthetic"],
+                              dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
         tmp.replace(path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -151,7 +155,8 @@ class Predictor:
             raise ValueError(f"backend must be auto, torch or onnx, not {backend!r}")
         if backend == "onnx" or (backend == "auto" and self.device.type == "cpu"):
             try:
-                self.session = onnx_session(self.model, self.weights, threads or torch.get_num_threads())
+                self.session = onnx_session(self.model, self.weights, self.checkpoint.preprocess.input_size,
+                                            threads or torch.get_num_threads())
             except ImportError:
                 if backend == "onnx":
                     raise ValueError("backend 'onnx' needs the onnxruntime and onnx packages") from None
@@ -187,6 +192,21 @@ class Predictor:
             return []
         x = torch.stack([self.transform(img) for img in images])
         return self._rows(self._raw(x))
+
+    def predict_named(self, named: list[tuple[str, bytes]]) -> list[tuple[dict, Image.Image | None]]:
+        """Decode named files and score the readable ones as one batch, in input order.
+
+        Each item gets (row, image): the row carries 'path' and 'error'; unreadable files get image None.
+        """
+        decoded, results = [], []
+        for name, data in named:
+            try:
+                decoded.append(load_image(data))
+                results.append(({"path": name}, decoded[-1]))
+            except ImageDecodeError as exc:
+                results.append(({"path": name, "error": str(exc)}, None))
+        rows = iter(self.predict_images(decoded))
+        return [({**row, **next(rows)}, img) if img is not None else (row, None) for row, img in results]
 
     def iter_predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = None):
         """Yield the result rows of each batch of files; unreadable files get an error row.

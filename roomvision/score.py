@@ -96,17 +96,8 @@ class _RayScorer:
         self.predictor = Predictor(weights, device=device)
 
     def __call__(self, batch: dict) -> dict:
-        from .images import ImageDecodeError, load_image
-        images, index, rows = [], [], []
-        for i, (path, data) in enumerate(zip(batch["path"], batch["bytes"])):
-            try:
-                images.append(load_image(bytes(data)))
-                index.append(i)
-            except ImageDecodeError as exc:
-                rows.append((i, {"path": path, "error": str(exc)}))
-        for i, row in zip(index, self.predictor.predict_images(images)):
-            rows.append((i, {"path": batch["path"][i], **row}))
-        df = results_frame([r for _, r in sorted(rows, key=lambda t: t[0])], self.predictor.classes)
+        named = [(str(path), bytes(data)) for path, data in zip(batch["path"], batch["bytes"])]
+        df = results_frame([row for row, _ in self.predictor.predict_named(named)], self.predictor.classes)
         return {c: df[c].to_numpy() for c in df.columns}
 
 

@@ -98,21 +98,15 @@ def threshold_sidebar(predictor: Predictor) -> Thresholds:
 def score_uploads(predictor: Predictor, uploads: list[tuple[str, bytes]], batch_size: int = 16,
                   progress=None) -> list[dict]:
     """Decode, explain (proxy metrics) and score uploaded files in batches; bad files get an error row."""
-    results: list[dict] = [{} for _ in uploads]
-    decoded = []
-    for i, (name, data) in enumerate(uploads):
-        try:
-            decoded.append((i, load_image(data)))
-        except ImageDecodeError as exc:
-            results[i] = {"path": name, "error": str(exc)}
-    for start in range(0, len(decoded), batch_size):
-        chunk = decoded[start:start + batch_size]
-        rows = predictor.predict_images([img for _, img in chunk])
-        for (i, img), row in zip(chunk, rows):
-            metrics = compute_metrics(img)
-            results[i] = {"path": uploads[i][0], **row, "metrics": metrics, "proxy_reasons": quality_reasons(metrics)}
+    results: list[dict] = []
+    for start in range(0, len(uploads), batch_size):
+        for row, img in predictor.predict_named(uploads[start:start + batch_size]):
+            if img is not None:
+                row["metrics"] = compute_metrics(img)
+                row["proxy_reasons"] = quality_reasons(row["metrics"])
+            results.append(row)
         if progress is not None:
-            progress(min(start + batch_size, len(decoded)), len(decoded))
+            progress(min(start + batch_size, len(uploads)), len(uploads))
     return results
 
 
