@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from roomvision.config import ENV_DATA_ROOT
-from roomvision.evaluate import filter_failures, report_paths
+from roomvision.reports import filter_failures, report_paths
 from roomvision.webapp import active_weights, dataset_roots_sidebar, thumbnail
 
 st.title("Mistakes")

@@ -7,10 +7,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from roomvision.config import default_weights_path
-from roomvision.evaluate import report_paths
+from roomvision.reports import report_paths
 from roomvision.features import build_feature_cache, cache_path, load_feature_cache
 from roomvision.labels import LabelStore
-from roomvision.retrain import retrain_heads
 from roomvision.webapp import active_weights, dataset_roots_sidebar, get_predictor, list_models, manifest_path, relabels_path
 
 st.title("Model")
@@ -30,7 +29,7 @@ if usable:
 predictor = get_predictor()
 if predictor is None:
     st.stop()
-ckpt = predictor.checkpoint
+ckpt = predictor.info
 st.caption(f"**{ckpt.version}** · backbone {ckpt.backbone} · input {ckpt.preprocess.input_size}px · "
            f"temperature {ckpt.thresholds.temperature:.2f} · quality threshold {ckpt.thresholds.quality:.2f} · "
            f"created {ckpt.created}")
@@ -92,6 +91,7 @@ if st.button("Retrain heads now", disabled=features_file is None):
         build_feature_cache(predictor, manifest_path(), [Path(p) for p in roots.values()],
                             on_batch=lambda d, t: bar.progress(d / max(t, 1), text=f"batch {d}/{t}"), progress=None)
     with st.spinner("Training heads…"):
+        from roomvision.retrain import retrain_heads  # PyTorch loads only when retraining
         result = retrain_heads(predictor.weights, load_feature_cache(features_file), relabels_path())
     st.success(f"Saved {result['out'].name} in {result['seconds']:.0f} s. Choose it above to use it.")
     st.dataframe(pd.DataFrame({"before": result["before"], "after": result["after"]}))

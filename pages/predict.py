@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from roomvision.images import load_image
-from roomvision.inference import decide, gradcam, results_frame
+from roomvision.inference import decide, results_frame
 from roomvision.webapp import get_predictor, overlay_heatmap, score_uploads, threshold_sidebar
 
 st.title("Predict")
@@ -51,7 +51,7 @@ for (name, data), row, dec in zip(uploads, results, decisions.to_dict("records")
         left, mid, right = st.columns([1.2, 1.3, 1.2])
         img = load_image(data)
         if show_cam:
-            heat, cls = gradcam(predictor, img)
+            heat, cls = predictor.explain(img)
             left.image(overlay_heatmap(img, heat), caption=f"{name} — Grad-CAM for {predictor.classes[cls]}")
         else:
             left.image(img, caption=name)

@@ -74,9 +74,26 @@ def cmd_retrain_heads(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(a: argparse.Namespace) -> int:
+    from .engine import export_onnx
+    from .inference import onnx_path
+    weights = a.weights or config.default_weights_path()
+    out = export_onnx(weights, a.out or onnx_path(weights))
+    print(f"written: {out}")
+    return 0
+
+
 def cmd_app(a: argparse.Namespace) -> int:
-    """Start the Streamlit app, under jemalloc when the system has it (much faster CPU inference)."""
+    """Start the Streamlit app, under jemalloc when the system has it (much faster CPU inference).
+
+    The default model's ONNX export is prepared first, so the app process itself never needs PyTorch.
+    """
     import os
+    from .inference import ensure_onnx, onnx_path
+    weights = config.default_weights_path()
+    if weights.is_file() and not onnx_path(weights).is_file():
+        print(f"Preparing {weights.name} for ONNX Runtime (once per weights file)…", file=sys.stderr)
+        ensure_onnx(weights)
     env = dict(os.environ)
     if os.path.exists(config.JEMALLOC) and "jemalloc" not in env.get("LD_PRELOAD", ""):
         env["LD_PRELOAD"] = ":".join(filter(None, [config.JEMALLOC, env.get("LD_PRELOAD")]))
@@ -188,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relabels", type=Path, default=config.DEFAULT_RELABELS)
     p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-relabel-<UTC time>.pt")
     p.set_defaults(func=cmd_retrain_heads)
+
+    p = sub.add_parser("export-onnx", help="export a checkpoint for ONNX Runtime (done automatically on first use)")
+    p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the default model)")
+    p.add_argument("--out", type=Path, default=None, help="ONNX file (default: the cache the predictor reads)")
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("app", help="start the Streamlit app (uses jemalloc when installed)")
     p.add_argument("--host", default="localhost")

@@ -11,15 +11,14 @@ import pandas as pd
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import (accuracy_score, average_precision_score, classification_report, confusion_matrix,
                              f1_score, precision_recall_curve, roc_auc_score, roc_curve)
-from torch.utils.data import DataLoader
 
 from .config import CACHE_DIR
 from .data import load_manifest, manifest_roots, resolve_paths, scan_root
-from .inference import Predictor, run_model, softmax_np
+from .inference import Predictor, softmax_np
 from .labels import LabelStore
-from .model import file_sha256
-from .train import SampleDataset, best_quality_threshold, degraded_samples, real_samples
-from .transforms import eval_transform
+from .modelinfo import file_sha256
+from .reports import report_paths
+from .train import best_quality_threshold, degraded_samples, real_samples
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -93,9 +92,7 @@ def save_confusion(cm: list[list[int]], classes: list[str], csv_path: Path, png_
 def evaluate(predictor: Predictor, samples: pd.DataFrame, batch_size: int = 64, human: pd.DataFrame | None = None,
              progress: str | None = "evaluating") -> tuple[dict, pd.DataFrame]:
     """All metrics for real (and optional degraded) samples; returns metrics and per-sample outputs."""
-    loader = DataLoader(SampleDataset(samples, eval_transform(predictor.checkpoint.preprocess)),
-                        batch_size=batch_size, num_workers=1)
-    raw = run_model(predictor.model, loader, predictor.device, progress=progress)
+    raw = predictor.run_samples(samples, batch_size, progress=progress)
     t = predictor.thresholds
     probs_raw, probs = softmax_np(raw["room"]), softmax_np(raw["room"], t.temperature)
     p_good = 1 / (1 + np.exp(-raw["quality"]))
@@ -199,22 +196,3 @@ def evaluate_cli(a: argparse.Namespace) -> int:
           f"aesthetic SRCC {metrics['aesthetic']['srcc']:.3f}")
     print(f"written: {paths['metrics']}")
     return 0
-
-
-def report_paths(weights: Path, tag: str = "test", out_dir: Path | None = None) -> dict[str, Path]:
-    """Where `evaluate` writes its outputs for a weights file: <dir>/<weights stem>.<tag>.<kind>.<ext>."""
-    folder = Path(out_dir) if out_dir else Path(weights).parent
-    stem = f"{Path(weights).stem}.{tag}"
-    return {k: folder / f"{stem}.{k}.{ext}" for k, ext in
-            (("metrics", "json"), ("failures", "csv"), ("confusion", "csv"), ("confusion_image", "png"))}
-
-
-def filter_failures(df: pd.DataFrame, true: str | None = None, predicted: str | None = None,
-                    confidence: tuple[float, float] = (0.0, 1.0), sort_by: str = "loss") -> pd.DataFrame:
-    """Failures for one confusion cell / class filter and confidence range, most telling first."""
-    keep = df["confidence"].between(*confidence)
-    if true:
-        keep &= df["true"] == true
-    if predicted:
-        keep &= df["predicted"] == predicted
-    return df[keep].sort_values(sort_by, ascending=False).reset_index(drop=True)

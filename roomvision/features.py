@@ -9,14 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader
 
 from .config import CACHE_DIR
 from .data import load_manifest, manifest_roots, resolve_paths
-from .inference import Predictor, run_model
-from .model import file_sha256
-from .train import SampleDataset, degraded_samples, real_samples
-from .transforms import eval_transform
+from .inference import Predictor
+from .modelinfo import file_sha256
 
 META_COLUMNS = ["sha256", "path", "source", "split", "degrade", "class_idx", "quality", "aesthetic"]
 
@@ -28,13 +25,12 @@ def cache_path(weights: Path, manifest: Path) -> Path:
 def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[Path] | None = None,
                         batch_size: int = 64, on_batch=None, progress: str | None = "caching features") -> Path:
     """Run the model once over every manifest photo and its degraded copy; save features and outputs."""
+    from .train import degraded_samples, real_samples  # PyTorch only when the cache is built
     df = load_manifest(manifest).reset_index(drop=True)
     real = real_samples(df, resolve_paths(df, manifest_roots(manifest, data_roots)), relabels=None)
     degraded = degraded_samples(real, CACHE_DIR / f"degraded-{file_sha256(manifest)[:12]}.csv")
     samples = pd.concat([real, degraded], ignore_index=True)
-    loader = DataLoader(SampleDataset(samples, eval_transform(predictor.checkpoint.preprocess)),
-                        batch_size=batch_size, num_workers=1)
-    raw = run_model(predictor.model, loader, predictor.device, progress=progress, on_batch=on_batch)
+    raw = predictor.run_samples(samples, batch_size, progress=progress, on_batch=on_batch)
     out = cache_path(predictor.weights, manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {c: samples[c].to_numpy() if samples[c].dtype.kind in "iufb" else np.array(samples[c].astype(str).tolist())

@@ -1,33 +1,32 @@
-"""Serving: load a checkpoint once, score batches of images, turn outputs into decisions."""
+"""Serving: load a checkpoint once, score batches of images, turn outputs into decisions.
+
+On the CPU the forward pass runs in ONNX Runtime and this module never imports PyTorch, so the app and the API
+stay small; PyTorch is loaded only for GPUs, the `torch` backend, and the one-off ONNX export.
+"""
 from __future__ import annotations
 
-import contextlib
-import os
 import json
+import os
+import shutil
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .config import CACHE_DIR, default_weights_path
 from .images import ImageDecodeError, load_image
-from .model import Checkpoint, RoomVisionNet, Thresholds, file_sha256, fuse_batchnorm, resolve_device
-from .transforms import eval_transform
+from .modelinfo import Thresholds, file_sha256, read_model_info
+from .preprocess import EvalPreprocess
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
-FORWARD_CHUNK = 32
-
-
-def autocast(device: torch.device):
-    """Mixed precision on CUDA, plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
+ONNX_GRAPH_VERSION = 2  # bump when the exported outputs change: cached exports are keyed by it
+ONNX_CHUNK = 32
 
 
 def aesthetic_stats(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -44,89 +43,44 @@ def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def serving_outputs(model: RoomVisionNet, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(features, room logits, quality logit, aesthetic probabilities) for an image batch."""
-    feats = model.backbone(x)
-    heads = model.heads(feats)
-    return feats, heads["room"], heads["quality"], torch.softmax(heads["aesthetic"].float(), dim=1)
+
+def cuda_available() -> bool:
+    """True when an NVIDIA driver is present and PyTorch sees a GPU (PyTorch is imported only in that case)."""
+    if not (os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi")):
+        return False
+    import torch
+    return torch.cuda.is_available()
 
 
-@torch.inference_mode()
-def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str | None = None,
-              on_batch=None) -> dict:
-    """Raw outputs over a loader yielding (images, …): room logits, quality logits, aesthetic probs, features.
+def onnx_path(weights: str | Path) -> Path:
+    """Where the ONNX export of a weights file is cached (keyed by the file's content)."""
+    return CACHE_DIR / "onnx" / f"{file_sha256(weights)[:16]}-v{ONNX_GRAPH_VERSION}.onnx"
 
-    `progress` names a tqdm bar; `on_batch(done, total)` reports progress to a UI.
+
+def ensure_onnx(weights: str | Path) -> Path:
+    """The cached ONNX export of `weights`, exported first if needed.
+
+    A process that has not imported PyTorch exports in a child process, so that it never pays PyTorch's memory.
     """
-    if model.training:
-        model.eval()
-    out = {"room": [], "quality": [], "aesthetic": [], "features": []}
-    total = len(loader) if hasattr(loader, "__len__") else 0
-    for i, batch in enumerate(tqdm(loader, desc=progress, unit="batch", disable=progress is None, file=sys.stderr)):
-        if on_batch is not None:
-            on_batch(i, total)
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        for chunk in x.split(FORWARD_CHUNK):  # bounds activation memory; throughput is flat beyond this
-            chunk = chunk.to(device, non_blocking=True)
-            with autocast(device):
-                feats, room, quality, aesthetic = serving_outputs(model, chunk)
-            for key, value in zip(("features", "room", "quality", "aesthetic"), (feats, room, quality, aesthetic)):
-                out[key].append(value.float().cpu())
-    return {k: torch.cat(v).numpy() if v else np.zeros((0,)) for k, v in out.items()}
+    path = onnx_path(weights)
+    if path.is_file():
+        return path
+    if "torch" in sys.modules:
+        from .engine import export_onnx
+        return export_onnx(weights, path)
+    done = subprocess.run([sys.executable, "-m", "roomvision", "export-onnx", "--weights", str(weights),
+                           "--out", str(path)], capture_output=True, text=True)
+    if done.returncode != 0 or not path.is_file():
+        raise RuntimeError(f"ONNX export of {weights} failed: {done.stderr.strip()[-500:]}")
+    return path
 
 
-class _PathDataset(Dataset):
-    """Decodes files in DataLoader workers; a bad file yields an error string instead of a tensor."""
-
-    def __init__(self, paths, transform, min_side: int | None = None):
-        self.paths, self.transform, self.min_side = list(paths), transform, min_side
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        try:
-            return self.transform(load_image(self.paths[i], min_side=self.min_side)), ""
-        except ImageDecodeError as exc:
-            return None, str(exc)
-
-
-def _collate(items):
-    ok = [x for x, _ in items if x is not None]
-    return (torch.stack(ok) if ok else None), [err for _, err in items]
-
-
-class _ServingHeads(torch.nn.Module):
-    """Export wrapper: image batch -> (features, room logits, quality logit, aesthetic probabilities)."""
-
-    def __init__(self, model: RoomVisionNet):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return serving_outputs(self.model, x)
-
-
-def onnx_session(model: RoomVisionNet, weights: Path, input_size: int, threads: int):
-    """An ONNX Runtime session for the (BatchNorm-folded) model, exported once per weights file and cached.
-
-    Traced at the checkpoint's input size: TF "SAME" padding becomes constants in the graph.
-    """
-    import warnings
+def onnx_session(path: Path, threads: int | None):
     import onnxruntime as ort
-    path = CACHE_DIR / "onnx" / f"{file_sha256(weights)[:16]}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes exporting at once never share a file
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_ServingHeads(model).eval(), torch.zeros(1, 3, input_size, input_size), str(tmp),
-                              input_names=["x"], output_names=["features", "room", "quality", "aesthetic"],
-                              dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
-        tmp.replace(path)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    # no busy-waiting: PyTorch's own threads (preprocessing) share the same cores
+    if threads:
+        options.intra_op_num_threads = threads
+    # no busy-waiting: decoding threads share the same cores
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -134,42 +88,69 @@ def onnx_session(model: RoomVisionNet, weights: Path, input_size: int, threads: 
 class Predictor:
     """The model of one checkpoint, ready to score images on the chosen device.
 
-    On the CPU the forward pass runs in ONNX Runtime when it is installed (`backend="auto"`), about three times
-    faster than eager PyTorch here; the PyTorch model stays loaded for Grad-CAM and on GPUs.
+    backend "auto": ONNX Runtime on the CPU (about three times faster than eager PyTorch here, and no PyTorch in
+    the process), PyTorch with mixed precision on CUDA. The PyTorch model loads on first use of `model`.
     """
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", threads: int | None = None,
                  backend: str = "auto"):
-        self.weights = Path(weights) if weights else default_weights_path()
-        self.checkpoint = Checkpoint.load(self.weights)
-        self.device = resolve_device(device)
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = fuse_batchnorm(self.checkpoint.build_model()).to(self.device)
-        self.transform = eval_transform(self.checkpoint.preprocess)
-        self.classes = list(self.checkpoint.classes)
-        self.thresholds = self.checkpoint.thresholds
-        self.version = self.checkpoint.version
-        self.session = None
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be auto, torch or onnx, not {backend!r}")
-        if backend == "onnx" or (backend == "auto" and self.device.type == "cpu"):
+        self.weights = Path(weights) if weights else default_weights_path()
+        self.info = read_model_info(self.weights)
+        self.classes = list(self.info.classes)
+        self.thresholds = self.info.thresholds
+        self.version = self.info.version
+        self.transform = EvalPreprocess(self.info.preprocess)
+        self.threads = threads
+        if device == "auto":
+            device = "cuda" if backend != "onnx" and cuda_available() else "cpu"
+        elif device.startswith("cuda") and not cuda_available():
+            raise ValueError("--device cuda requested but no CUDA GPU is available")
+        self.device = device
+        self.session = None
+        if backend == "onnx" or (backend == "auto" and device == "cpu"):
+            if device != "cpu":
+                raise ValueError("backend 'onnx' runs on the CPU; use the torch backend on a GPU")
             try:
-                self.session = onnx_session(self.model, self.weights, self.checkpoint.preprocess.input_size,
-                                            threads or torch.get_num_threads())
+                self.session = onnx_session(ensure_onnx(self.weights), threads)
             except ImportError:
                 if backend == "onnx":
                     raise ValueError("backend 'onnx' needs the onnxruntime and onnx packages") from None
         self.backend = "onnx" if self.session is not None else "torch"
+        if self.backend == "torch":
+            self.model.eval()  # load now: a broken weights file fails here, not on the first image
 
-    def _raw(self, x: torch.Tensor) -> dict:
+    @cached_property
+    def model(self):
+        """The BatchNorm-folded PyTorch model on this predictor's device (imports PyTorch)."""
+        import torch
+        from .engine import load_serving_model
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return load_serving_model(self.weights, self.device)
+
+    def _run_torch(self, loader, progress: str | None = None, on_batch=None) -> dict:
+        import torch
+        from .engine import run_model
+        return run_model(self.model, loader, torch.device(self.device), progress, on_batch)
+
+    def run_samples(self, samples: pd.DataFrame, batch_size: int = 64, progress: str | None = None,
+                    on_batch=None) -> dict:
+        """Raw outputs of the PyTorch model over training-style samples (files, degradations): for evaluation
+        and feature caching, which must measure the trained model itself."""
+        from torch.utils.data import DataLoader
+        from .train import SampleDataset
+        from .transforms import eval_transform
+        loader = DataLoader(SampleDataset(samples, eval_transform(self.info.preprocess)),
+                            batch_size=batch_size, num_workers=1)
+        return self._run_torch(loader, progress, on_batch)
+
+    def _raw(self, x: np.ndarray, outputs: tuple[str, ...] = ("room", "quality", "aesthetic")) -> dict:
         if self.session is None:
-            return run_model(self.model, [x], self.device)
-        out = {"features": [], "room": [], "quality": [], "aesthetic": []}
-        for chunk in x.split(FORWARD_CHUNK):
-            for key, value in zip(out, self.session.run(None, {"x": chunk.numpy()})):
-                out[key].append(value)
-        return {k: np.concatenate(v) for k, v in out.items()}
+            return self._run_torch([x])
+        parts = [self.session.run(list(outputs), {"x": x[i:i + ONNX_CHUNK]}) for i in range(0, len(x), ONNX_CHUNK)]
+        return {k: np.concatenate([p[j] for p in parts]) for j, k in enumerate(outputs)}
 
     def _rows(self, raw: dict) -> list[dict]:
         probs = softmax_np(raw["room"], self.thresholds.temperature)
@@ -190,8 +171,7 @@ class Predictor:
         """Score decoded RGB images together as one batch."""
         if not images:
             return []
-        x = torch.stack([self.transform(img) for img in images])
-        return self._rows(self._raw(x))
+        return self._rows(self._raw(self.transform.batch(images)))
 
     def predict_named(self, named: list[tuple[str, bytes]]) -> list[tuple[dict, Image.Image | None]]:
         """Decode named files and score the readable ones as one batch, in input order.
@@ -211,22 +191,38 @@ class Predictor:
     def iter_predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = None):
         """Yield the result rows of each batch of files; unreadable files get an error row.
 
-        Decoding runs in a worker process for long lists (`workers=None` decides): starting one costs seconds.
+        `workers` threads (default 2) decode and preprocess the next batch while the current one runs.
         """
-        if workers is None:
-            workers = 1 if len(paths) > 8 * batch_size else 0
-        dataset = _PathDataset(paths, self.transform, min_side=self.checkpoint.preprocess.resize_size)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                            collate_fn=_collate, pin_memory=self.device.type == "cuda")
-        done = 0
-        for x, errors in loader:
-            scored = iter(self._rows(self._raw(x)) if x is not None else [])
-            rows = []
-            for err in errors:
-                path = str(paths[done])
-                rows.append({"path": path, **next(scored)} if not err else {"path": path, "error": err})
-                done += 1
-            yield rows
+        min_side = self.info.preprocess.resize_size
+
+        def load(path):
+            try:
+                return self.transform(load_image(path, min_side=min_side)), ""
+            except ImageDecodeError as exc:
+                return None, str(exc)
+
+        batches = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+        with ThreadPoolExecutor(max(1, workers or 2)) as pool:
+            upcoming = [pool.submit(load, p) for p in batches[0]] if batches else []
+            for i, batch in enumerate(batches):
+                current = upcoming
+                upcoming = [pool.submit(load, p) for p in batches[i + 1]] if i + 1 < len(batches) else []
+                items = [f.result() for f in current]
+                arrays = [x for x, _ in items if x is not None]
+                scored = iter(self._rows(self._raw(np.stack(arrays))) if arrays else [])
+                yield [{"path": str(path), **next(scored)} if not err else {"path": str(path), "error": err}
+                       for path, (_, err) in zip(batch, items)]
+
+    def explain(self, img: Image.Image, class_index: int | None = None) -> tuple[np.ndarray, int]:
+        """Grad-CAM of the room head: a 0-1 heat map over the last feature map and the class it explains.
+
+        For a linear head on globally pooled features Grad-CAM is the class activation map, which the serving
+        graph already computes, so no gradients (and no PyTorch) are needed.
+        """
+        raw = self._raw(self.transform.batch([img]), ("room", "room_cam"))
+        c = int(raw["room"][0].argmax()) if class_index is None else class_index
+        cam = np.maximum(raw["room_cam"][0, c], 0)
+        return cam / cam.max() if cam.max() > 0 else cam, c
 
     def predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = None,
                       progress: bool = False) -> list[dict]:
@@ -269,18 +265,3 @@ def write_results(results: list[dict], out: Path | None, classes: list[str]) -> 
         df.to_csv(out, index=False)
     else:
         df.to_csv(sys.stdout, index=False)
-
-
-def gradcam(predictor: Predictor, img: Image.Image, class_index: int | None = None) -> tuple[np.ndarray, int]:
-    """Grad-CAM of the room head on the last feature map: a 0-1 heat map and the class it explains."""
-    model = predictor.model
-    x = predictor.transform(img).unsqueeze(0).to(predictor.device)
-    with torch.enable_grad():
-        fmap = model.backbone.forward_features(x).detach().requires_grad_(True)
-        logits = model.room_head(model.backbone.forward_head(fmap))
-        c = int(logits.argmax(1)) if class_index is None else class_index
-        # autograd.grad leaves the shared model's parameters untouched (safe across app sessions)
-        (grad,) = torch.autograd.grad(logits[0, c], fmap)
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * fmap).sum(1))[0].detach().cpu().numpy()
-    return cam / cam.max() if cam.max() > 0 else cam, c

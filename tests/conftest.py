@@ -56,7 +56,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised Lite0 checkpoint (fast to build, exercises the real code path)."""
     import torch
     from roomvision.config import CLASSES
-    from roomvision.model import Checkpoint, Preprocess, RoomVisionNet, Thresholds
+    from roomvision.model import Checkpoint, RoomVisionNet
+    from roomvision.modelinfo import Thresholds
+    from roomvision.preprocess import Preprocess
     torch.manual_seed(0)
     model = RoomVisionNet(pretrained=False)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"

@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from roomvision.data import prepare
-from roomvision.evaluate import report_paths
+from roomvision.reports import report_paths
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -5,7 +6,7 @@ from roomvision.config import CLASSES
 from roomvision.inference import Predictor, decide
 from roomvision.model import Checkpoint, CheckpointError, RoomVisionNet, create_backbone, resolve_device
 from roomvision.transforms import eval_transform
-from roomvision.model import Preprocess
+from roomvision.preprocess import Preprocess
 
 
 def test_forward_shapes():
@@ -95,12 +96,30 @@ def test_packaged_imagenet_weights_recognise_a_real_photo():
         assert expected & set(top5[:2]), top5
 
 
-def test_gradcam_heat_map_and_no_gradients_left_on_the_model(tiny_checkpoint, make_room):
-    from roomvision.inference import gradcam
-    p = Predictor(tiny_checkpoint, device="cpu")
-    heat, cls = gradcam(p, make_room(3))
-    assert heat.shape == (7, 7) and 0 <= heat.min() and heat.max() <= 1 and cls in range(len(CLASSES))
-    assert all(param.grad is None for param in p.model.parameters())
+def autograd_gradcam(model, x, c):
+    """Reference Grad-CAM: gradients of the room logit with respect to the last feature map."""
+    with torch.enable_grad():
+        fmap = model.backbone.forward_features(x).detach().requires_grad_(True)
+        logit = model.room_head(model.backbone.forward_head(fmap))[0, c]
+        (grad,) = torch.autograd.grad(logit, fmap)
+    cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * fmap).sum(1))[0].detach().numpy()
+    return cam / cam.max() if cam.max() > 0 else cam
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_explanation_equals_autograd_gradcam(tiny_checkpoint, make_room, backend):
+    pytest.importorskip("onnxruntime")
+    p = Predictor(tiny_checkpoint, device="cpu", backend=backend)
+    img = make_room(3)
+    heat, cls = p.explain(img)
+    assert heat.shape == (7, 7) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
+    assert cls == CLASSES.index(p.predict_images([img])[0]["room"])
+    model = Checkpoint.load(tiny_checkpoint).build_model()
+    x = torch.from_numpy(p.transform.batch([img]))
+    for c in (cls, (cls + 1) % len(CLASSES)):
+        heat_c, _ = p.explain(img, class_index=c)
+        np.testing.assert_allclose(heat_c, autograd_gradcam(model, x, c), atol=2e-3)
+    assert all(param.grad is None for param in model.parameters())
 
 
 def test_fused_batchnorm_gives_the_same_outputs(tiny_checkpoint):

@@ -1,0 +1,99 @@
+"""PyTorch execution: mixed precision, batched forward passes, class activation maps and the ONNX export."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .model import Checkpoint, RoomVisionNet, fuse_batchnorm, resolve_device
+
+FORWARD_CHUNK = 32  # bounds activation memory; throughput is flat beyond this
+ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam")
+
+
+def autocast(device: torch.device):
+    """Mixed precision on CUDA, plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def load_serving_model(weights: str | Path, device: str | torch.device = "cpu") -> RoomVisionNet:
+    """The checkpoint's model in eval mode with BatchNorm folded into the convolutions."""
+    return fuse_batchnorm(Checkpoint.load(weights).build_model()).to(resolve_device(str(device)))
+
+
+def serving_outputs(model: RoomVisionNet, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(features, room logits, quality logit, aesthetic probabilities, room activation maps) for an image batch.
+
+    The room head is a linear layer on globally pooled features, so its Grad-CAM equals the class activation map
+    W_room · feature_map (up to a positive factor); it is computed here, inside the graph, for every image.
+    """
+    fmap = model.backbone.forward_features(x)
+    feats = model.backbone.forward_head(fmap)
+    heads = model.heads(feats)
+    cam = torch.einsum("kc,bchw->bkhw", model.room_head.weight.to(fmap.dtype), fmap)
+    return feats, heads["room"], heads["quality"], torch.softmax(heads["aesthetic"].float(), dim=1), cam
+
+
+@torch.inference_mode()
+def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str | None = None,
+              on_batch=None) -> dict[str, np.ndarray]:
+    """Raw outputs (ONNX_OUTPUTS names) over a loader yielding image batches or (images, …) tuples.
+
+    `progress` names a tqdm bar; `on_batch(done, total)` reports progress to a UI.
+    """
+    if model.training:
+        model.eval()
+    out: dict[str, list] = {k: [] for k in ONNX_OUTPUTS}
+    total = len(loader) if hasattr(loader, "__len__") else 0
+    for i, batch in enumerate(tqdm(loader, desc=progress, unit="batch", disable=progress is None, file=sys.stderr)):
+        if on_batch is not None:
+            on_batch(i, total)
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x = torch.as_tensor(x)
+        if device.type == "cuda":
+            x = x.pin_memory()
+        for chunk in x.split(FORWARD_CHUNK):
+            chunk = chunk.to(device, non_blocking=True)
+            with autocast(device):
+                for key, value in zip(ONNX_OUTPUTS, serving_outputs(model, chunk)):
+                    out[key].append(value.float().cpu())
+    return {k: torch.cat(v).numpy() if v else np.zeros((0,)) for k, v in out.items()}
+
+
+class _ServingGraph(torch.nn.Module):
+    """Export wrapper: image batch -> ONNX_OUTPUTS."""
+
+    def __init__(self, model: RoomVisionNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return serving_outputs(self.model, x)
+
+
+def export_onnx(weights: str | Path, out: str | Path) -> Path:
+    """Write the (BatchNorm-folded) model as ONNX with a dynamic batch axis.
+
+    Traced at the checkpoint's input size: TF "SAME" padding becomes constants in the graph.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = Checkpoint.load(weights)
+    model = fuse_batchnorm(checkpoint.build_model())
+    size = checkpoint.preprocess.input_size
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")  # processes exporting at once never share a file
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_ServingGraph(model).eval(), torch.zeros(1, 3, size, size), str(tmp),
+                          input_names=["x"], output_names=list(ONNX_OUTPUTS),
+                          dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
+    tmp.replace(out)
+    return out

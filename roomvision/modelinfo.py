@@ -1,0 +1,99 @@
+"""What a checkpoint says about itself (classes, backbone, preprocessing, thresholds, metrics), readable without
+PyTorch so that serving processes stay small."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import DEFAULT_QUALITY_THRESHOLD, LISTING_READY_MIN_AESTHETIC, MIN_ROOM_CONFIDENCE
+from .preprocess import Preprocess
+
+CHECKPOINT_FORMAT = "roomvision-checkpoint"
+CHECKPOINT_VERSION = 1
+REQUIRED_KEYS = ("backbone", "classes", "preprocess", "thresholds", "state_dict")
+
+
+class CheckpointError(ValueError):
+    """A weights file that is missing, unreadable or not a compatible roomvision checkpoint."""
+
+
+@dataclass
+class Thresholds:
+    """Decision settings that serving reads from the checkpoint."""
+    temperature: float = 1.0
+    quality: float = DEFAULT_QUALITY_THRESHOLD
+    min_room_confidence: float = MIN_ROOM_CONFIDENCE
+    listing_ready_min_aesthetic: float = LISTING_READY_MIN_AESTHETIC
+
+
+@dataclass
+class ModelInfo:
+    """A checkpoint's self-description, everything except the weights."""
+    backbone: str
+    classes: list[str]
+    preprocess: Preprocess
+    thresholds: Thresholds
+    metrics: dict = field(default_factory=dict)
+    manifest_sha256: str = ""
+    created: str = ""
+    version: str = ""
+    train_args: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_payload(cls, raw, path: Path) -> dict:
+        """Validated constructor arguments from a checkpoint's top-level dict."""
+        if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} is not a roomvision checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+        if raw.get("format_version", 0) > CHECKPOINT_VERSION:
+            raise CheckpointError(f"{path} needs a newer roomvision (format {raw['format_version']})")
+        missing = [k for k in REQUIRED_KEYS if k not in raw]
+        if missing:
+            raise CheckpointError(f"{path} is missing {', '.join(missing)}")
+        pre = raw["preprocess"]
+        return dict(backbone=raw["backbone"], classes=list(raw["classes"]),
+                    preprocess=Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}),
+                    thresholds=Thresholds(**raw["thresholds"]), metrics=raw.get("metrics", {}),
+                    manifest_sha256=raw.get("manifest_sha256", ""), created=raw.get("created", ""),
+                    version=raw.get("version", path.stem), train_args=raw.get("train_args", {}))
+
+
+class _HeaderUnpickler(pickle.Unpickler):
+    """Unpickles a torch.save archive's record but leaves every tensor out (no PyTorch, no weight bytes read)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return lambda *args, **kwargs: None
+        if module == "torch" and name.endswith("Storage"):
+            return name
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
+
+    def persistent_load(self, pid):
+        return None
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The self-description of a checkpoint file, read without PyTorch; CheckpointError when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            record = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
+            with archive.open(record) as f:
+                raw = _HeaderUnpickler(f).load()
+    except (zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a readable roomvision checkpoint ({type(exc).__name__})") from None
+    return ModelInfo(**ModelInfo.from_payload(raw, path))
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,71 @@
+"""Serving without PyTorch: shared NumPy preprocessing, checkpoint headers, and a torch-free predictor process."""
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from roomvision.model import Checkpoint
+from roomvision.modelinfo import CheckpointError, read_model_info
+from roomvision.preprocess import EvalPreprocess, Preprocess
+
+
+@pytest.mark.parametrize("size", [(416, 416), (640, 427), (300, 500), (224, 224), (120, 90), (257, 1000)])
+@pytest.mark.parametrize("pre", [Preprocess(), Preprocess(resize_size=224), Preprocess(240, 274, "bilinear")])
+def test_numpy_preprocessing_equals_torchvision(make_room, size, pre):
+    img = make_room(5, size)
+    reference = T.Compose([T.Resize(pre.resize_size, interpolation=T.InterpolationMode(pre.interpolation)),
+                           T.CenterCrop(pre.input_size), T.ToTensor(), T.Normalize(pre.mean, pre.std)])(img)
+    got = EvalPreprocess(pre)(img)
+    assert got.shape == (3, pre.input_size, pre.input_size) and got.dtype == np.float32
+    np.testing.assert_allclose(got, reference.numpy(), atol=1e-6)
+
+
+def test_header_reader_matches_the_full_loader(tiny_checkpoint):
+    info, full = read_model_info(tiny_checkpoint), Checkpoint.load(tiny_checkpoint)
+    for name in ("backbone", "classes", "preprocess", "thresholds", "metrics", "version", "created"):
+        assert getattr(info, name) == getattr(full, name), name
+
+
+def test_header_reader_rejects_foreign_and_malicious_files(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint")
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(2)}, plain)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    evil = tmp_path / "evil.pt"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps({"format": "roomvision-checkpoint", "x": Evil()}))
+    for path, message in ((text, "not a readable"), (plain, "not a roomvision checkpoint"),
+                          (evil, "not a readable"), (tmp_path / "missing.pt", "not found")):
+        with pytest.raises(CheckpointError, match=message):
+            read_model_info(path)
+
+
+def test_serving_process_never_imports_torch(tiny_checkpoint, make_room, tmp_path):
+    pytest.importorskip("onnxruntime")
+    image = tmp_path / "room.jpg"
+    make_room(8).save(image)
+    code = f"""
+import sys
+import roomvision.webapp
+from roomvision.inference import Predictor
+from roomvision.images import load_image
+p = Predictor({str(tiny_checkpoint)!r}, device="auto")
+rows = p.predict_paths([{str(image)!r}, "missing.jpg"])
+heat, cls = p.explain(load_image({str(image)!r}))
+assert p.backend == "onnx" and rows[0]["error"] == "" and rows[1]["error"], rows
+assert heat.shape == (7, 7)
+print("torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
