@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     p.add_argument("--init", type=Path, default=None, help="start from the weights of this roomvision checkpoint")
+    p.add_argument("--ema-decay", type=float, default=0.998,
+                   help="exponential moving average of the weights, validated and saved (0 = off)")
     p.add_argument("--min-crop", type=float, default=0.45, help="smallest random-crop area (share of the photo)")
     p.set_defaults(func=cmd_train)
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from sklearn.metrics import f1_score, roc_auc_score
 from torch.utils.data import DataLoader, Dataset
+from timm.utils import ModelEmaV3
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -56,6 +57,7 @@ class TrainConfig:
     resume: bool = False
     init: Path | None = None
     min_crop: float = 0.45
+    ema_decay: float = 0.998
 
 
 def rating_to_score(rating: float) -> float:
@@ -232,6 +234,8 @@ def train(cfg: TrainConfig) -> Path:
         model.load_state_dict(Checkpoint.load(cfg.init).build_model().state_dict())
         print(f"initialised from {cfg.init}", file=sys.stderr)
     frozen = _set_trainable(model, cfg.freeze_stages)
+    # validation, early stopping and the saved weights use the exponential moving average of the weights
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, warmup_power=0.75) if cfg.ema_decay else None
 
     train_real = real[real.split == "train"].reset_index(drop=True)
     train_deg = degraded[degraded.split == "train"].reset_index(drop=True)
@@ -258,6 +262,8 @@ def train(cfg: TrainConfig) -> Path:
         if saved["state"].get("epochs", cfg.epochs) != cfg.epochs:
             raise ValueError(f"resume with the same --epochs as the interrupted run ({saved['state']['epochs']})")
         model.load_state_dict(saved["model"])
+        if ema is not None and "ema" in saved:
+            ema.module.load_state_dict(saved["ema"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         state = saved["state"]
@@ -297,6 +303,8 @@ def train(cfg: TrainConfig) -> Path:
             scaler.update()
             sched.step()
             gstep = epoch * steps_per_epoch + step
+            if ema is not None:
+                ema.update(model, step=gstep)
             if step % 10 == 0:
                 writer.add_scalar("loss/total", loss.item(), gstep)
                 writer.add_scalar("loss/room", loss_room.item(), gstep)
@@ -304,7 +312,8 @@ def train(cfg: TrainConfig) -> Path:
                 writer.add_scalar("loss/aesthetic", loss_aesthetic.item(), gstep)
                 writer.add_scalar("lr/heads", sched.get_last_lr()[0], gstep)
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(step + 1) * cfg.batch_size / (time.time() - t0):.1f}")
-        raw = run_model(model, val_loader, device, progress="validating")
+        scored = ema.module if ema is not None else model
+        raw = run_model(scored, val_loader, device, progress="validating")
         metrics = validation_metrics(raw, val)
         for k, v in metrics.items():
             writer.add_scalar(f"val/{k}", v, epoch + 1)
@@ -313,11 +322,12 @@ def train(cfg: TrainConfig) -> Path:
         print(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), file=sys.stderr)
         if metrics["room_macro_f1"] > state["best_f1"]:
             state.update(best_f1=metrics["room_macro_f1"], best_epoch=epoch + 1, stale=0)
-            torch.save(model.state_dict(), run_dir / "best_model.pt")
+            torch.save(scored.state_dict(), run_dir / "best_model.pt")
         else:
             state["stale"] += 1
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "state": state}, last.with_suffix(".tmp"))
+                    "state": state, **({"ema": ema.module.state_dict()} if ema is not None else {})},
+                   last.with_suffix(".tmp"))
         last.with_suffix(".tmp").replace(last)
     writer.close()
 

@@ -63,6 +63,10 @@ def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, make_
     at.button[0].click().run()  # reset to defaults
     assert at.slider(key="thr_quality").value == pytest.approx(0.4)
     assert at.dataframe and at.get("download_button")
+    at.toggle[0].set_value(True).run()
+    assert not at.exception, [e.message for e in at.exception]
+    captions = [i.caption for el in at.get("image") for i in el.proto.imgs]
+    assert any(c.startswith("room.jpg — Grad-CAM for ") for c in captions), captions
 
 
 def test_mistakes_page_explains_missing_evaluation(app_env):
