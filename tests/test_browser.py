@@ -8,10 +8,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from roomvision.data import prepare
+from roomvision.labels import LabelStore
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -92,11 +92,12 @@ def test_app_in_chromium(server, tmp_path, make_room):
         page.get_by_role("button", name="GOOD").wait_for()
         page.wait_for_timeout(1000)
         page.keyboard.press("b")
+        store = LabelStore(server["relabels"])  # the store's reader: a file caught mid-append is not an error
         for _ in range(60):
-            if server["relabels"].is_file() and len(pd.read_csv(server["relabels"])) >= 1:
+            if len(store.read_raw()) >= 1:
                 break
             time.sleep(0.5)
-        rows = pd.read_csv(server["relabels"], keep_default_na=False)
+        rows = store.read_raw()
         assert list(rows["human_label"]) == ["BAD"]
         assert (server["root"] / rows.loc[0, "path"]).is_file()
         page.screenshot(path=str(ARTIFACTS / "relabel.png"), full_page=True)
