@@ -89,10 +89,9 @@ def cmd_app(a: argparse.Namespace) -> int:
     The default model's ONNX export is prepared first, so the app process itself never needs PyTorch.
     """
     import os
-    from .inference import ensure_onnx, onnx_path
+    from .inference import ensure_onnx
     weights = config.default_weights_path()
-    if weights.is_file() and not onnx_path(weights).is_file():
-        print(f"Preparing {weights.name} for ONNX Runtime (once per weights file)…", file=sys.stderr)
+    if weights.is_file():
         ensure_onnx(weights)
     env = dict(os.environ)
     if os.path.exists(config.JEMALLOC) and "jemalloc" not in env.get("LD_PRELOAD", ""):
@@ -234,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=None,
-                   help="decoding processes (local engine; default: 1 for long lists, else 0)")
+                   help="decoding threads (local engine; default: 2)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its journal")
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")

@@ -65,6 +65,7 @@ def ensure_onnx(weights: str | Path) -> Path:
     path = onnx_path(weights)
     if path.is_file():
         return path
+    print(f"Preparing {Path(weights).name} for ONNX Runtime (once per weights file)…", file=sys.stderr)
     if "torch" in sys.modules:
         from .engine import export_onnx
         return export_onnx(weights, path)
