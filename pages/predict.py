@@ -51,8 +51,7 @@ for (name, data), row, dec in zip(uploads, results, decisions.to_dict("records")
         left, mid, right = st.columns([1.2, 1.3, 1.2])
         img = load_image(data)
         if show_cam:
-            heat, cls = predictor.explain(img)
-            left.image(overlay_heatmap(img, heat), caption=f"{name} — Grad-CAM for {predictor.classes[cls]}")
+            left.image(overlay_heatmap(img, row["room_cam"]), caption=f"{name} — Grad-CAM for {row['room']}")
         else:
             left.image(img, caption=name)
         room = dec["room_decision"]

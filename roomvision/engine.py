@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .model import Checkpoint, RoomVisionNet, fuse_batchnorm, resolve_device
+from .devices import resolve_device
+from .model import Checkpoint, RoomVisionNet, fuse_batchnorm
 
 FORWARD_CHUNK = 32  # bounds activation memory; throughput is flat beyond this
 ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam")

@@ -6,8 +6,6 @@ stay small; PyTorch is loaded only for GPUs, the `torch` backend, and the one-of
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .config import CACHE_DIR, default_weights_path
+from .devices import resolve_device
 from .images import ImageDecodeError, load_image
 from .modelinfo import Thresholds, file_sha256, read_model_info
 from .preprocess import EvalPreprocess
@@ -43,13 +42,10 @@ def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-
-def cuda_available() -> bool:
-    """True when an NVIDIA driver is present and PyTorch sees a GPU (PyTorch is imported only in that case)."""
-    if not (os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi")):
-        return False
-    import torch
-    return torch.cuda.is_available()
+def class_heatmap(cams: np.ndarray, class_index: int) -> np.ndarray:
+    """One class's activation map of one image, clipped at 0 and scaled to 0-1."""
+    cam = np.maximum(cams[class_index], 0)
+    return cam / cam.max() if cam.max() > 0 else cam
 
 
 def onnx_path(weights: str | Path) -> Path:
@@ -104,11 +100,7 @@ class Predictor:
         self.version = self.info.version
         self.transform = EvalPreprocess(self.info.preprocess)
         self.threads = threads
-        if device == "auto":
-            device = "cuda" if backend != "onnx" and cuda_available() else "cpu"
-        elif device.startswith("cuda") and not cuda_available():
-            raise ValueError("--device cuda requested but no CUDA GPU is available")
-        self.device = device
+        self.device = device = "cpu" if device == "auto" and backend == "onnx" else resolve_device(device)
         self.session = None
         if backend == "onnx" or (backend == "auto" and device == "cpu"):
             if device != "cpu":
@@ -149,11 +141,13 @@ class Predictor:
 
     def _raw(self, x: np.ndarray, outputs: tuple[str, ...] = ("room", "quality", "aesthetic")) -> dict:
         if self.session is None:
-            return self._run_torch([x])
+            raw = self._run_torch([x])
+            return {k: raw[k] for k in outputs}
         parts = [self.session.run(list(outputs), {"x": x[i:i + ONNX_CHUNK]}) for i in range(0, len(x), ONNX_CHUNK)]
         return {k: np.concatenate([p[j] for p in parts]) for j, k in enumerate(outputs)}
 
     def _rows(self, raw: dict) -> list[dict]:
+        """Result rows; with 'room_cam' in `raw`, each row also gets the 0-1 heat map of its predicted room."""
         probs = softmax_np(raw["room"], self.thresholds.temperature)
         p_good = 1 / (1 + np.exp(-raw["quality"]))
         mean, std = aesthetic_stats(raw["aesthetic"])
@@ -165,16 +159,20 @@ class Predictor:
                        quality_label="GOOD" if p_good[i] >= self.thresholds.quality else "BAD",
                        aesthetic_score=float(mean[i]), aesthetic_std=float(std[i]),
                        aesthetic_distribution=raw["aesthetic"][i].round(4).tolist(), error="")
+            if "room_cam" in raw:
+                row["room_cam"] = class_heatmap(raw["room_cam"][i], int(probs[i].argmax()))
             rows.append(row)
         return rows
 
-    def predict_images(self, images: list[Image.Image]) -> list[dict]:
-        """Score decoded RGB images together as one batch."""
+    def predict_images(self, images: list[Image.Image], with_cam: bool = False) -> list[dict]:
+        """Score decoded RGB images together as one batch; `with_cam` adds each row's Grad-CAM ('room_cam')."""
         if not images:
             return []
-        return self._rows(self._raw(self.transform.batch(images)))
+        outputs = ("room", "quality", "aesthetic", *(("room_cam",) if with_cam else ()))
+        return self._rows(self._raw(self.transform.batch(images), outputs))
 
-    def predict_named(self, named: list[tuple[str, bytes]]) -> list[tuple[dict, Image.Image | None]]:
+    def predict_named(self, named: list[tuple[str, bytes]], with_cam: bool = False
+                      ) -> list[tuple[dict, Image.Image | None]]:
         """Decode named files and score the readable ones as one batch, in input order.
 
         Each item gets (row, image): the row carries 'path' and 'error'; unreadable files get image None.
@@ -186,7 +184,7 @@ class Predictor:
                 results.append(({"path": name}, decoded[-1]))
             except ImageDecodeError as exc:
                 results.append(({"path": name, "error": str(exc)}, None))
-        rows = iter(self.predict_images(decoded))
+        rows = iter(self.predict_images(decoded, with_cam))
         return [({**row, **next(rows)}, img) if img is not None else (row, None) for row, img in results]
 
     def iter_predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = None):
@@ -222,8 +220,7 @@ class Predictor:
         """
         raw = self._raw(self.transform.batch([img]), ("room", "room_cam"))
         c = int(raw["room"][0].argmax()) if class_index is None else class_index
-        cam = np.maximum(raw["room_cam"][0, c], 0)
-        return cam / cam.max() if cam.max() > 0 else cam, c
+        return class_heatmap(raw["room_cam"][0], c), c
 
     def predict_paths(self, paths: list[str | Path], batch_size: int = 32, workers: int | None = None,
                       progress: bool = False) -> list[dict]:

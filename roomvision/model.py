@@ -159,12 +159,3 @@ class Checkpoint(ModelInfo):
         except Exception as exc:  # torch raises many types for foreign files
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
         return cls(**ModelInfo.from_payload(raw, path), state_dict=raw["state_dict"])
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else CPU; 'cuda' without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA GPU is available")
-    return torch.device(device)

@@ -26,7 +26,8 @@ from .data import load_manifest, manifest_roots, resolve_paths
 from .images import load_image
 from .engine import autocast, run_model
 from .labels import LabelStore, human_lookup
-from .model import DEFAULT_BACKBONE, Checkpoint, RoomVisionNet, preprocess_for_backbone, resolve_device
+from .devices import resolve_device
+from .model import DEFAULT_BACKBONE, Checkpoint, RoomVisionNet, preprocess_for_backbone
 from .modelinfo import Thresholds, file_sha256
 from .preprocess import Preprocess
 from .quality import DEGRADATIONS, aesthetic_target, compute_metrics, degrade, quality_label, score_distribution
@@ -217,7 +218,7 @@ def train(cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     run_dir = cfg.run_dir or Path("runs") / Path(cfg.out).stem
     run_dir.mkdir(parents=True, exist_ok=True)
     df = load_manifest(cfg.manifest)

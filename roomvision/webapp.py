@@ -97,10 +97,11 @@ def threshold_sidebar(predictor: Predictor) -> Thresholds:
 
 def score_uploads(predictor: Predictor, uploads: list[tuple[str, bytes]], batch_size: int = 16,
                   progress=None) -> list[dict]:
-    """Decode, explain (proxy metrics) and score uploaded files in batches; bad files get an error row."""
+    """Decode, score (with Grad-CAM) and explain (proxy metrics) uploaded files in batches; bad files get an
+    error row."""
     results: list[dict] = []
     for start in range(0, len(uploads), batch_size):
-        for row, img in predictor.predict_named(uploads[start:start + batch_size]):
+        for row, img in predictor.predict_named(uploads[start:start + batch_size], with_cam=True):
             if img is not None:
                 row["metrics"] = compute_metrics(img)
                 row["proxy_reasons"] = quality_reasons(row["metrics"])

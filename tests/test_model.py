@@ -4,7 +4,8 @@ import torch
 
 from roomvision.config import CLASSES
 from roomvision.inference import Predictor, decide
-from roomvision.model import Checkpoint, CheckpointError, RoomVisionNet, create_backbone, resolve_device
+from roomvision.devices import resolve_device
+from roomvision.model import Checkpoint, CheckpointError, RoomVisionNet, create_backbone
 from roomvision.transforms import eval_transform
 from roomvision.preprocess import Preprocess
 
@@ -59,11 +60,16 @@ def test_bad_weights_files_give_clear_errors(tmp_path, tiny_checkpoint):
         ckpt.build_model()
 
 
-def test_cuda_request_without_gpu_is_clear():
+def test_cuda_request_without_gpu_is_clear(tiny_checkpoint):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         resolve_device("cuda")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        Predictor(tiny_checkpoint, device="cuda")
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        resolve_device("gpu")
+    assert resolve_device("auto") == "cpu"
 
 
 def test_decide_applies_thresholds(tiny_checkpoint):
@@ -113,7 +119,9 @@ def test_explanation_equals_autograd_gradcam(tiny_checkpoint, make_room, backend
     img = make_room(3)
     heat, cls = p.explain(img)
     assert heat.shape == (7, 7) and heat.min() >= 0 and heat.max() == pytest.approx(1.0)
-    assert cls == CLASSES.index(p.predict_images([img])[0]["room"])
+    row = p.predict_images([img], with_cam=True)[0]
+    assert cls == CLASSES.index(row["room"])
+    np.testing.assert_allclose(row["room_cam"], heat, atol=1e-6)
     model = Checkpoint.load(tiny_checkpoint).build_model()
     x = torch.from_numpy(p.transform.batch([img]))
     for c in (cls, (cls + 1) % len(CLASSES)):
