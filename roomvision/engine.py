@@ -45,14 +45,14 @@ def serving_outputs(model: RoomVisionNet, x: torch.Tensor) -> tuple[torch.Tensor
 
 @torch.inference_mode()
 def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str | None = None,
-              on_batch=None) -> dict[str, np.ndarray]:
-    """Raw outputs (ONNX_OUTPUTS names) over a loader yielding image batches or (images, …) tuples.
+              on_batch=None, outputs: tuple[str, ...] = ONNX_OUTPUTS) -> dict[str, np.ndarray]:
+    """The requested raw outputs (ONNX_OUTPUTS names) over a loader yielding image batches or (images, …) tuples.
 
     `progress` names a tqdm bar; `on_batch(done, total)` reports progress to a UI.
     """
     if model.training:
         model.eval()
-    out: dict[str, list] = {k: [] for k in ONNX_OUTPUTS}
+    out: dict[str, list] = {k: [] for k in outputs}
     total = len(loader) if hasattr(loader, "__len__") else 0
     for i, batch in enumerate(tqdm(loader, desc=progress, unit="batch", disable=progress is None, file=sys.stderr)):
         if on_batch is not None:
@@ -65,7 +65,8 @@ def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str 
             chunk = chunk.to(device, non_blocking=True)
             with autocast(device):
                 for key, value in zip(ONNX_OUTPUTS, serving_outputs(model, chunk)):
-                    out[key].append(value.float().cpu())
+                    if key in out:
+                        out[key].append(value.float().cpu())
     return {k: torch.cat(v).numpy() if v else np.zeros((0,)) for k, v in out.items()}
 
 

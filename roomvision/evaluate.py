@@ -14,7 +14,7 @@ from sklearn.metrics import (accuracy_score, average_precision_score, classifica
 
 from .config import CACHE_DIR
 from .data import load_manifest, manifest_roots, resolve_paths, scan_root
-from .inference import Predictor, softmax_np
+from .inference import HEAD_OUTPUTS, Predictor, softmax_np
 from .labels import LabelStore
 from .modelinfo import file_sha256
 from .reports import report_paths
@@ -92,7 +92,7 @@ def save_confusion(cm: list[list[int]], classes: list[str], csv_path: Path, png_
 def evaluate(predictor: Predictor, samples: pd.DataFrame, batch_size: int = 64, human: pd.DataFrame | None = None,
              progress: str | None = "evaluating") -> tuple[dict, pd.DataFrame]:
     """All metrics for real (and optional degraded) samples; returns metrics and per-sample outputs."""
-    raw = predictor.run_samples(samples, batch_size, progress=progress)
+    raw = predictor.run_samples(samples, HEAD_OUTPUTS, batch_size, progress=progress)
     t = predictor.thresholds
     probs_raw, probs = softmax_np(raw["room"]), softmax_np(raw["room"], t.temperature)
     p_good = 1 / (1 + np.exp(-raw["quality"]))

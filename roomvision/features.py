@@ -12,7 +12,7 @@ import pandas as pd
 
 from .config import CACHE_DIR
 from .data import load_manifest, manifest_roots, resolve_paths
-from .inference import Predictor
+from .inference import HEAD_OUTPUTS, Predictor
 from .modelinfo import file_sha256
 
 META_COLUMNS = ["sha256", "path", "source", "split", "degrade", "class_idx", "quality", "aesthetic"]
@@ -30,7 +30,8 @@ def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[P
     real = real_samples(df, resolve_paths(df, manifest_roots(manifest, data_roots)), relabels=None)
     degraded = degraded_samples(real, CACHE_DIR / f"degraded-{file_sha256(manifest)[:12]}.csv")
     samples = pd.concat([real, degraded], ignore_index=True)
-    raw = predictor.run_samples(samples, batch_size, progress=progress, on_batch=on_batch)
+    raw = predictor.run_samples(samples, ("features", *HEAD_OUTPUTS), batch_size, progress=progress,
+                                on_batch=on_batch)
     out = cache_path(predictor.weights, manifest)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {c: samples[c].to_numpy() if samples[c].dtype.kind in "iufb" else np.array(samples[c].astype(str).tolist())

@@ -26,6 +26,7 @@ from .preprocess import EvalPreprocess
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
 ONNX_GRAPH_VERSION = 2  # bump when the exported outputs change: cached exports are keyed by it
 ONNX_CHUNK = 32
+HEAD_OUTPUTS = ("room", "quality", "aesthetic")  # raw outputs that predictions are made of
 
 
 def aesthetic_stats(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,13 +124,14 @@ class Predictor:
             torch.set_num_threads(self.threads)
         return load_serving_model(self.weights, self.device)
 
-    def _run_torch(self, loader, progress: str | None = None, on_batch=None) -> dict:
+    def _run_torch(self, loader, progress: str | None = None, on_batch=None,
+                   outputs: tuple[str, ...] = HEAD_OUTPUTS) -> dict:
         import torch
         from .engine import run_model
-        return run_model(self.model, loader, torch.device(self.device), progress, on_batch)
+        return run_model(self.model, loader, torch.device(self.device), progress, on_batch, outputs)
 
-    def run_samples(self, samples: pd.DataFrame, batch_size: int = 64, progress: str | None = None,
-                    on_batch=None) -> dict:
+    def run_samples(self, samples: pd.DataFrame, outputs: tuple[str, ...], batch_size: int = 64,
+                    progress: str | None = None, on_batch=None) -> dict:
         """Raw outputs of the PyTorch model over training-style samples (files, degradations): for evaluation
         and feature caching, which must measure the trained model itself."""
         from torch.utils.data import DataLoader
@@ -137,12 +139,11 @@ class Predictor:
         from .transforms import eval_transform
         loader = DataLoader(SampleDataset(samples, eval_transform(self.info.preprocess)),
                             batch_size=batch_size, num_workers=1)
-        return self._run_torch(loader, progress, on_batch)
+        return self._run_torch(loader, progress, on_batch, outputs)
 
-    def _raw(self, x: np.ndarray, outputs: tuple[str, ...] = ("room", "quality", "aesthetic")) -> dict:
+    def _raw(self, x: np.ndarray, outputs: tuple[str, ...] = HEAD_OUTPUTS) -> dict:
         if self.session is None:
-            raw = self._run_torch([x])
-            return {k: raw[k] for k in outputs}
+            return self._run_torch([x], outputs=outputs)
         parts = [self.session.run(list(outputs), {"x": x[i:i + ONNX_CHUNK]}) for i in range(0, len(x), ONNX_CHUNK)]
         return {k: np.concatenate([p[j] for p in parts]) for j, k in enumerate(outputs)}
 
@@ -168,7 +169,7 @@ class Predictor:
         """Score decoded RGB images together as one batch; `with_cam` adds each row's Grad-CAM ('room_cam')."""
         if not images:
             return []
-        outputs = ("room", "quality", "aesthetic", *(("room_cam",) if with_cam else ()))
+        outputs = (*HEAD_OUTPUTS, *(("room_cam",) if with_cam else ()))
         return self._rows(self._raw(self.transform.batch(images), outputs))
 
     def predict_named(self, named: list[tuple[str, bytes]], with_cam: bool = False

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .config import CACHE_DIR, CLASSES, DEFAULT_MANIFEST, WEIGHTS_DIR
 from .data import load_manifest, manifest_roots, resolve_paths
 from .images import load_image
+from .inference import HEAD_OUTPUTS
 from .engine import autocast, run_model
 from .labels import LabelStore, human_lookup
 from .devices import resolve_device
@@ -162,7 +163,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     opt.step(closure)
     return float(log_t.exp().clamp(0.05, 20).item())
 
-
 QUALITY_GRID = np.round(np.arange(0.02, 0.981, 0.01), 2)
 
 
@@ -198,7 +198,7 @@ def select_preprocess(model: RoomVisionNet, val: pd.DataFrame, pre: Preprocess, 
     for resize in (round(pre.input_size / 0.875), pre.input_size):
         candidate = replace(pre, resize_size=resize)
         loader = DataLoader(SampleDataset(clean, eval_transform(candidate)), batch_size=64, num_workers=workers)
-        pred = run_model(model, loader, device, progress=f"preprocess resize {resize}")["room"].argmax(1)
+        pred = run_model(model, loader, device, f"preprocess resize {resize}", outputs=("room",))["room"].argmax(1)
         scores[resize] = float(f1_score(clean["class_idx"], pred, average="macro"))
     best = max(scores, key=scores.get)
     return replace(pre, resize_size=best), {f"val_macro_f1_resize_{k}": v for k, v in scores.items()}
@@ -314,7 +314,7 @@ def train(cfg: TrainConfig) -> Path:
                 writer.add_scalar("lr/heads", sched.get_last_lr()[0], gstep)
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(step + 1) * cfg.batch_size / (time.time() - t0):.1f}")
         scored = ema.module if ema is not None else model
-        raw = run_model(scored, val_loader, device, progress="validating")
+        raw = run_model(scored, val_loader, device, "validating", outputs=HEAD_OUTPUTS)
         metrics = validation_metrics(raw, val)
         for k, v in metrics.items():
             writer.add_scalar(f"val/{k}", v, epoch + 1)
@@ -336,7 +336,7 @@ def train(cfg: TrainConfig) -> Path:
     model.to(device)
     pre, resize_scores = select_preprocess(model, val, pre, device, cfg.workers)
     val_loader = DataLoader(SampleDataset(val, eval_transform(pre)), batch_size=64, num_workers=cfg.workers)
-    raw = run_model(model, val_loader, device, progress="calibrating")
+    raw = run_model(model, val_loader, device, "calibrating", outputs=HEAD_OUTPUTS)
     clean = (val["degrade"] == "").values
     temperature = fit_temperature(raw["room"][clean], val["class_idx"].values[clean])
     q_threshold, q_f1 = best_quality_threshold(1 / (1 + np.exp(-raw["quality"])), val["quality"].values)
