@@ -40,7 +40,8 @@ def pooled_features(name: str, files: list[str], batch_size: int = 32) -> tuple[
     out, start = [], time.perf_counter()
     with ThreadPoolExecutor(2) as pool, torch.inference_mode():
         for i in tqdm(range(0, len(files), batch_size), desc=name, unit="batch", file=sys.stderr):
-            x = torch.from_numpy(np.stack(list(pool.map(lambda f: transform(load_image(f)), files[i:i + batch_size]))))
+            batch = list(pool.map(lambda f: transform(load_image(f)), files[i:i + batch_size]))
+            x = torch.from_numpy(np.stack(batch))
             out.append(model.forward_head(model.forward_features(x), pre_logits=True).numpy())
     return np.concatenate(out), len(files) / (time.perf_counter() - start)
 
@@ -62,15 +63,14 @@ def main() -> None:
     cache = CACHE_DIR / "probe"
     cache.mkdir(parents=True, exist_ok=True)
     print(f"{a.source}: {len(train)} train, {len(val)} val photos")
+    manifest_key = file_sha256(a.manifest)[:12]
     for name in a.backbones:
-        cached = cache / f"{name}-{a.source}-{file_sha256(a.manifest)[:12]}.npz"
-        if cached.is_file():
-            saved = np.load(cached)
-            x_train, x_val, speed = saved["train"], saved["val"], float(saved["speed"])
-        else:
-            (x_train, s1), (x_val, s2) = pooled_features(name, list(train["file"])), pooled_features(name, list(val["file"]))
-            speed = (len(train) + len(val)) / (len(train) / s1 + len(val) / s2)
-            np.savez(cached, train=x_train, val=x_val, speed=speed)
+        cached = cache / f"{name}-{a.source}-{manifest_key}.npz"
+        if not cached.is_file():
+            features, speed = pooled_features(name, [*train["file"], *val["file"]])
+            np.savez(cached, train=features[:len(train)], val=features[len(train):], speed=speed)
+        saved = np.load(cached)
+        x_train, x_val, speed = saved["train"], saved["val"], float(saved["speed"])
         scaler = StandardScaler().fit(x_train)
         for c in (0.01, 0.03, 0.1, 0.3):
             clf = LogisticRegression(C=c, max_iter=3000).fit(scaler.transform(x_train), y_train)

@@ -23,11 +23,11 @@ from tqdm import tqdm
 
 from .config import CACHE_DIR, CLASSES, DEFAULT_MANIFEST, WEIGHTS_DIR
 from .data import load_manifest, manifest_roots, resolve_paths
+from .devices import resolve_device
+from .engine import autocast, run_model
 from .images import load_image
 from .inference import HEAD_OUTPUTS
-from .engine import autocast, run_model
 from .labels import LabelStore, human_lookup
-from .devices import resolve_device
 from .model import DEFAULT_BACKBONE, Checkpoint, RoomVisionNet, preprocess_for_backbone
 from .modelinfo import Thresholds, file_sha256
 from .preprocess import Preprocess
@@ -162,6 +162,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
     opt.step(closure)
     return float(log_t.exp().clamp(0.05, 20).item())
+
 
 QUALITY_GRID = np.round(np.arange(0.02, 0.981, 0.01), 2)
 

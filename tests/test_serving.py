@@ -7,7 +7,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torchvision import transforms as T
 
 from roomvision.model import Checkpoint
