@@ -36,7 +36,7 @@ from roomvision.preprocess import EvalPreprocess  # noqa: E402
 def pooled_features(name: str, files: list[str], batch_size: int = 32) -> tuple[np.ndarray, float]:
     """Globally pooled frozen features of the files, and images per second."""
     model = create_backbone(name).eval()
-    transform = EvalPreprocess(preprocess_for_backbone(name, model))
+    transform = EvalPreprocess(preprocess_for_backbone(model))
     out, start = [], time.perf_counter()
     with ThreadPoolExecutor(2) as pool, torch.inference_mode():
         for i in tqdm(range(0, len(files), batch_size), desc=name, unit="batch", file=sys.stderr):

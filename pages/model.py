@@ -6,14 +6,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from roomvision.config import default_weights_path
+from roomvision.config import settings
 from roomvision.reports import report_paths
 from roomvision.features import build_feature_cache, cache_path, load_feature_cache
 from roomvision.labels import LabelStore
 from roomvision.webapp import active_weights, dataset_roots_sidebar, get_predictor, list_models, manifest_path, relabels_path
 
 st.title("Model")
-weights_dir = default_weights_path().parent
+weights_dir = settings().weights.parent
 models = list_models(weights_dir)
 st.subheader(f"Versions in {weights_dir}")
 st.dataframe(models, hide_index=True)
@@ -31,7 +31,7 @@ if predictor is None:
     st.stop()
 ckpt = predictor.info
 st.caption(f"**{ckpt.version}** · backbone {ckpt.backbone} · input {ckpt.preprocess.input_size}px · "
-           f"temperature {ckpt.thresholds.temperature:.2f} · quality threshold {ckpt.thresholds.quality:.2f} · "
+           f"temperature {ckpt.calibration.temperature:.2f} · quality threshold {ckpt.calibration.quality:.2f} · "
            f"created {ckpt.created}")
 
 metrics_file = report_paths(predictor.weights)["metrics"]

@@ -1,12 +1,12 @@
 """Upload photos; see room, quality and aesthetic predictions with live thresholds."""
-import hashlib
+import io
 
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from PIL import Image
 
-from roomvision.images import load_image
-from roomvision.inference import decide, results_frame
+from roomvision.inference import results_frame
+from roomvision.labels import neutralise_formulas
 from roomvision.webapp import get_predictor, overlay_heatmap, score_uploads, threshold_sidebar
 
 st.title("Predict")
@@ -25,31 +25,20 @@ if not files:
     st.info("Upload one or more photos (jpg, png, webp, bmp, tiff) to score them.")
     st.stop()
 
-cache = st.session_state.setdefault("predictions", {})
-uploads = [(f.name, f.getvalue()) for f in files]
-keys = [f"{predictor.version}:{hashlib.sha256(data).hexdigest()}" for _, data in uploads]
-todo = [i for i, k in enumerate(keys) if k not in cache]
-if todo:
-    bar = st.progress(0.0, text=f"Scoring {len(todo)} photo(s)…")
-    scored = score_uploads(predictor, [uploads[i] for i in todo],
-                           progress=lambda done, total: bar.progress(done / max(total, 1),
-                                                                     text=f"Scored {done}/{total}"))
-    for i, row in zip(todo, scored):
-        cache[keys[i]] = row
-    bar.empty()
-results = [{**cache[k], "path": name} for k, (name, _) in zip(keys, uploads)]
+bar = st.progress(0.0, text=f"Scoring {len(files)} photo(s)…")
+results = score_uploads(predictor, [(f.name, f.getvalue()) for f in files],
+                        progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Scored {done}/{total}"))
+bar.empty()
+table = results_frame(results, predictor.classes, thresholds)
 
-table = results_frame(results, predictor.classes)
-decisions = pd.DataFrame([decide(r, thresholds, predictor.classes) for r in results])
-table = pd.concat([table, decisions], axis=1)
-
-for (name, data), row, dec in zip(uploads, results, decisions.to_dict("records")):
+for i, (row, dec) in enumerate(zip(results, table.to_dict("records"))):
+    name = row["path"]
     with st.container(border=True):
         if row.get("error"):
             st.error(f"**{name}**: {row['error']}")
             continue
         left, mid, right = st.columns([1.2, 1.3, 1.2])
-        img = load_image(data)
+        img = Image.open(io.BytesIO(row["preview"]))
         if show_cam:
             left.image(overlay_heatmap(img, row["room_cam"]), caption=f"{name} — Grad-CAM for {row['room']}")
         else:
@@ -60,7 +49,7 @@ for (name, data), row, dec in zip(uploads, results, decisions.to_dict("records")
         probs = [row[f"prob_{c}"] for c in predictor.classes]
         fig = go.Figure(go.Bar(x=probs, y=predictor.classes, orientation="h", text=[f"{p:.0%}" for p in probs]))
         fig.update_layout(height=220, margin=dict(l=0, r=0, t=10, b=0), xaxis=dict(range=[0, 1]))
-        mid.plotly_chart(fig, key=f"room-{name}")
+        mid.plotly_chart(fig, key=f"room-{i}")
         q = dec["quality_decision"]
         right.metric("Quality", q, f"P(GOOD) {row['quality_prob_good']:.2f} (threshold {thresholds.quality:.2f})",
                      delta_color="green" if q == "GOOD" else "red", delta_arrow="off")
@@ -73,9 +62,10 @@ for (name, data), row, dec in zip(uploads, results, decisions.to_dict("records")
                      delta_color="off", delta_arrow="off")
         dist = go.Figure(go.Bar(x=list(range(1, 11)), y=row["aesthetic_distribution"]))
         dist.update_layout(height=140, margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(dtick=1))
-        right.plotly_chart(dist, key=f"aes-{name}")
-        right.write("✅ Listing-ready" if dec["listing_ready"] else "Not listing-ready")
+        right.plotly_chart(dist, key=f"aes-{i}")
+        right.write("✅ Listing-ready" if dec["listing_ready"] else f"Not listing-ready: {dec['listing_reason']}")
 
 st.subheader("All results")
 st.dataframe(table, hide_index=True)
-st.download_button("Download CSV", table.to_csv(index=False).encode(), "roomvision-predictions.csv", "text/csv")
+st.download_button("Download CSV", neutralise_formulas(table).to_csv(index=False).encode(),
+                   "roomvision-predictions.csv", "text/csv")

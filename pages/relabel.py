@@ -4,6 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from roomvision.decisions import quality_decision
 from roomvision.features import build_feature_cache, cache_path
 from roomvision.labels import LabelError, LabelStore, export_csv, relabel_queue
 from roomvision.webapp import (cached_p_good, dataset_roots_sidebar, get_predictor, manifest_path, read_manifest,
@@ -93,8 +94,7 @@ else:
         if row.get("p_good") == row.get("p_good"):  # not NaN
             model_p = float(row["p_good"])
         elif thumb:
-            from roomvision.images import load_image
-            model_p = predictor.predict_images([load_image(image_file)])[0]["quality_prob_good"]
+            model_p = predictor.predict_images([predictor.decode(image_file)])[0]["quality_prob_good"]
         else:
             model_p = None
         right.metric("Proxy label", row["quality_label"])
@@ -104,7 +104,7 @@ else:
                       f"{row['width']}×{row['height']} px")
         if model_p is not None:
             right.metric("Model P(GOOD)", f"{model_p:.2f}",
-                         "agrees" if (model_p >= predictor.thresholds.quality) == (row["quality_label"] == "GOOD")
+                         "agrees" if quality_decision(model_p, predictor.thresholds.quality) == row["quality_label"]
                          else "disagrees", delta_color="off", delta_arrow="off")
         right.segmented_control("Aesthetic rating (optional, 1–5)", [1, 2, 3, 4, 5], key=f"rating-{row['sha256']}")
         b1, b2, b3, b4 = right.columns(4)

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from .config import MAX_UPLOAD_BYTES
+from .decisions import decide
 from .inference import Predictor
 
 MAX_FILES = 64
@@ -23,17 +24,26 @@ URL_TIMEOUT_S = 10
 class ImageResult(BaseModel):
     filename: str
     room: str | None = None
+    room_confidence: float | None = None
     probabilities: dict[str, float] | None = None
     quality_prob_good: float | None = None
     quality_label: str | None = None
-    quality_threshold: float | None = None
     aesthetic_score: float | None = None
     aesthetic_std: float | None = None
+    listing_ready: bool | None = None
+    listing_reason: str | None = None
     error: str = ""
+
+
+class ThresholdsUsed(BaseModel):
+    quality: float
+    min_room_confidence: float
+    listing_ready_min_aesthetic: float
 
 
 class PredictResponse(BaseModel):
     model_version: str
+    thresholds: ThresholdsUsed
     results: list[ImageResult]
 
 
@@ -102,9 +112,12 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
 
     @app.post("/v1/predict", response_model=PredictResponse)
     def predict(files: list[UploadFile] = File(default=[]), image_url: str | None = Form(default=None),
-                quality_threshold: float | None = Form(default=None, ge=0.0, le=1.0)) -> PredictResponse:
+                quality_threshold: float | None = Form(default=None, ge=0.0, le=1.0),
+                min_room_confidence: float | None = Form(default=None, ge=0.0, le=1.0),
+                min_aesthetic: float | None = Form(default=None, ge=1.0, le=10.0)) -> PredictResponse:
         p: Predictor = state["predictor"]
-        threshold = p.thresholds.quality if quality_threshold is None else quality_threshold
+        thresholds = p.thresholds.with_values(quality=quality_threshold, min_room_confidence=min_room_confidence,
+                                              listing_ready_min_aesthetic=min_aesthetic)
         inputs: list[tuple[str, bytes]] = []
         if image_url:
             if not allow_image_urls:
@@ -121,11 +134,14 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
             if row["error"]:
                 results.append(ImageResult(filename=row["path"], error=row["error"]))
                 continue
+            d = decide(row, thresholds, p.classes)
             results.append(ImageResult(
-                filename=row["path"], room=row["room"], probabilities={c: row[f"prob_{c}"] for c in p.classes},
-                quality_prob_good=row["quality_prob_good"], quality_threshold=threshold,
-                quality_label="GOOD" if row["quality_prob_good"] >= threshold else "BAD",
-                aesthetic_score=row["aesthetic_score"], aesthetic_std=row["aesthetic_std"]))
-        return PredictResponse(model_version=p.version, results=results)
+                filename=row["path"], room=d["room_decision"], room_confidence=d["room_confidence"],
+                probabilities={c: row[f"prob_{c}"] for c in p.classes},
+                quality_prob_good=row["quality_prob_good"], quality_label=d["quality_decision"],
+                aesthetic_score=row["aesthetic_score"], aesthetic_std=row["aesthetic_std"],
+                listing_ready=d["listing_ready"], listing_reason=d["listing_reason"]))
+        return PredictResponse(model_version=p.version, thresholds=ThresholdsUsed(**vars(thresholds)),
+                               results=results)
 
     return app

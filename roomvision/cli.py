@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from . import config
+from .config import TrainConfig, settings
+
+
+MANIFEST_HELP = f"manifest CSV (default: ${config.ENV_MANIFEST} or data/manifest.csv)"
+RELABELS_HELP = f"human quality labels CSV (default: ${config.ENV_RELABELS} or data/labels/quality_relabels.csv)"
 
 
 def _add_roots(p: argparse.ArgumentParser) -> None:
@@ -23,7 +29,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .train import train
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in TrainConfig.__dataclass_fields__})
     train(cfg)
     return 0
@@ -32,6 +38,12 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate_cli
     return evaluate_cli(a)
+
+
+def _thresholds(a: argparse.Namespace, predictor):
+    """The model's calibrated decision thresholds, with any given on the command line instead."""
+    return predictor.thresholds.with_values(quality=a.quality_threshold, min_room_confidence=a.min_room_confidence,
+                                            listing_ready_min_aesthetic=a.min_aesthetic)
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
@@ -43,7 +55,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         return 2
     predictor = Predictor(a.weights, device=a.device)
     results = predictor.predict_paths(files, batch_size=a.batch_size, progress=not a.quiet)
-    write_results(results, a.out, predictor.classes)
+    write_results(results, a.out, predictor.classes, _thresholds(a, predictor))
     errors = [r for r in results if r["error"]]
     for r in errors:
         print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
@@ -56,7 +68,7 @@ def cmd_cache_features(a: argparse.Namespace) -> int:
     from .features import build_feature_cache
     from .inference import Predictor
     predictor = Predictor(a.weights, device=a.device, backend="torch")  # features come from the PyTorch model
-    out = build_feature_cache(predictor, a.manifest, a.data_roots, a.batch_size)
+    out = build_feature_cache(predictor, a.manifest or settings().manifest, a.data_roots, a.batch_size)
     print(f"written: {out}")
     return 0
 
@@ -65,11 +77,11 @@ def cmd_retrain_heads(a: argparse.Namespace) -> int:
     import json
     from .features import cache_path, load_feature_cache
     from .retrain import retrain_heads
-    weights = a.weights or config.default_weights_path()
-    cache = cache_path(weights, a.manifest)
+    weights = a.weights or settings().weights
+    cache = cache_path(weights, a.manifest or settings().manifest)
     if not cache.is_file():
         raise FileNotFoundError(f"no feature cache {cache}; run `python -m roomvision cache-features` first")
-    result = retrain_heads(weights, load_feature_cache(cache), a.relabels, a.out)
+    result = retrain_heads(weights, load_feature_cache(cache), a.relabels or settings().relabels, a.out)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
     return 0
 
@@ -77,7 +89,7 @@ def cmd_retrain_heads(a: argparse.Namespace) -> int:
 def cmd_export_onnx(a: argparse.Namespace) -> int:
     from .engine import export_onnx
     from .inference import onnx_path
-    weights = a.weights or config.default_weights_path()
+    weights = a.weights or settings().weights
     out = export_onnx(weights, a.out or onnx_path(weights))
     print(f"written: {out}")
     return 0
@@ -90,7 +102,7 @@ def cmd_app(a: argparse.Namespace) -> int:
     """
     import os
     from .inference import ensure_onnx
-    weights = config.default_weights_path()
+    weights = settings().weights
     if weights.is_file():
         ensure_onnx(weights)
     env = dict(os.environ)
@@ -117,13 +129,39 @@ def cmd_score(a: argparse.Namespace) -> int:
         raise ValueError(f"no image files in {a.source}")
     if a.out.suffix.lower() not in (".csv", ".parquet"):
         raise ValueError("--out must end in .csv or .parquet")
+    thresholds = dict(quality=a.quality_threshold, min_room_confidence=a.min_room_confidence,
+                      listing_ready_min_aesthetic=a.min_aesthetic)
     if a.engine == "ray":
-        df = score_ray(paths, a.out, a.weights, a.device, a.batch_size, a.address, a.resume)
+        df = score_ray(paths, a.out, a.weights, a.device, a.batch_size, a.address, a.resume, thresholds=thresholds)
     else:
-        df = score_local(paths, a.out, a.weights, a.device, a.batch_size, a.workers, a.resume)
+        df = score_local(paths, a.out, a.weights, a.device, a.batch_size, a.workers, a.resume,
+                         thresholds=thresholds)
     print(summary(df))
     print(f"written: {a.out}")
     return 0
+
+
+def _add_dataclass_options(p: argparse.ArgumentParser, cls) -> None:
+    """One option per documented field of a config dataclass, with its default and help from the field."""
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action="store_true", default=f.default, help=f.metadata["help"])
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type), Path)
+        p.add_argument(flag, type=kind, default=f.default,
+                       help=f.metadata["help"] + ("" if f.default is None else " (default: %(default)s)"))
+
+
+def _add_threshold_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quality-threshold", type=float, default=None,
+                   help="P(GOOD) at or above which a photo is GOOD (default: the model's calibrated threshold)")
+    p.add_argument("--min-room-confidence", type=float, default=None,
+                   help=f"below this the room is 'uncertain' (default: {config.MIN_ROOM_CONFIDENCE})")
+    p.add_argument("--min-aesthetic", type=float, default=None,
+                   help=f"minimum aesthetic score for listing-ready (default: {config.LISTING_READY_MIN_AESTHETIC})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,42 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="fine-tune the multi-task model and write a self-describing checkpoint")
-    p.add_argument("--manifest", type=Path, default=config.DEFAULT_MANIFEST)
+    _add_dataclass_options(p, TrainConfig)
     _add_roots(p)
-    p.add_argument("--out", type=Path, default=config.WEIGHTS_DIR / "roomvision-new.pt")
-    p.add_argument("--run-dir", type=Path, default=None, help="TensorBoard logs and resumable state")
-    p.add_argument("--backbone", default="tf_efficientnet_lite0")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="random initialisation instead of packaged ImageNet weights")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate of the heads (backbone: lr/4)")
-    p.add_argument("--weight-decay", type=float, default=0.02)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--freeze-stages", type=int, default=2, help="backbone stages kept frozen (CPU speed)")
-    p.add_argument("--degraded-fraction", type=float, default=0.35,
-                   help="share of training photos replaced by a degraded copy in each epoch")
-    p.add_argument("--patience", type=int, default=3, help="early stopping on validation macro-F1")
-    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap for quick runs (0 = full epoch)")
-    p.add_argument("--relabels", type=Path, default=None, help="human labels CSV that overrides proxy labels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    p.add_argument("--init", type=Path, default=None, help="start from the weights of this roomvision checkpoint")
-    p.add_argument("--ema-decay", type=float, default=0.998,
-                   help="exponential moving average of the weights, validated and saved (0 = off)")
-    p.add_argument("--min-crop", type=float, default=0.45, help="smallest random-crop area (share of the photo)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics on the test split or on a folder of class sub-folders")
     p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--manifest", type=Path, default=config.DEFAULT_MANIFEST)
+    p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
     _add_roots(p)
     p.add_argument("--folder", type=Path, default=None, help="evaluate on this folder of class sub-folders instead")
     p.add_argument("--source", default=None, help="only manifest rows of this source (e.g. house-rooms)")
     p.add_argument("--split", default="test")
-    p.add_argument("--relabels", type=Path, default=config.DEFAULT_RELABELS)
+    p.add_argument("--relabels", type=Path, default=None, help=RELABELS_HELP)
     p.add_argument("--out-dir", type=Path, default=None, help="where metrics JSON, confusion matrix and failures go")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
@@ -188,12 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threshold_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("cache-features", help="run the model once over the manifest (+ degraded copies); "
                                               "cache features for the relabel queue and head retraining")
     p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--manifest", type=Path, default=config.DEFAULT_MANIFEST)
+    p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
     _add_roots(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
@@ -202,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain-heads", help="retrain the heads on cached features with human labels; "
                                              "saves a new version, never the default file")
     p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--manifest", type=Path, default=config.DEFAULT_MANIFEST)
-    p.add_argument("--relabels", type=Path, default=config.DEFAULT_RELABELS)
+    p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
+    p.add_argument("--relabels", type=Path, default=None, help=RELABELS_HELP)
     p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-relabel-<UTC time>.pt")
     p.set_defaults(func=cmd_retrain_heads)
 
@@ -237,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its journal")
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
+    _add_threshold_options(p)
     p.set_defaults(func=cmd_score)
     return parser
 

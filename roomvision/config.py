@@ -1,8 +1,11 @@
-"""Single source of truth: classes, paths, quality thresholds and aesthetic proxy settings."""
+"""Single source of truth: classes, paths, settings read from the environment, training configuration, quality
+thresholds and aesthetic proxy settings. Imports no ML library."""
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 CLASSES: tuple[str, ...] = ("Bathroom", "Bedroom", "Dining", "Kitchen", "Livingroom")
@@ -22,13 +25,17 @@ DEFAULT_WEIGHTS = WEIGHTS_DIR / "roomvision-default.pt"
 DATA_DIR = PROJECT_ROOT / "data"
 DEFAULT_MANIFEST = DATA_DIR / "manifest.csv"
 DEFAULT_RELABELS = DATA_DIR / "labels" / "quality_relabels.csv"
-CACHE_DIR = DATA_DIR / "cache"
+DEFAULT_CACHE_DIR = DATA_DIR / "cache"
 DEFAULT_DATASET_ROOTS = (
     PROJECT_ROOT.parent / "shared" / "datasets" / "house-rooms",
     PROJECT_ROOT.parent / "shared" / "datasets" / "places365-rooms",
 )
+# Environment variables, all read by `settings()`.
 ENV_DATA_ROOT = "ROOMVISION_DATA_ROOT"  # os.pathsep-separated dataset roots
 ENV_WEIGHTS = "ROOMVISION_WEIGHTS"
+ENV_MANIFEST = "ROOMVISION_MANIFEST"
+ENV_RELABELS = "ROOMVISION_RELABELS"
+ENV_CACHE_DIR = "ROOMVISION_CACHE_DIR"
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"  # Debian's libjemalloc2
 
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
@@ -68,14 +75,61 @@ def normalise_class_name(folder_name: str) -> str | None:
     return CLASS_ALIASES.get(key)
 
 
-def dataset_roots_from_env() -> list[Path]:
-    """Dataset roots from $ROOMVISION_DATA_ROOT, else the defaults that exist."""
-    value = os.environ.get(ENV_DATA_ROOT)
-    if value:
-        return [Path(p).expanduser() for p in value.split(os.pathsep) if p]
-    return [p for p in DEFAULT_DATASET_ROOTS if p.is_dir()]
+@dataclass(frozen=True)
+class Settings:
+    """Where things are: read once from the environment (`settings()`), used by the CLI, the API and the app."""
+    weights: Path = DEFAULT_WEIGHTS
+    manifest: Path = DEFAULT_MANIFEST
+    relabels: Path = DEFAULT_RELABELS
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    data_roots: tuple[Path, ...] = ()
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        env = os.environ
+        roots = env.get(ENV_DATA_ROOT)
+        return cls(weights=Path(env.get(ENV_WEIGHTS) or DEFAULT_WEIGHTS),
+                   manifest=Path(env.get(ENV_MANIFEST) or DEFAULT_MANIFEST),
+                   relabels=Path(env.get(ENV_RELABELS) or DEFAULT_RELABELS),
+                   cache_dir=Path(env.get(ENV_CACHE_DIR) or DEFAULT_CACHE_DIR),
+                   data_roots=tuple(Path(p).expanduser() for p in roots.split(os.pathsep) if p) if roots else
+                   tuple(p for p in DEFAULT_DATASET_ROOTS if p.is_dir()))
 
 
-def default_weights_path() -> Path:
-    """The weights file to serve: $ROOMVISION_WEIGHTS or the committed default."""
-    return Path(os.environ.get(ENV_WEIGHTS, DEFAULT_WEIGHTS))
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process's settings (environment read on first use; `settings.cache_clear()` re-reads it)."""
+    return Settings.from_env()
+
+
+def _opt(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters; the `train` command's options are generated from these fields."""
+    manifest: Path | None = _opt(None, "manifest CSV (default: $ROOMVISION_MANIFEST or data/manifest.csv)")
+    data_roots: list[Path] | None = None
+    out: Path = _opt(WEIGHTS_DIR / "roomvision-new.pt", "checkpoint to write")
+    run_dir: Path | None = _opt(None, "TensorBoard logs and resumable state (default: runs/<out name>)")
+    backbone: str = _opt("tf_efficientnet_lite0", "timm backbone")
+    pretrained: bool = True
+    epochs: int = _opt(6, "epochs")
+    batch_size: int = _opt(32, "batch size")
+    lr: float = _opt(6e-4, "peak learning rate of the heads (backbone: lr/4)")
+    weight_decay: float = _opt(0.02, "AdamW weight decay")
+    label_smoothing: float = _opt(0.1, "room label smoothing")
+    freeze_stages: int = _opt(2, "backbone stages kept frozen (CPU speed)")
+    degraded_fraction: float = _opt(0.35, "share of training photos replaced by a degraded copy in each epoch")
+    patience: int = _opt(3, "early stopping on validation macro-F1 after this many epochs without gain")
+    max_steps_per_epoch: int = _opt(0, "cap for quick runs (0 = full epoch)")
+    relabels: Path | None = _opt(None, "human labels CSV that overrides proxy labels "
+                                       "(default: $ROOMVISION_RELABELS or data/labels/quality_relabels.csv)")
+    seed: int = _opt(0, "random seed")
+    workers: int = _opt(1, "data-loading worker processes")
+    device: str = _opt("auto", "auto, cpu or cuda")
+    resume: bool = _opt(False, "continue from the run directory's last checkpoint")
+    init: Path | None = _opt(None, "start from the weights of this roomvision checkpoint")
+    min_crop: float = _opt(0.45, "smallest random-crop area (share of the photo)")
+    ema_decay: float = _opt(0.998, "exponential moving average of the weights, validated and saved (0 = off)")

@@ -12,6 +12,9 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 from .config import CLASSES, QUALITY_THRESHOLDS, SPLIT_FRACTIONS, SPLIT_SEED, normalise_class_name
@@ -64,46 +67,37 @@ def analyse_file(path: str) -> dict:
 
 
 def near_duplicate_groups(phashes: list[str], max_bits: int = NEAR_DUPLICATE_BITS) -> np.ndarray:
-    """Union-find group id per image over pairs whose perceptual hashes differ in <= max_bits bits."""
+    """Group id per image: connected components of the graph linking hashes within `max_bits` bits."""
     n = len(phashes)
-    parent = np.arange(n)
+    if n == 0:
+        return np.zeros(0, int)
+    bits = np.unpackbits(np.frombuffer(b"".join(bytes.fromhex(h) for h in phashes), np.uint8).reshape(n, 8), axis=1)
+    rows, cols = [], []
+    for start in range(0, n, 512):  # bounded memory: 512 x n distances at a time
+        a, b = np.nonzero((bits[start:start + 512, None, :] != bits[None, :, :]).sum(axis=2) <= max_bits)
+        rows.append(a + start)
+        cols.append(b)
+    edges = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(edges[0]), np.int8), edges), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    bits = np.unpackbits(np.array([bytes.fromhex(h) for h in phashes], dtype="S8").view(np.uint8).reshape(n, 8),
-                         axis=1).astype(np.uint8) if n else np.zeros((0, 64), np.uint8)
-    chunk = 512
-    for start in range(0, n, chunk):
-        block = bits[start:start + chunk]
-        dist = (block[:, None, :] != bits[None, :, :]).sum(axis=2)
-        for a, b in zip(*np.nonzero(dist <= max_bits)):
-            i, j = start + int(a), int(b)
-            if i < j:
-                parent[find(i)] = find(j)
-    return np.array([find(i) for i in range(n)])
+SPLIT_FOLDS = 20  # the split fractions are multiples of 1/20
 
 
 def assign_splits(df: pd.DataFrame, seed: int = SPLIT_SEED, fractions: dict = SPLIT_FRACTIONS) -> pd.Series:
-    """Stratified, group-aware, deterministic split: a near-duplicate group never spans two splits."""
-    rng = np.random.default_rng(seed)
-    split = pd.Series("", index=df.index, dtype=object)
-    group_class = df.groupby("dup_group")["class"].agg(lambda s: s.mode().iloc[0])
-    for cls in sorted(group_class.unique()):
-        groups = sorted(group_class.index[group_class == cls], key=lambda g: df.loc[df.dup_group == g, "sha256"].min())
-        rng.shuffle(groups)
-        sizes = df[df.dup_group.isin(groups)].groupby("dup_group").size()
-        total = sizes.sum()
-        filled = dict.fromkeys(fractions, 0)
-        for g in groups:
-            # the split furthest below its target share takes the next group
-            name = min(fractions, key=lambda s: filled[s] / total - fractions[s])
-            split[df.dup_group == g] = name
-            filled[name] += sizes[g]
-    return split
+    """Stratified, group-aware, deterministic split: a near-duplicate group never spans two splits.
+
+    scikit-learn's StratifiedGroupKFold deals the photos into 20 folds (fewer for tiny sets); consecutive folds make up each split.
+    """
+    folds = min(SPLIT_FOLDS, int(df["dup_group"].nunique()), int(df["class"].value_counts().max()))
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed % 2 ** 32)
+    fold = np.zeros(len(df), int)
+    for k, (_, idx) in enumerate(cv.split(np.zeros(len(df)), df["class"], groups=df["dup_group"])):
+        fold[idx] = k
+    edges = np.cumsum([0, *fractions.values()]) * folds
+    names = np.array(list(fractions))[np.searchsorted(edges[1:], fold + 0.5)]
+    return pd.Series(names, index=df.index, dtype=object)
 
 
 def _relative_to_project(path: Path) -> str:
@@ -182,13 +176,13 @@ def load_manifest(path: Path) -> pd.DataFrame:
 
 def manifest_roots(manifest: Path, overrides: list[Path] | None = None) -> dict[str, Path]:
     """Source name -> dataset root: explicit overrides (matched by folder name) win over the sidecar."""
-    from .config import PROJECT_ROOT, dataset_roots_from_env
+    from .config import PROJECT_ROOT, settings
     roots: dict[str, Path] = {}
     sidecar = Path(manifest).with_suffix(".json")
     if sidecar.is_file():
         for name, p in json.loads(sidecar.read_text())["roots"].items():
             roots[name] = (PROJECT_ROOT / p).resolve() if not os.path.isabs(p) else Path(p)
-    for root in (overrides if overrides is not None else dataset_roots_from_env()):
+    for root in (overrides if overrides is not None else settings().data_roots):
         roots[Path(root).name] = Path(root)
     return roots
 

@@ -13,9 +13,9 @@ from tqdm import tqdm
 
 from .devices import resolve_device
 from .model import Checkpoint, RoomVisionNet, fuse_batchnorm
+from .modelinfo import ONNX_OUTPUTS
 
 FORWARD_CHUNK = 32  # bounds activation memory; throughput is flat beyond this
-ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam")
 
 
 def autocast(device: torch.device):

@@ -8,38 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import (accuracy_score, average_precision_score, classification_report, confusion_matrix,
                              f1_score, precision_recall_curve, roc_auc_score, roc_curve)
 
-from .config import CACHE_DIR
+from .calibration import best_quality_threshold, expected_calibration_error, reliability_curve
+from .config import settings
 from .data import load_manifest, manifest_roots, resolve_paths, scan_root
-from .inference import HEAD_OUTPUTS, Predictor, softmax_np
+from .inference import Predictor, room_probabilities
 from .labels import LabelStore
-from .modelinfo import file_sha256
+from .modelinfo import HEAD_OUTPUTS
 from .reports import report_paths
-from .train import best_quality_threshold, degraded_samples, real_samples
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """ECE of the top-class confidence over equal-width bins."""
-    conf, pred = probs.max(1), probs.argmax(1)
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (conf > lo) & (conf <= hi)
-        if inside.any():
-            ece += inside.mean() * abs((pred[inside] == labels[inside]).mean() - conf[inside].mean())
-    return float(ece)
-
-
-def reliability_curve(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
-    conf, correct = probs.max(1), probs.argmax(1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    rows = [(float(conf[idx == b].mean()), float(correct[idx == b].mean()), int((idx == b).sum()))
-            for b in range(bins) if (idx == b).any()]
-    return {"confidence": [r[0] for r in rows], "accuracy": [r[1] for r in rows], "count": [r[2] for r in rows]}
+from .samples import degraded_cache_path, degraded_samples, real_samples
 
 
 def _thin(xs: np.ndarray, n: int = 200) -> list[float]:
@@ -93,21 +74,21 @@ def evaluate(predictor: Predictor, samples: pd.DataFrame, batch_size: int = 64, 
              progress: str | None = "evaluating") -> tuple[dict, pd.DataFrame]:
     """All metrics for real (and optional degraded) samples; returns metrics and per-sample outputs."""
     raw = predictor.run_samples(samples, HEAD_OUTPUTS, batch_size, progress=progress)
-    t = predictor.thresholds
-    probs_raw, probs = softmax_np(raw["room"]), softmax_np(raw["room"], t.temperature)
-    p_good = 1 / (1 + np.exp(-raw["quality"]))
+    cal = predictor.calibration
+    probs_raw, probs = room_probabilities(raw["room"]), room_probabilities(raw["room"], cal.temperature)
+    p_good = expit(raw["quality"])
     aest = raw["aesthetic"] @ np.arange(1, 11)
     clean = (samples["degrade"] == "").values
     y = samples["class_idx"].values
     m = {"room": room_metrics(probs[clean], y[clean], predictor.classes)}
     m["room_degraded"] = ({"n": int((~clean).sum()), "accuracy": float((probs[~clean].argmax(1) == y[~clean]).mean())}
                           if (~clean).any() else {})
-    m["calibration"] = {"temperature": t.temperature,
+    m["calibration"] = {"temperature": cal.temperature,
                         "ece_before": expected_calibration_error(probs_raw[clean], y[clean]),
                         "ece_after": expected_calibration_error(probs[clean], y[clean]),
                         "reliability_after": reliability_curve(probs[clean], y[clean])}
     m["quality_vs_proxy"] = quality_metrics(p_good, samples["quality"].values)
-    m["quality_vs_proxy"]["threshold_in_use"] = t.quality
+    m["quality_vs_proxy"]["threshold_in_use"] = cal.quality
     if human is not None and len(human):
         hq = samples["human_quality"].values
         has = hq != ""
@@ -158,27 +139,28 @@ def folder_samples(folder: Path) -> pd.DataFrame:
 
 def evaluate_cli(a: argparse.Namespace) -> int:
     predictor = Predictor(a.weights, device=a.device, backend="torch")  # evaluation runs the PyTorch model
+    manifest, relabels = a.manifest or settings().manifest, a.relabels or settings().relabels
     if a.folder:
         df = folder_samples(a.folder)
         paths = [a.folder / p for p in df["path"]]
         tag, degraded_cache = f"folder-{a.folder.name}", None
     else:
-        df = load_manifest(a.manifest)
+        df = load_manifest(manifest)
         df = df[df["split"] == a.split]
         if a.source:
             df = df[df["source"] == a.source]
         if df.empty:
             raise ValueError(f"no manifest rows for split={a.split!r} source={a.source!r}")
-        paths = resolve_paths(df, manifest_roots(a.manifest, a.data_roots))
+        paths = resolve_paths(df, manifest_roots(manifest, a.data_roots))
         tag = a.split + (f"-{a.source}" if a.source else "")
-        degraded_cache = CACHE_DIR / f"degraded-{file_sha256(a.manifest)[:12]}.csv"
+        degraded_cache = degraded_cache_path(manifest)
     df = df.reset_index(drop=True)
-    real = real_samples(df, paths, a.relabels)
+    real = real_samples(df, paths, relabels)
     parts = [real]
     if degraded_cache is not None:
         parts.append(degraded_samples(real, degraded_cache))
     samples = pd.concat(parts, ignore_index=True)
-    human = LabelStore(a.relabels).merged() if a.relabels and Path(a.relabels).is_file() else None
+    human = LabelStore(relabels).merged() if Path(relabels).is_file() else None
     metrics, out = evaluate(predictor, samples, a.batch_size, human)
     metrics.update(model_version=predictor.version, weights=str(predictor.weights), evaluated_on=tag,
                    sources=sorted(df["source"].unique().tolist()))

@@ -10,25 +10,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import CACHE_DIR
+from .config import settings
 from .data import load_manifest, manifest_roots, resolve_paths
-from .inference import HEAD_OUTPUTS, Predictor
-from .modelinfo import file_sha256
+from .inference import Predictor
+from .modelinfo import HEAD_OUTPUTS, file_sha256
 
 META_COLUMNS = ["sha256", "path", "source", "split", "degrade", "class_idx", "quality", "aesthetic"]
 
 
 def cache_path(weights: Path, manifest: Path) -> Path:
-    return CACHE_DIR / f"features-{file_sha256(weights)[:12]}-{file_sha256(manifest)[:12]}.npz"
+    return settings().cache_dir / f"features-{file_sha256(weights)[:12]}-{file_sha256(manifest)[:12]}.npz"
 
 
 def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[Path] | None = None,
                         batch_size: int = 64, on_batch=None, progress: str | None = "caching features") -> Path:
     """Run the model once over every manifest photo and its degraded copy; save features and outputs."""
-    from .train import degraded_samples, real_samples  # PyTorch only when the cache is built
+    from .samples import degraded_cache_path, degraded_samples, real_samples  # PyTorch only when the cache is built
     df = load_manifest(manifest).reset_index(drop=True)
     real = real_samples(df, resolve_paths(df, manifest_roots(manifest, data_roots)), relabels=None)
-    degraded = degraded_samples(real, CACHE_DIR / f"degraded-{file_sha256(manifest)[:12]}.csv")
+    degraded = degraded_samples(real, degraded_cache_path(manifest))
     samples = pd.concat([real, degraded], ignore_index=True)
     raw = predictor.run_samples(samples, ("features", *HEAD_OUTPUTS), batch_size, progress=progress,
                                 on_batch=on_batch)

@@ -15,18 +15,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy.special import expit, softmax
 from tqdm import tqdm
 
-from .config import CACHE_DIR, default_weights_path
+from .config import settings
+from .decisions import Thresholds, decide
 from .devices import resolve_device
-from .images import ImageDecodeError, load_image
-from .modelinfo import Thresholds, file_sha256, read_model_info
-from .preprocess import EvalPreprocess
+from .images import ImageDecodeError
+from .modelinfo import HEAD_OUTPUTS, file_sha256, read_model_info
+from .preprocess import EvalPreprocess, decode_for_model
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
 ONNX_GRAPH_VERSION = 2  # bump when the exported outputs change: cached exports are keyed by it
 ONNX_CHUNK = 32
-HEAD_OUTPUTS = ("room", "quality", "aesthetic")  # raw outputs that predictions are made of
 
 
 def aesthetic_stats(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,11 +37,9 @@ def aesthetic_stats(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def room_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated room probabilities: softmax of logits / temperature."""
+    return softmax(np.asarray(logits, np.float64) / temperature, axis=1)
 
 
 def class_heatmap(cams: np.ndarray, class_index: int) -> np.ndarray:
@@ -51,7 +50,7 @@ def class_heatmap(cams: np.ndarray, class_index: int) -> np.ndarray:
 
 def onnx_path(weights: str | Path) -> Path:
     """Where the ONNX export of a weights file is cached (keyed by the file's content)."""
-    return CACHE_DIR / "onnx" / f"{file_sha256(weights)[:16]}-v{ONNX_GRAPH_VERSION}.onnx"
+    return settings().cache_dir / "onnx" / f"{file_sha256(weights)[:16]}-v{ONNX_GRAPH_VERSION}.onnx"
 
 
 def ensure_onnx(weights: str | Path) -> Path:
@@ -66,8 +65,9 @@ def ensure_onnx(weights: str | Path) -> Path:
     if "torch" in sys.modules:
         from .engine import export_onnx
         return export_onnx(weights, path)
-    done = subprocess.run([sys.executable, "-m", "roomvision", "export-onnx", "--weights", str(weights),
-                           "--out", str(path)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "roomvision", "export-onnx", "--weights", str(Path(weights).resolve()),
+                           "--out", str(path.resolve())], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent)  # finds this package from any directory
     if done.returncode != 0 or not path.is_file():
         raise RuntimeError(f"ONNX export of {weights} failed: {done.stderr.strip()[-500:]}")
     return path
@@ -94,10 +94,11 @@ class Predictor:
                  backend: str = "auto"):
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be auto, torch or onnx, not {backend!r}")
-        self.weights = Path(weights) if weights else default_weights_path()
+        self.weights = Path(weights) if weights else settings().weights
         self.info = read_model_info(self.weights)
         self.classes = list(self.info.classes)
-        self.thresholds = self.info.thresholds
+        self.calibration = self.info.calibration
+        self.thresholds = Thresholds.for_model(self.calibration)  # the calibrated default decisions
         self.version = self.info.version
         self.transform = EvalPreprocess(self.info.preprocess)
         self.threads = threads
@@ -135,9 +136,9 @@ class Predictor:
         """Raw outputs of the PyTorch model over training-style samples (files, degradations): for evaluation
         and feature caching, which must measure the trained model itself."""
         from torch.utils.data import DataLoader
-        from .train import SampleDataset
+        from .samples import SampleDataset
         from .transforms import eval_transform
-        loader = DataLoader(SampleDataset(samples, eval_transform(self.info.preprocess)),
+        loader = DataLoader(SampleDataset(samples, eval_transform(self.info.preprocess), self.info.preprocess),
                             batch_size=batch_size, num_workers=1)
         return self._run_torch(loader, progress, on_batch, outputs)
 
@@ -147,17 +148,21 @@ class Predictor:
         parts = [self.session.run(list(outputs), {"x": x[i:i + ONNX_CHUNK]}) for i in range(0, len(x), ONNX_CHUNK)]
         return {k: np.concatenate([p[j] for p in parts]) for j, k in enumerate(outputs)}
 
+    def decode(self, source) -> Image.Image:
+        """The one decode policy of every entry point: bounded decoding, JPEGs at the scale the model needs."""
+        return decode_for_model(source, self.info.preprocess)
+
     def _rows(self, raw: dict) -> list[dict]:
-        """Result rows; with 'room_cam' in `raw`, each row also gets the 0-1 heat map of its predicted room."""
-        probs = softmax_np(raw["room"], self.thresholds.temperature)
-        p_good = 1 / (1 + np.exp(-raw["quality"]))
+        """Result rows of probabilities (no decisions); with 'room_cam' in `raw`, each row also gets the 0-1 heat
+        map of its most probable room."""
+        probs = room_probabilities(raw["room"], self.calibration.temperature)
+        p_good = expit(raw["quality"])
         mean, std = aesthetic_stats(raw["aesthetic"])
         rows = []
         for i in range(len(probs)):
             row = {"room": self.classes[int(probs[i].argmax())]}
             row.update({f"prob_{c}": float(probs[i, j]) for j, c in enumerate(self.classes)})
             row.update(quality_prob_good=float(p_good[i]),
-                       quality_label="GOOD" if p_good[i] >= self.thresholds.quality else "BAD",
                        aesthetic_score=float(mean[i]), aesthetic_std=float(std[i]),
                        aesthetic_distribution=raw["aesthetic"][i].round(4).tolist(), error="")
             if "room_cam" in raw:
@@ -181,7 +186,7 @@ class Predictor:
         decoded, results = [], []
         for name, data in named:
             try:
-                decoded.append(load_image(data))
+                decoded.append(self.decode(data))
                 results.append(({"path": name}, decoded[-1]))
             except ImageDecodeError as exc:
                 results.append(({"path": name, "error": str(exc)}, None))
@@ -193,11 +198,9 @@ class Predictor:
 
         `workers` threads (default 2) decode and preprocess the next batch while the current one runs.
         """
-        min_side = self.info.preprocess.resize_size
-
         def load(path):
             try:
-                return self.transform(load_image(path, min_side=min_side)), ""
+                return self.transform(self.decode(path)), ""
             except ImageDecodeError as exc:
                 return None, str(exc)
 
@@ -234,29 +237,23 @@ class Predictor:
         return results
 
 
-def decide(row: dict, thresholds: Thresholds, classes: list[str]) -> dict:
-    """Decisions for one prediction at the given thresholds (no model call)."""
-    if row.get("error"):
-        return {"room_decision": "", "quality_decision": "", "listing_ready": False}
-    confidence = max(row[f"prob_{c}"] for c in classes)
-    room = row["room"] if confidence >= thresholds.min_room_confidence else "uncertain"
-    quality = "GOOD" if row["quality_prob_good"] >= thresholds.quality else "BAD"
-    ready = quality == "GOOD" and room != "uncertain" and row["aesthetic_score"] >= thresholds.listing_ready_min_aesthetic
-    return {"room_decision": room, "room_confidence": confidence, "quality_decision": quality, "listing_ready": ready}
-
-
-def results_frame(results: list[dict], classes: list[str]) -> pd.DataFrame:
-    """Fixed column order: path, room, prob_<class>…, quality_prob_good, quality_label, aesthetic_score, aesthetic_std, error."""
-    cols = ["path", "room", *[f"prob_{c}" for c in classes], "quality_prob_good", "quality_label",
-            "aesthetic_score", "aesthetic_std", "error"]
-    df = pd.DataFrame(results).reindex(columns=cols)
+def results_frame(results: list[dict], classes: list[str], thresholds: Thresholds) -> pd.DataFrame:
+    """Predictions with the decisions at `thresholds` and the thresholds themselves, in a fixed column order."""
+    cols = ["path", "room_decision", "room_confidence", *[f"prob_{c}" for c in classes], "quality_prob_good",
+            "quality_decision", "aesthetic_score", "aesthetic_std", "listing_ready", "listing_reason",
+            "quality_threshold", "min_room_confidence", "listing_ready_min_aesthetic", "error"]
+    rows = [{**r, **decide(r, thresholds, classes), "quality_threshold": thresholds.quality,
+             "min_room_confidence": thresholds.min_room_confidence,
+             "listing_ready_min_aesthetic": thresholds.listing_ready_min_aesthetic} for r in results]
+    df = pd.DataFrame(rows).reindex(columns=cols)
     df["error"] = df["error"].fillna("")
-    return df
+    return df.round(4)
 
 
-def write_results(results: list[dict], out: Path | None, classes: list[str]) -> None:
-    """CSV (default, stdout when out is None) or JSON by the file suffix."""
-    df = results_frame(results, classes)
+def write_results(results: list[dict], out: Path | None, classes: list[str], thresholds: Thresholds) -> None:
+    """CSV (default, stdout when out is None) or JSON by the file suffix; spreadsheet-safe cells."""
+    from .labels import neutralise_formulas
+    df = neutralise_formulas(results_frame(results, classes, thresholds))
     if out is not None and out.suffix.lower() == ".json":
         records = json.loads(df.to_json(orient="records"))
         out.write_text(json.dumps(records, indent=2) + "\n")

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from .decisions import quality_decision
+
 COLUMNS = ["path", "sha256", "proxy_label", "human_label", "rating", "annotator", "timestamp", "model_version"]
 DECISIONS = ("GOOD", "BAD", "SKIP", "UNDO")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -173,7 +175,7 @@ def relabel_queue(manifest: pd.DataFrame, p_good: pd.Series | None, threshold: f
         return q.sort_values(["source", "path"]).reset_index(drop=True)
     if order != "informative":
         raise ValueError(f"unknown queue order {order!r}")
-    model_good = q["p_good"] >= threshold
-    q["disagree"] = q["p_good"].notna() & (model_good != (q["quality_label"] == "GOOD"))
+    model_label = q["p_good"].map(lambda p: quality_decision(p, threshold) if p == p else "")
+    q["disagree"] = q["p_good"].notna() & (model_label != q["quality_label"])
     q["margin"] = (q["p_good"] - threshold).abs().fillna(np.inf)
     return q.sort_values(["disagree", "margin", "path"], ascending=[False, True, True]).reset_index(drop=True)

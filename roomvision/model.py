@@ -22,11 +22,8 @@ PACKAGED_WEIGHTS = {
 }
 
 
-def preprocess_for_backbone(name: str, model: nn.Module | None = None) -> Preprocess:
-    """Input size, resize, interpolation and normalisation from the backbone's metadata (timm style)."""
-    if name in PACKAGED_WEIGHTS or model is None:
-        size = {"tf_efficientnet_lite1": 240, "tf_efficientnet_lite2": 260}.get(name, 224)
-        return Preprocess(input_size=size, resize_size=round(size / 0.875))
+def preprocess_for_backbone(model: nn.Module) -> Preprocess:
+    """Input size, resize (crop fraction), interpolation and normalisation from the backbone's timm metadata."""
     cfg = timm.data.resolve_model_data_config(model)
     size = cfg["input_size"][-1]
     return Preprocess(input_size=size, resize_size=round(size / cfg.get("crop_pct", 0.875)),
@@ -138,9 +135,9 @@ class Checkpoint(ModelInfo):
     def save(self, path: str | Path, half: bool = True) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {k: v for k, v in asdict(self).items() if k not in ("state_dict", "preprocess", "thresholds")}
+        payload = {k: v for k, v in asdict(self).items() if k not in ("state_dict", "preprocess", "calibration")}
         payload.update(format=CHECKPOINT_FORMAT, format_version=CHECKPOINT_VERSION,
-                       preprocess=asdict(self.preprocess), thresholds=asdict(self.thresholds),
+                       preprocess=asdict(self.preprocess), calibration=asdict(self.calibration),
                        created=self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                        state_dict={k: v.half() if half and v.is_floating_point() else v
                                    for k, v in self.state_dict.items()})

@@ -8,25 +8,18 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import DEFAULT_QUALITY_THRESHOLD, LISTING_READY_MIN_AESTHETIC, MIN_ROOM_CONFIDENCE
+from .decisions import Calibration
 from .preprocess import Preprocess
 
 CHECKPOINT_FORMAT = "roomvision-checkpoint"
-CHECKPOINT_VERSION = 1
-REQUIRED_KEYS = ("backbone", "classes", "preprocess", "thresholds", "state_dict")
+CHECKPOINT_VERSION = 2  # 2: 'calibration' replaces version 1's 'thresholds'
+REQUIRED_KEYS = ("backbone", "classes", "preprocess", "state_dict")
+ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam")  # what the serving graph computes
+HEAD_OUTPUTS = ("room", "quality", "aesthetic")  # the raw outputs that predictions are made of
 
 
 class CheckpointError(ValueError):
     """A weights file that is missing, unreadable or not a compatible roomvision checkpoint."""
-
-
-@dataclass
-class Thresholds:
-    """Decision settings that serving reads from the checkpoint."""
-    temperature: float = 1.0
-    quality: float = DEFAULT_QUALITY_THRESHOLD
-    min_room_confidence: float = MIN_ROOM_CONFIDENCE
-    listing_ready_min_aesthetic: float = LISTING_READY_MIN_AESTHETIC
 
 
 @dataclass
@@ -35,7 +28,7 @@ class ModelInfo:
     backbone: str
     classes: list[str]
     preprocess: Preprocess
-    thresholds: Thresholds
+    calibration: Calibration
     metrics: dict = field(default_factory=dict)
     manifest_sha256: str = ""
     created: str = ""
@@ -49,13 +42,16 @@ class ModelInfo:
             raise CheckpointError(f"{path} is not a roomvision checkpoint (no '{CHECKPOINT_FORMAT}' header)")
         if raw.get("format_version", 0) > CHECKPOINT_VERSION:
             raise CheckpointError(f"{path} needs a newer roomvision (format {raw['format_version']})")
-        missing = [k for k in REQUIRED_KEYS if k not in raw]
+        calibration = raw.get("calibration", raw.get("thresholds"))
+        missing = [k for k in REQUIRED_KEYS if k not in raw] + ([] if calibration is not None else ["calibration"])
         if missing:
             raise CheckpointError(f"{path} is missing {', '.join(missing)}")
         pre = raw["preprocess"]
         return dict(backbone=raw["backbone"], classes=list(raw["classes"]),
                     preprocess=Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}),
-                    thresholds=Thresholds(**raw["thresholds"]), metrics=raw.get("metrics", {}),
+                    calibration=Calibration(temperature=float(calibration["temperature"]),
+                                            quality=float(calibration["quality"])),
+                    metrics=raw.get("metrics", {}),
                     manifest_sha256=raw.get("manifest_sha256", ""), created=raw.get("created", ""),
                     version=raw.get("version", path.stem), train_args=raw.get("train_args", {}))
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .images import load_image
+
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                   "nearest": Image.Resampling.NEAREST}
 
@@ -22,6 +24,12 @@ class Preprocess:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+def decode_for_model(source, pre: Preprocess) -> Image.Image:
+    """The one decode policy of every entry point (serving, training, evaluation): bounded decoding, with JPEGs
+    decoded at the smallest DCT scale that keeps the short side at least the model's resize size."""
+    return load_image(source, min_side=pre.resize_size)
 
 
 def resize_short_side(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:

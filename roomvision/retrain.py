@@ -9,14 +9,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from scipy.special import expit
 from sklearn.metrics import f1_score, roc_auc_score
 
-from .config import DEFAULT_WEIGHTS
+from .calibration import best_quality_threshold, fit_temperature
+from .config import DEFAULT_WEIGHTS, TrainConfig
+from .decisions import quality_decision
 from .labels import LabelStore, human_lookup
+from .losses import multitask_loss, room_class_weight
 from .model import Checkpoint
 from .quality import score_distribution
-from .train import best_quality_threshold, emd_loss, fit_temperature, rating_to_score
+from .samples import rating_to_score
+
+HUMAN_WEIGHT = 5.0  # human labels are few and they are the truth
 
 
 def apply_human_labels(samples: pd.DataFrame, relabels: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -36,16 +41,19 @@ def apply_human_labels(samples: pd.DataFrame, relabels: Path | None) -> tuple[np
     return quality, aesthetic, human
 
 
-def head_metrics(heads: dict, y: np.ndarray, quality: np.ndarray, human: np.ndarray, clean: np.ndarray) -> dict:
+def head_metrics(heads: dict, y: np.ndarray, quality: np.ndarray, human: np.ndarray, clean: np.ndarray,
+                 threshold: float) -> dict:
+    """Room accuracy and macro-F1, quality ROC-AUC, and agreement with human labels at `threshold`."""
     pred = heads["room"].argmax(1)
-    p_good = 1 / (1 + np.exp(-heads["quality"]))
+    p_good = expit(heads["quality"])
     m = {"room_accuracy": float((pred[clean] == y[clean]).mean()),
          "room_macro_f1": float(f1_score(y[clean], pred[clean], average="macro")),
          "quality_roc_auc": float(roc_auc_score(quality, p_good)) if len(np.unique(quality)) == 2 else None}
     has = human >= 0
     m["human_labels"] = int(has.sum())
     if has.any():
-        m["human_agreement"] = float(((p_good[has] >= 0.5) == (human[has] == 1)).mean())
+        decided = np.array([quality_decision(p, threshold) for p in p_good[has]])
+        m["human_agreement"] = float((decided == np.where(human[has] == 1, "GOOD", "BAD")).mean())
     return m
 
 
@@ -75,33 +83,32 @@ def retrain_heads(weights: Path, cache: dict, relabels: Path | None, out: Path |
             h = model.heads(feats[idx])
         return {"room": h["room"].numpy(), "quality": h["quality"].numpy()}
 
-    before = head_metrics(outputs(val_idx), y[val_idx], quality[val_idx], human[val_idx], clean[val_idx])
+    before = head_metrics(outputs(val_idx), y[val_idx], quality[val_idx], human[val_idx], clean[val_idx],
+                          ckpt.calibration.quality)
     params = [*model.room_head.parameters(), *model.quality_head.parameters(), *model.aesthetic_head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     targets = torch.from_numpy(np.stack([score_distribution(a) for a in aesthetic]))
     yt, qt = torch.tensor(y), torch.tensor(quality)
-    # human labels count more: they are few and they are the truth
-    weight = torch.from_numpy(np.where(human >= 0, 5.0, 1.0).astype(np.float32))
+    weight = torch.from_numpy(np.where(human >= 0, HUMAN_WEIGHT, 1.0).astype(np.float32))
+    class_weight = room_class_weight(y[train_idx], len(ckpt.classes))
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         model.train()
         order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=g)]
         for start in range(0, len(order), batch_size):
             b = order[start:start + batch_size]
-            h = model.heads(feats[b])
-            loss = (F.cross_entropy(h["room"], yt[b], label_smoothing=0.1)
-                    + (F.binary_cross_entropy_with_logits(h["quality"], qt[b], reduction="none") * weight[b]).mean()
-                    + 2.0 * emd_loss(torch.softmax(h["aesthetic"], 1), targets[b]))
+            loss, _ = multitask_loss(model.heads(feats[b]), yt[b], qt[b], targets[b], class_weight,
+                                     TrainConfig.label_smoothing, sample_weight=weight[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
     val_out = outputs(val_idx)
-    after = head_metrics(val_out, y[val_idx], quality[val_idx], human[val_idx], clean[val_idx])
     vclean = val_idx[clean[val_idx]]
     temperature = fit_temperature(outputs(vclean)["room"], y[vclean])
-    threshold, _ = best_quality_threshold(1 / (1 + np.exp(-val_out["quality"])), quality[val_idx])
+    threshold, _ = best_quality_threshold(expit(val_out["quality"]), quality[val_idx])
+    after = head_metrics(val_out, y[val_idx], quality[val_idx], human[val_idx], clean[val_idx], threshold)
     new = replace(ckpt, state_dict={k: v.detach() for k, v in model.state_dict().items()},
-                  thresholds=replace(ckpt.thresholds, temperature=temperature, quality=threshold),
+                  calibration=replace(ckpt.calibration, temperature=temperature, quality=threshold),
                   metrics={**ckpt.metrics, "relabel_retrain": {"before": before, "after": after,
                                                                "human_labels": int((human >= 0).sum())}},
                   version=out.stem, created="")

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .decisions import Thresholds
 from .images import find_images
 from .inference import Predictor, results_frame
+from .labels import neutralise_formulas
 
 
 def read_inputs(source: Path) -> list[Path]:
@@ -27,14 +29,28 @@ def journal_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial.csv")
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a crash left without its newline, so resume never trusts half a row."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 class Journal:
-    """Rows appended (and fsynced) batch by batch, so a crash loses at most the batch in flight."""
+    """Rows appended (and fsynced) batch by batch, so a crash loses at most the batch in flight.
+
+    Paths are recorded as the caller gave them; resume skips those already recorded.
+    """
 
     def __init__(self, path: Path, columns: list[str], resume: bool):
         self.path, self.columns = path, columns
         if not resume and path.exists():
             path.unlink()
-        self.done = set(pd.read_csv(path, usecols=["path"], keep_default_na=False)["path"]) if path.exists() else set()
+        if path.exists():
+            drop_torn_tail(path)
+        self.done = set(pd.read_csv(path, usecols=["path"], keep_default_na=False)["path"]) if path.exists() and \
+            path.stat().st_size else set()
         self.file = open(path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=columns, extrasaction="ignore")
         if self.file.tell() == 0:
@@ -52,6 +68,7 @@ class Journal:
 def finish(journal: Path, out: Path) -> pd.DataFrame:
     """Turn the journal into the final CSV or Parquet file."""
     df = pd.read_csv(journal, keep_default_na=False).drop_duplicates("path", keep="last")
+    df = neutralise_formulas(df)
     if out.suffix.lower() == ".parquet":
         df.to_parquet(out, index=False)
         journal.unlink()
@@ -62,17 +79,25 @@ def finish(journal: Path, out: Path) -> pd.DataFrame:
 
 
 def summary(df: pd.DataFrame) -> str:
+    """Counts per room decision, BAD and listing-ready shares, errors."""
     ok = df[df["error"] == ""]
-    rooms = ", ".join(f"{k} {v}" for k, v in sorted(Counter(ok["room"]).items()))
-    bad = (ok["quality_label"] == "BAD").mean() if len(ok) else 0.0
+    rooms = ", ".join(f"{k} {v}" for k, v in sorted(Counter(ok["room_decision"]).items()))
+    bad = (ok["quality_decision"] == "BAD").mean() if len(ok) else 0.0
+    ready = ok["listing_ready"].astype(str).eq("True").mean() if len(ok) else 0.0
     return (f"{len(df)} images: {len(ok)} scored, {len(df) - len(ok)} errors | rooms: {rooms or 'none'} | "
-            f"BAD share {bad:.1%}")
+            f"BAD share {bad:.1%} | listing-ready {ready:.1%}")
+
+
+def _setup(weights, device, thresholds: dict | None) -> tuple[Predictor, Thresholds, list[str]]:
+    predictor = Predictor(weights, device=device)
+    chosen = predictor.thresholds.with_values(**(thresholds or {}))
+    return predictor, chosen, list(results_frame([], predictor.classes, chosen).columns)
 
 
 def score_local(paths: list[Path], out: Path, weights=None, device="auto", batch_size=64, workers=None,
-                resume=False, progress=True) -> pd.DataFrame:
-    predictor = Predictor(weights, device=device)
-    columns = list(results_frame([], predictor.classes).columns)
+                resume=False, progress=True, thresholds: dict | None = None) -> pd.DataFrame:
+    """Score files in one process, journalled batch by batch; `thresholds` override the calibrated ones."""
+    predictor, chosen, columns = _setup(weights, device, thresholds)
     journal = Journal(journal_path(out), columns, resume)
     todo = [p for p in paths if str(p) not in journal.done]
     if journal.done:
@@ -81,7 +106,7 @@ def score_local(paths: list[Path], out: Path, weights=None, device="auto", batch
     bar = tqdm(total=len(todo), desc="scoring", unit="img", disable=not progress, file=sys.stderr)
     try:
         for rows in predictor.iter_predict_paths(todo, batch_size, workers):
-            journal.write(results_frame(rows, predictor.classes).to_dict("records"))
+            journal.write(results_frame(rows, predictor.classes, chosen).to_dict("records"))
             bar.update(len(rows))
     finally:
         journal.close()
@@ -90,34 +115,37 @@ def score_local(paths: list[Path], out: Path, weights=None, device="auto", batch
 
 
 class _RayScorer:
-    """One predictor per Ray worker; scores a batch of raw files."""
+    """One predictor per Ray worker; scores a batch of raw files, reporting each under the path as given."""
 
-    def __init__(self, weights, device):
-        self.predictor = Predictor(weights, device=device)
+    def __init__(self, weights, device, thresholds: Thresholds, given: dict[str, str]):
+        self.predictor, self.thresholds, self.given = Predictor(weights, device=device), thresholds, given
 
     def __call__(self, batch: dict) -> dict:
-        named = [(str(path), bytes(data)) for path, data in zip(batch["path"], batch["bytes"])]
-        df = results_frame([row for row, _ in self.predictor.predict_named(named)], self.predictor.classes)
+        named = [(self.given[str(path)], bytes(data)) for path, data in zip(batch["path"], batch["bytes"])]
+        df = results_frame([row for row, _ in self.predictor.predict_named(named)], self.predictor.classes,
+                           self.thresholds)
         return {c: df[c].to_numpy() for c in df.columns}
 
 
 def score_ray(paths: list[Path], out: Path, weights=None, device="auto", batch_size=64, address=None,
-              resume=False, num_workers: int | None = None) -> pd.DataFrame:
+              resume=False, num_workers: int | None = None, thresholds: dict | None = None) -> pd.DataFrame:
     """The same scoring with Ray Data: files read by Ray, one predictor actor per worker (GPUs where present)."""
     import ray
-    predictor_meta = Predictor(weights, device="cpu")
-    columns = list(results_frame([], predictor_meta.classes).columns)
+    predictor_meta, chosen, columns = _setup(weights, "cpu", thresholds)
     weights = str(predictor_meta.weights)
     del predictor_meta
     journal = Journal(journal_path(out), columns, resume)
-    todo = [str(Path(p).resolve()) for p in paths if str(p) not in journal.done]
-    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    given = {str(Path(p).resolve()): str(p) for p in paths if str(p) not in journal.done}
+    todo = list(given)
+    # workers import this package from a copy Ray ships, whatever their working directory or cluster node
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
+             runtime_env={"py_modules": [str(Path(__file__).resolve().parent)]})
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         workers = num_workers or max(1, int(gpus) or int(ray.cluster_resources().get("CPU", 1)) // 2)
         if todo:
             ds = ray.data.read_binary_files(todo, include_paths=True)
-            scored = ds.map_batches(_RayScorer, fn_constructor_args=(weights, "cuda" if gpus else device),
+            scored = ds.map_batches(_RayScorer, fn_constructor_args=(weights, "cuda" if gpus else device, chosen, given),
                                     batch_size=batch_size, concurrency=workers, num_gpus=1 if gpus else 0,
                                     batch_format="numpy")
             for batch in scored.iter_batches(batch_size=batch_size * 4, batch_format="pandas"):

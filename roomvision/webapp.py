@@ -4,6 +4,7 @@ Pages hold layout only; everything they compute comes from `roomvision` through 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from dataclasses import asdict
@@ -13,23 +14,25 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
+from scipy.special import expit
 
 from . import config
+from .config import settings
+from .decisions import Thresholds
 from .images import ImageDecodeError, load_image
 from .inference import Predictor
-from .modelinfo import CheckpointError, Thresholds, read_model_info
+from .modelinfo import CheckpointError, read_model_info
 from .quality import compute_metrics, quality_reasons
 
-ENV_MANIFEST = "ROOMVISION_MANIFEST"
-ENV_RELABELS = "ROOMVISION_RELABELS"
+PREVIEW_SIDE = 640  # the Predict page shows (and overlays Grad-CAM on) a preview, not the full-size photo
 
 
 def manifest_path() -> Path:
-    return Path(os.environ.get(ENV_MANIFEST, config.DEFAULT_MANIFEST))
+    return settings().manifest
 
 
 def relabels_path() -> Path:
-    return Path(os.environ.get(ENV_RELABELS, config.DEFAULT_RELABELS))
+    return settings().relabels
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -56,7 +59,7 @@ def list_models(folder: Path) -> pd.DataFrame:
 
 def active_weights() -> Path:
     """The model chosen on the Model page for this session, else the configured default."""
-    return Path(st.session_state.get("active_weights", str(config.default_weights_path())))
+    return Path(st.session_state.get("active_weights", str(settings().weights)))
 
 
 def get_predictor() -> Predictor | None:
@@ -69,13 +72,9 @@ def get_predictor() -> Predictor | None:
         return None
 
 
-def default_thresholds(predictor: Predictor) -> dict:
-    return asdict(predictor.thresholds)
-
-
 def threshold_sidebar(predictor: Predictor) -> Thresholds:
     """Sliders for the decision thresholds (defaults from the checkpoint) with a reset button."""
-    defaults = default_thresholds(predictor)
+    defaults = asdict(predictor.thresholds)
     keys = {"quality": "thr_quality", "min_room_confidence": "thr_room", "listing_ready_min_aesthetic": "thr_aesthetic"}
     if st.session_state.get("thr_model") != predictor.version or st.session_state.pop("thr_reset", False):
         for name, key in keys.items():
@@ -91,23 +90,35 @@ def threshold_sidebar(predictor: Predictor) -> Thresholds:
     if st.sidebar.button("Reset to defaults"):
         st.session_state["thr_reset"] = True
         st.rerun()
-    return Thresholds(temperature=predictor.thresholds.temperature,
-                      **{name: float(st.session_state[key]) for name, key in keys.items()})
+    return Thresholds(**{name: float(st.session_state[key]) for name, key in keys.items()})
 
 
-def score_uploads(predictor: Predictor, uploads: list[tuple[str, bytes]], batch_size: int = 16,
-                  progress=None) -> list[dict]:
-    """Decode, score (with Grad-CAM) and explain (proxy metrics) uploaded files in batches; bad files get an
-    error row."""
-    results: list[dict] = []
-    for start in range(0, len(uploads), batch_size):
-        for row, img in predictor.predict_named(uploads[start:start + batch_size], with_cam=True):
-            if img is not None:
-                row["metrics"] = compute_metrics(img)
-                row["proxy_reasons"] = quality_reasons(row["metrics"])
-            results.append(row)
+@st.cache_data(max_entries=1000, show_spinner=False)
+def score_upload(model_version: str, content_sha256: str, _predictor: Predictor, _data: bytes) -> dict:
+    """One upload decoded once, scored (with Grad-CAM) and explained (proxy metrics), with a JPEG preview.
+
+    Cached by model version and content hash (bounded), so reruns and repeated files cost nothing.
+    """
+    ((row, img),) = _predictor.predict_named([("upload", _data)], with_cam=True)
+    if img is None:
+        return row
+    row["metrics"] = compute_metrics(img)
+    row["proxy_reasons"] = quality_reasons(row["metrics"])
+    img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=88)
+    row["preview"] = buf.getvalue()
+    return row
+
+
+def score_uploads(predictor: Predictor, uploads: list[tuple[str, bytes]], progress=None) -> list[dict]:
+    """Scores of uploaded files in order (each named as uploaded); unreadable files get an error row."""
+    results = []
+    for i, (name, data) in enumerate(uploads):
+        row = score_upload(predictor.version, hashlib.sha256(data).hexdigest(), predictor, data)
+        results.append({**row, "path": name})
         if progress is not None:
-            progress(min(start + batch_size, len(uploads)), len(uploads))
+            progress(i + 1, len(uploads))
     return results
 
 
@@ -154,4 +165,4 @@ def cached_p_good(cache_file: str, mtime: float) -> pd.Series:
     from .features import load_feature_cache
     data = load_feature_cache(Path(cache_file))
     real = (data["samples"]["degrade"] == "").to_numpy()
-    return pd.Series(1 / (1 + np.exp(-data["quality_logit"][real])), index=data["samples"]["sha256"][real].to_numpy())
+    return pd.Series(expit(data["quality_logit"][real]), index=data["samples"]["sha256"][real].to_numpy())

@@ -51,25 +51,58 @@ def tiny_dataset(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Caches (ONNX exports, features, degraded labels) go to a temporary folder, never the project's data/."""
+    from roomvision.config import ENV_CACHE_DIR, settings
+    os.environ[ENV_CACHE_DIR] = str(tmp_path_factory.mktemp("cache"))
+    settings.cache_clear()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """Each test reads the environment (as monkeypatched) anew."""
+    from roomvision.config import settings
+    settings.cache_clear()
+    yield
+    settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised Lite0 checkpoint (fast to build, exercises the real code path)."""
+    """A randomly initialised Lite0 checkpoint (fast to build, exercises the plumbing, not the numbers)."""
     import torch
     from roomvision.config import CLASSES
+    from roomvision.decisions import Calibration
     from roomvision.model import Checkpoint, RoomVisionNet
-    from roomvision.modelinfo import Thresholds
     from roomvision.preprocess import Preprocess
     torch.manual_seed(0)
     model = RoomVisionNet(pretrained=False)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     Checkpoint(backbone="tf_efficientnet_lite0", classes=list(CLASSES), preprocess=Preprocess(),
-               thresholds=Thresholds(temperature=1.5, quality=0.4), state_dict=model.state_dict(),
+               calibration=Calibration(temperature=1.5, quality=0.4), state_dict=model.state_dict(),
                metrics={"validation": {"room_accuracy": 0.2}}, version="tiny").save(path)
     return path
 
 
 def needs_shared(sub: str) -> Path:
+    """A dataset beside the project; skipped where it is absent, except under CI=true, where that fails."""
     path = SHARED / sub
     if not path.is_dir():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"dataset {path} is missing (CI must have ../shared/datasets beside the project)")
         pytest.skip(f"dataset {path} not present (CI has it beside the project)")
     return path
+
+
+@pytest.fixture(scope="session")
+def committed_inputs() -> np.ndarray:
+    """Model inputs for the committed weights: real photos from scikit-image plus generated rooms."""
+    from skimage import data as skdata
+    from roomvision.modelinfo import read_model_info
+    from roomvision.config import DEFAULT_WEIGHTS
+    from roomvision.preprocess import EvalPreprocess
+    photos = [Image.fromarray(skdata.chelsea()), Image.fromarray(skdata.coffee()), Image.fromarray(skdata.astronaut()),
+              room_like(1), room_like(2, (500, 300))]
+    return EvalPreprocess(read_model_info(DEFAULT_WEIGHTS).preprocess).batch(photos)

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from roomvision.cli import main
+from roomvision.config import DEFAULT_WEIGHTS
 from roomvision.score import journal_path, score_local
 
 
@@ -22,7 +23,8 @@ def test_score_csv_with_summary(folder, tmp_path, tiny_checkpoint, capsys):
                  "--batch-size", "4"]) == 0
     df = pd.read_csv(out, keep_default_na=False)
     assert len(df) == 7 and (df["error"] != "").sum() == 1
-    assert "7 images: 6 scored, 1 errors" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "7 images: 6 scored, 1 errors" in printed and "listing-ready" in printed
     assert not journal_path(out).exists()
 
 
@@ -31,21 +33,32 @@ def test_resume_skips_rows_already_in_the_journal(folder, tmp_path, tiny_checkpo
     full = score_local(sorted(folder.rglob("*.jpg")), tmp_path / "full.csv", tiny_checkpoint, "cpu", 4,
                        progress=False)
     journal = journal_path(out)
-    full.head(3).assign(room="SENTINEL").to_csv(journal, index=False)  # as if a crash followed 3 rows
+    full.head(3).assign(room_decision="SENTINEL").to_csv(journal, index=False)  # as if a crash followed 3 rows
+    with open(journal, "a") as f:
+        f.write(str(full["path"].iloc[3]) + ",Kitch")  # and a torn fourth row, cut mid-write
     df = score_local(sorted(folder.rglob("*.jpg")), out, tiny_checkpoint, "cpu", 4, resume=True, progress=False)
-    assert len(df) == 7 and (df["room"] == "SENTINEL").sum() == 3  # resumed rows were not scored again
+    assert len(df) == 7 and (df["room_decision"] == "SENTINEL").sum() == 3  # resumed rows were not scored again
+    assert df.set_index("path").loc[str(full["path"].iloc[3]), "room_decision"] != "Kitch"  # torn row re-scored
     assert len(pd.read_parquet(out)) == 7
 
 
-def test_ray_engine_matches_single_process(folder, tmp_path, tiny_checkpoint):
+def test_ray_engine_matches_single_process_on_the_committed_model(folder, tmp_path, monkeypatch):
+    """Relative inputs; Ray reports the paths as given, the same rows and numbers as one process, and resumes."""
     pytest.importorskip("ray")
+    monkeypatch.chdir(folder.parent)
     local, ray_out = tmp_path / "local.csv", tmp_path / "ray.csv"
-    assert main(["score", str(folder), "--out", str(local), "--weights", str(tiny_checkpoint),
-                 "--device", "cpu"]) == 0
-    assert main(["score", str(folder), "--out", str(ray_out), "--weights", str(tiny_checkpoint),
-                 "--device", "cpu", "--engine", "ray"]) == 0
+    assert main(["score", folder.name, "--out", str(local), "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu"]) == 0
     a = pd.read_csv(local, keep_default_na=False).sort_values("path").reset_index(drop=True)
+    pd.concat([a.head(2).assign(room_decision="SENTINEL"), a.head(0)]).to_csv(journal_path(ray_out), index=False)
+    assert main(["score", folder.name, "--out", str(ray_out), "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu",
+                 "--engine", "ray", "--resume"]) == 0
     b = pd.read_csv(ray_out, keep_default_na=False).sort_values("path").reset_index(drop=True)
-    b["path"] = a["path"]  # Ray reports resolved absolute paths
-    assert list(a["room"]) == list(b["room"]) and list(a["error"] != "") == list(b["error"] != "")
-    pd.testing.assert_frame_equal(a.select_dtypes("number"), b.select_dtypes("number"), atol=1e-4)
+    assert list(b["path"]) == list(a["path"]) and not b["path"].str.startswith("/").any()
+    assert (b["room_decision"] == "SENTINEL").sum() == 2  # resume skipped the rows already journalled
+    scored = (b["room_decision"] != "SENTINEL") & (b["error"] == "")
+    assert scored.sum() == 4 and list(a["error"] != "") == list(b["error"] != "")
+    assert list(a["room_decision"][scored]) == list(b["room_decision"][scored])
+    numbers = [c for c in a.columns if c.startswith("prob_")] + ["quality_prob_good", "aesthetic_score"]
+    x, y = a.loc[scored, numbers].astype(float), b.loc[scored, numbers].astype(float)
+    assert x["quality_prob_good"].between(0.001, 0.999).all()
+    pd.testing.assert_frame_equal(x, y, rtol=1e-3, atol=1e-4)

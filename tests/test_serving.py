@@ -9,6 +9,7 @@ import pytest
 import torch
 from torchvision import transforms as T
 
+from roomvision.config import DEFAULT_WEIGHTS
 from roomvision.model import Checkpoint
 from roomvision.modelinfo import CheckpointError, read_model_info
 from roomvision.preprocess import EvalPreprocess, Preprocess
@@ -27,7 +28,7 @@ def test_numpy_preprocessing_equals_torchvision(make_room, size, pre):
 
 def test_header_reader_matches_the_full_loader(tiny_checkpoint):
     info, full = read_model_info(tiny_checkpoint), Checkpoint.load(tiny_checkpoint)
-    for name in ("backbone", "classes", "preprocess", "thresholds", "metrics", "version", "created"):
+    for name in ("backbone", "classes", "preprocess", "calibration", "metrics", "version", "created"):
         assert getattr(info, name) == getattr(full, name), name
 
 
@@ -68,3 +69,16 @@ print("torch" in sys.modules)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
+
+
+def test_a_version_1_checkpoint_still_loads(tmp_path):
+    """Checkpoints written before 'calibration' carried their temperature and threshold under 'thresholds'."""
+    import torch
+    raw = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
+    cal = raw.pop("calibration", None) or raw["thresholds"]
+    raw.update(format_version=1, thresholds={**cal, "min_room_confidence": 0.5, "listing_ready_min_aesthetic": 5.5})
+    old = tmp_path / "v1.pt"
+    torch.save(raw, old)
+    info = read_model_info(old)
+    assert (info.calibration.temperature, info.calibration.quality) == (cal["temperature"], cal["quality"])
+    assert Checkpoint.load(old).calibration == info.calibration

@@ -1,0 +1,71 @@
+"""Every decision roomvision makes, each defined once as a pure function of probabilities and thresholds.
+
+The model produces probabilities; calibration (what training measured) supplies the default thresholds; the user
+may move them. The CLI, the API, the app and every CSV call these functions and nothing else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .config import DEFAULT_QUALITY_THRESHOLD, LISTING_READY_MIN_AESTHETIC, MIN_ROOM_CONFIDENCE
+
+UNCERTAIN = "uncertain"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What training measured on validation: softmax temperature and the calibrated P(GOOD) threshold."""
+    temperature: float = 1.0
+    quality: float = DEFAULT_QUALITY_THRESHOLD
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The decision thresholds a user can move; `for_model` gives the calibrated defaults."""
+    quality: float = DEFAULT_QUALITY_THRESHOLD
+    min_room_confidence: float = MIN_ROOM_CONFIDENCE
+    listing_ready_min_aesthetic: float = LISTING_READY_MIN_AESTHETIC
+
+    @classmethod
+    def for_model(cls, calibration: Calibration) -> "Thresholds":
+        return cls(quality=calibration.quality)
+
+    def with_values(self, **values: float | None) -> "Thresholds":
+        """A copy with the given thresholds replaced (None keeps the current value)."""
+        return replace(self, **{k: float(v) for k, v in values.items() if v is not None})
+
+
+def quality_decision(p_good: float, threshold: float) -> str:
+    """GOOD when P(GOOD) is at or above the threshold, else BAD."""
+    return "GOOD" if p_good >= threshold else "BAD"
+
+
+def room_decision(probs: dict[str, float], min_confidence: float) -> tuple[str, float]:
+    """The most probable room and its probability; 'uncertain' when that is below `min_confidence`."""
+    room = max(probs, key=probs.get)
+    confidence = probs[room]
+    return (room if confidence >= min_confidence else UNCERTAIN), confidence
+
+
+def listing_ready(quality: str, room: str, aesthetic_score: float, min_aesthetic: float) -> tuple[bool, str]:
+    """Ready for a listing when GOOD, the room is known and the aesthetic score is high enough; else why not."""
+    reasons = []
+    if quality != "GOOD":
+        reasons.append("quality BAD")
+    if room == UNCERTAIN:
+        reasons.append("room uncertain")
+    if aesthetic_score < min_aesthetic:
+        reasons.append(f"aesthetic {aesthetic_score:.1f} < {min_aesthetic:.1f}")
+    return not reasons, "; ".join(reasons)
+
+
+def decide(row: dict, thresholds: Thresholds, classes: list[str]) -> dict:
+    """Every decision for one prediction row (prob_<class>, quality_prob_good, aesthetic_score) at `thresholds`."""
+    if row.get("error"):
+        return {"room_decision": "", "room_confidence": None, "quality_decision": "", "listing_ready": False,
+                "listing_reason": ""}
+    room, confidence = room_decision({c: row[f"prob_{c}"] for c in classes}, thresholds.min_room_confidence)
+    quality = quality_decision(row["quality_prob_good"], thresholds.quality)
+    ready, reason = listing_ready(quality, room, row["aesthetic_score"], thresholds.listing_ready_min_aesthetic)
+    return {"room_decision": room, "room_confidence": confidence, "quality_decision": quality,
+            "listing_ready": ready, "listing_reason": reason}

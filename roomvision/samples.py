@@ -1,0 +1,104 @@
+"""Training samples: one per manifest photo plus a deterministic degraded copy, with targets and human overrides."""
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from .config import CLASSES, settings
+from .images import load_image
+from .labels import LabelStore, human_lookup
+from .modelinfo import file_sha256
+from .preprocess import Preprocess, decode_for_model
+from .quality import DEGRADATIONS, aesthetic_target, compute_metrics, degrade, quality_label, score_distribution
+
+
+def rating_to_score(rating: float) -> float:
+    """Human 1-5 stars onto the 1-10 aesthetic scale."""
+    return 1.0 + (float(rating) - 1.0) * 9.0 / 4.0
+
+
+def real_samples(df: pd.DataFrame, paths: list[Path], relabels: Path | None) -> pd.DataFrame:
+    """One sample per manifest row; human labels and ratings from the relabel CSV override proxy targets."""
+    s = pd.DataFrame({
+        "file": [str(p) for p in paths], "path": df["path"].values, "source": df["source"].values,
+        "sha256": df["sha256"].values, "split": df["split"].values,
+        "class_idx": [CLASSES.index(c) for c in df["class"]],
+        "quality": (df["quality_label"] == "GOOD").astype(np.float32).values,
+        "aesthetic": df["aesthetic_target"].astype(np.float32).values,
+        "human_quality": "", "degrade": "", "seed": [int(h[:8], 16) for h in df["sha256"]],
+    })
+    if relabels is not None and Path(relabels).is_file():
+        found = human_lookup(LabelStore(relabels).merged(), s["sha256"], s["path"])
+        for i, r in enumerate(found):
+            if r is None:
+                continue
+            s.at[i, "human_quality"] = r["human_label"]
+            s.at[i, "quality"] = 1.0 if r["human_label"] == "GOOD" else 0.0
+            if not pd.isna(r["rating"]):
+                s.at[i, "aesthetic"] = rating_to_score(r["rating"])
+    return s
+
+
+def degradation_for(seed: int) -> str:
+    return DEGRADATIONS[seed % len(DEGRADATIONS)]
+
+
+def _degraded_metrics(args: tuple[str, str, int]) -> dict:
+    file, kind, seed = args
+    img = degrade(load_image(file), kind, np.random.default_rng(seed))
+    m = compute_metrics(img)
+    label, reasons = quality_label(m)
+    return {"quality": float(label == "GOOD"), "aesthetic": aesthetic_target(m), "reasons": reasons}
+
+
+def degraded_cache_path(manifest: Path) -> Path:
+    """Where the proxy labels of a manifest's degraded copies are cached."""
+    return settings().cache_dir / f"degraded-{file_sha256(manifest)[:12]}.csv"
+
+
+def degraded_samples(real: pd.DataFrame, cache: Path, workers: int = 2) -> pd.DataFrame:
+    """One deterministic degraded copy per real photo, labelled by the same proxy metrics (cached)."""
+    d = real.copy()
+    d["degrade"] = [degradation_for(s) for s in d["seed"]]
+    d["human_quality"] = ""
+    key = d["sha256"] + ":" + d["degrade"]
+    known = pd.read_csv(cache, keep_default_na=False).set_index("key") if cache.is_file() else pd.DataFrame()
+    todo = [i for i, k in enumerate(key) if k not in known.index]
+    if todo:
+        args = [(d["file"].iat[i], d["degrade"].iat[i], int(d["seed"].iat[i])) for i in todo]
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            res = list(tqdm(pool.map(_degraded_metrics, args, chunksize=16), total=len(args),
+                            desc="labelling degraded copies", unit="img", file=sys.stderr))
+        new = pd.DataFrame(res, index=key.iloc[todo].values).rename_axis("key")
+        known = pd.concat([known, new]) if len(known) else new
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        known.to_csv(cache)
+    d["quality"] = known.loc[key, "quality"].astype(np.float32).values
+    d["aesthetic"] = known.loc[key, "aesthetic"].astype(np.float32).values
+    return d
+
+
+class SampleDataset(Dataset):
+    """Image (degraded when the sample says so) -> (tensor, class, quality, aesthetic distribution)."""
+
+    def __init__(self, samples: pd.DataFrame, transform, pre: Preprocess):
+        self.rows = samples.to_dict("records")
+        self.transform, self.pre = transform, pre
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        r = self.rows[i]
+        img = decode_for_model(r["file"], self.pre)
+        if r["degrade"]:
+            img = degrade(img, r["degrade"], np.random.default_rng(r["seed"]))
+        return (self.transform(img), r["class_idx"], np.float32(r["quality"]),
+                torch.from_numpy(score_distribution(r["aesthetic"])))
