@@ -122,6 +122,9 @@ class TrainConfig:
     label_smoothing: float = _opt(0.1, "room label smoothing")
     freeze_stages: int = _opt(2, "backbone stages kept frozen (CPU speed)")
     degraded_fraction: float = _opt(0.35, "share of training photos replaced by a degraded copy in each epoch")
+    listing_fraction: float = _opt(0.25, "share of the other training photos changed the way listings elsewhere look "
+                                        "(thumbnail, grayscale, watermark, caption, JPEG, letterbox, aspect); "
+                                        "room target only")
     patience: int = _opt(3, "early stopping on validation macro-F1 after this many epochs without gain")
     max_steps_per_epoch: int = _opt(0, "cap for quick runs (0 = full epoch)")
     relabels: Path | None = _opt(None, "human labels CSV that overrides proxy labels "

@@ -11,7 +11,7 @@ def emd_loss(pred_probs: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     """NIMA's earth mover's distance (r = 2) between score distributions (optionally weighted per sample)."""
     cdf_diff = torch.cumsum(pred_probs, 1) - torch.cumsum(target, 1)
     per_sample = torch.sqrt((cdf_diff ** 2).mean(1) + 1e-12)
-    return per_sample.mean() if weight is None else (per_sample * weight).sum() / weight.sum()
+    return per_sample.mean() if weight is None else (per_sample * weight).sum() / weight.sum().clamp(min=1e-6)
 
 
 def room_class_weight(class_idx, num_classes: int) -> torch.Tensor:
@@ -33,7 +33,7 @@ def multitask_loss(out: dict, room: torch.Tensor, quality: torch.Tensor, aesthet
     pos_weight = ((1 - quality) * w).sum() / (quality * w).sum().clamp(min=1e-6)
     per_sample = F.binary_cross_entropy_with_logits(out["quality"].float(), quality, reduction="none",
                                                     pos_weight=pos_weight.clamp(0.2, 5).detach())
-    loss_quality = (per_sample * w).sum() / w.sum()
+    loss_quality = (per_sample * w).sum() / w.sum().clamp(min=1e-6)
     loss_aesthetic = emd_loss(torch.softmax(out["aesthetic"].float(), 1), aesthetic, w)
     total = loss_room + loss_quality + AESTHETIC_WEIGHT * loss_aesthetic
     return total, {"room": loss_room.item(), "quality": loss_quality.item(), "aesthetic": loss_aesthetic.item()}

@@ -16,6 +16,7 @@ from .images import load_image
 from .labels import LabelStore, human_lookup
 from .modelinfo import file_sha256
 from .preprocess import Preprocess, decode_for_model
+from .robustness import listing_augment
 from .quality import DEGRADATIONS, aesthetic_target, compute_metrics, degrade, quality_label, score_distribution
 
 
@@ -86,7 +87,11 @@ def degraded_samples(real: pd.DataFrame, cache: Path, workers: int = 2) -> pd.Da
 
 
 class SampleDataset(Dataset):
-    """Image (degraded when the sample says so) -> (tensor, class, quality, aesthetic distribution)."""
+    """Image (degraded, or changed the way listings elsewhere look, when the sample says so) -> (tensor, class,
+    quality, aesthetic distribution, weight of the quality and aesthetic targets).
+
+    A listing-style change keeps the room but not the proxy quality and aesthetic targets: their weight is 0.
+    """
 
     def __init__(self, samples: pd.DataFrame, transform, pre: Preprocess):
         self.rows = samples.to_dict("records")
@@ -100,5 +105,8 @@ class SampleDataset(Dataset):
         img = decode_for_model(r["file"], self.pre)
         if r["degrade"]:
             img = degrade(img, r["degrade"], np.random.default_rng(r["seed"]))
+        augment_seed = r.get("listing_augment", -1)
+        if augment_seed >= 0:
+            img, _ = listing_augment(img, np.random.default_rng(augment_seed))
         return (self.transform(img), r["class_idx"], np.float32(r["quality"]),
-                torch.from_numpy(score_distribution(r["aesthetic"])))
+                torch.from_numpy(score_distribution(r["aesthetic"])), np.float32(augment_seed < 0))

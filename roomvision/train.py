@@ -92,10 +92,16 @@ def load_data(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
     return train_real, train_deg, val, file_sha256(manifest)
 
 
-def epoch_samples(train_real: pd.DataFrame, train_deg: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    """This epoch's photos: each replaced by its degraded copy with probability `fraction`."""
-    use_deg = np.random.default_rng(seed).random(len(train_real)) < fraction
-    return pd.concat([train_real[~use_deg], train_deg[use_deg]], ignore_index=True)
+def epoch_samples(train_real: pd.DataFrame, train_deg: pd.DataFrame, cfg: TrainConfig, epoch: int) -> pd.DataFrame:
+    """This epoch's photos: each replaced by its degraded copy with probability `degraded_fraction`, else given a
+    listing-style change with probability `listing_fraction` (its seed in 'listing_augment', -1 for none)."""
+    rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+    draw = rng.random(len(train_real))
+    use_deg = draw < cfg.degraded_fraction
+    augment = ~use_deg & (draw < cfg.degraded_fraction + cfg.listing_fraction * (1 - cfg.degraded_fraction))
+    real = train_real[~use_deg].assign(listing_augment=np.where(augment[~use_deg],
+                                                                rng.integers(0, 2 ** 31, len(train_real))[~use_deg], -1))
+    return pd.concat([real, train_deg[use_deg].assign(listing_augment=-1)], ignore_index=True)
 
 
 def calibrate(model: RoomVisionNet, val: pd.DataFrame, pre: Preprocess, device: torch.device,
@@ -162,8 +168,8 @@ def train(cfg: TrainConfig) -> Path:
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
         epoch = state["epoch"]
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        loader = DataLoader(SampleDataset(epoch_samples(train_real, train_deg, cfg.degraded_fraction,
-                                                        cfg.seed * 1000 + epoch), train_transform(pre, cfg.min_crop), pre),
+        loader = DataLoader(SampleDataset(epoch_samples(train_real, train_deg, cfg, epoch),
+                                          train_transform(pre, cfg.min_crop), pre),
                             batch_size=cfg.batch_size, shuffle=True, generator=g, num_workers=cfg.workers,
                             drop_last=True, pin_memory=device.type == "cuda")
         model.train()
@@ -172,14 +178,14 @@ def train(cfg: TrainConfig) -> Path:
         bar = tqdm(loader, total=min(len(loader), steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", file=sys.stderr)
         t0 = time.time()
-        for step, (x, y, q, a) in enumerate(bar):
+        for step, (x, y, q, a, w) in enumerate(bar):
             if step >= steps_per_epoch:
                 break
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            y, q, a = y.to(device), q.to(device), a.to(device)
+            y, q, a, w = y.to(device), q.to(device), a.to(device), w.to(device)
             with autocast(device):
                 out = model(x)
-            loss, parts = multitask_loss(out, y, q, a, class_weight, cfg.label_smoothing)
+            loss, parts = multitask_loss(out, y, q, a, class_weight, cfg.label_smoothing, sample_weight=w)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

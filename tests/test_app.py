@@ -1,5 +1,6 @@
 """Every page through Streamlit's AppTest, on a tiny checkpoint and a generated dataset."""
 import io
+import math
 import shutil
 from pathlib import Path
 
@@ -44,29 +45,45 @@ def run_page(page: str) -> AppTest:
     return at
 
 
-def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, make_room):
+def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, monkeypatch):
+    """On the committed model: sliders one step either side of the photo's own probabilities flip the decisions."""
+    from skimage import data as skdata
+    from PIL import Image
+    from roomvision.config import DEFAULT_WEIGHTS, CLASSES
+    from roomvision.inference import Predictor
+    monkeypatch.setenv("ROOMVISION_WEIGHTS", str(DEFAULT_WEIGHTS))
+    photo = jpeg_bytes(Image.fromarray(skdata.coffee()))
+    (row, _), = Predictor(DEFAULT_WEIGHTS, device="cpu").predict_named([("coffee.jpg", photo)])
+    p, conf = row["quality_prob_good"], max(row[f"prob_{c}"] for c in CLASSES)
     at = run_page("pages/predict.py")
     assert len(at.slider) == 3 and at.file_uploader
-    at.file_uploader[0].set_value([("room.jpg", jpeg_bytes(make_room(1)), "image/jpeg"),
-                                   ("junk.jpg", b"definitely not an image", "image/jpeg")])
+    at.file_uploader[0].set_value([("coffee.jpg", photo, "image/jpeg"),
+                                   ("junk.jpg", b"definitely not an image", "image/jpeg"),
+                                   ("coffee.jpg", photo, "image/jpeg")])  # the same name twice
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("junk.jpg" in e.value and "not an image" in e.value for e in at.error)
-    quality = [m for m in at.metric if m.label == "Quality"]
-    assert len(quality) == 1
-    at.slider(key="thr_quality").set_value(0.0).run()
-    assert [m for m in at.metric if m.label == "Quality"][0].value == "GOOD"
-    at.slider(key="thr_quality").set_value(1.0).run()
-    assert [m for m in at.metric if m.label == "Quality"][0].value == "BAD"
-    at.slider(key="thr_room").set_value(1.0).run()
-    assert [m for m in at.metric if m.label == "Room"][0].value == "uncertain"
+    assert len([m for m in at.metric if m.label == "Quality"]) == 2
+
+    def decisions(label):
+        return {m.value for m in at.metric if m.label == label}
+
+    at.slider(key="thr_quality").set_value(math.floor(p * 100) / 100).run()
+    assert decisions("Quality") == {"GOOD"}
+    at.slider(key="thr_quality").set_value(math.ceil(p * 100) / 100).run()
+    assert decisions("Quality") == {"BAD"}
+    at.slider(key="thr_room").set_value(math.floor(conf * 100) / 100).run()
+    assert decisions("Room") == {row["room"]}
+    at.slider(key="thr_room").set_value(math.ceil(conf * 100) / 100).run()
+    assert decisions("Room") == {"uncertain"}
     at.button[0].click().run()  # reset to defaults
-    assert at.slider(key="thr_quality").value == pytest.approx(0.4)
+    calibrated = Predictor(DEFAULT_WEIGHTS, device="cpu").thresholds.quality
+    assert at.slider(key="thr_quality").value == pytest.approx(calibrated)
     assert at.dataframe and at.get("download_button")
     at.toggle[0].set_value(True).run()
     assert not at.exception, [e.message for e in at.exception]
     captions = [i.caption for el in at.get("image") for i in el.proto.imgs]
-    assert any(c.startswith("room.jpg — Grad-CAM for ") for c in captions), captions
+    assert any(c.startswith("coffee.jpg — Grad-CAM for ") for c in captions), captions
 
 
 def test_mistakes_page_explains_missing_evaluation(app_env):

@@ -1,0 +1,74 @@
+"""The import graph reads top-down and has no cycle; pages hold layout only."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "roomvision"
+# Lower layers never import higher ones.
+LAYERS = [
+    {"config", "images", "decisions", "preprocess", "modelinfo", "devices", "calibration", "reports", "quality",
+     "robustness"},
+    {"labels", "data", "model", "losses", "transforms"},
+    {"engine", "samples"},
+    {"inference", "train", "retrain", "features", "evaluate"},
+    {"api", "score", "webapp"},
+    {"cli", "__main__"},
+]
+
+
+def package_imports(path: Path) -> set[str]:
+    """Modules of this package that a file imports (at any depth)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:
+                found.update(a.name for a in node.names)
+            elif node.module and node.module.startswith("roomvision."):
+                found.add(node.module.split(".")[1])
+    return found - {"__init__"}
+
+
+GRAPH = {p.stem: package_imports(p) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+
+
+def test_every_module_has_a_layer():
+    assert set(GRAPH) == set().union(*LAYERS)
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_imports_point_down_the_layers(module):
+    level = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+    upward = {m for m in GRAPH[module] if level[m] > level[module]}
+    assert not upward, f"{module} imports higher layers: {upward}"
+
+
+def test_no_import_cycle():
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in GRAPH[m]:
+            assert state.get(n) != 1, f"import cycle: {' -> '.join(path + [m, n])}"
+            if n not in state:
+                visit(n, path + [m])
+        state[m] = 2
+
+    for m in GRAPH:
+        if m not in state:
+            visit(m, [])
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "pages").glob("*.py")), ids=lambda p: p.name)
+def test_pages_import_no_ml_library(page):
+    banned = {"torch", "torchvision", "timm", "onnxruntime", "sklearn", "cv2", "scipy"}
+    names = set()
+    for node in ast.walk(ast.parse(page.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    assert not names & banned, f"{page.name} imports {names & banned}"
