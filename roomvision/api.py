@@ -1,15 +1,18 @@
 """REST API (FastAPI): GET /health, POST /v1/predict. Start with `python -m roomvision serve`."""
 from __future__ import annotations
 
+import asyncio
+import http.client
 import ipaddress
+import json
 import socket
+import ssl
+import time
 import urllib.parse
-import urllib.request
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from pydantic import BaseModel
 
 from .config import MAX_UPLOAD_BYTES
@@ -18,7 +21,151 @@ from .inference import Predictor
 
 MAX_FILES = 64
 MAX_REQUEST_BYTES = MAX_FILES * 8 * 1024 * 1024
-URL_TIMEOUT_S = 10
+URL_TIMEOUT_S = 10          # the whole image_url fetch, from name lookup to last byte
+BODY_CHUNK_TIMEOUT_S = 20   # a request body that sends nothing for this long is cut off
+BODY_TOTAL_TIMEOUT_S = 120  # and the whole body must arrive within this
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: a request body larger than `max_bytes` gets 413, counted as it streams (Content-Length or
+    chunked), and one that stalls or dribbles gets 408, without the application reading any further."""
+
+    def __init__(self, app, max_bytes: int = MAX_REQUEST_BYTES, chunk_timeout: float = BODY_CHUNK_TIMEOUT_S,
+                 total_timeout: float = BODY_TOTAL_TIMEOUT_S):
+        self.app, self.max_bytes = app, max_bytes
+        self.chunk_timeout, self.total_timeout = chunk_timeout, total_timeout
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(send, 413, f"request larger than {self.max_bytes:,} bytes")
+        state = {"received": 0, "refused": False, "started": False}
+        deadline = time.monotonic() + self.total_timeout
+
+        async def guarded_receive():
+            if state["refused"]:
+                return {"type": "http.disconnect"}
+            try:
+                message = await asyncio.wait_for(receive(), max(0.01, min(self.chunk_timeout,
+                                                                          deadline - time.monotonic())))
+            except asyncio.TimeoutError:
+                await self._refuse_once(state, send, 408, "request body arrived too slowly")
+                return {"type": "http.disconnect"}
+            state["received"] += len(message.get("body", b""))
+            if state["received"] > self.max_bytes:
+                await self._refuse_once(state, send, 413, f"request larger than {self.max_bytes:,} bytes")
+                return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            if not state["refused"]:
+                await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            if not state["refused"]:
+                raise
+
+    async def _refuse_once(self, state: dict, send, status: int, detail: str) -> None:
+        if not state["started"]:
+            await self._refuse(send, status, detail)
+        state["refused"] = True
+
+    @staticmethod
+    async def _refuse(send, status: int, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Global unicast only: no private, loopback, link-local, reserved or multicast address."""
+    return ip.is_global and not ip.is_multicast
+
+
+def _vetted_address(host: str, port: int, allow) -> tuple[int, tuple]:
+    """Resolve `host` once; every address must pass `allow`; the first is the one connected to (no rebinding)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise HTTPException(400, f"image_url host not found: {host}") from None
+    refused = [info[4][0] for info in infos if not allow(ipaddress.ip_address(info[4][0].split("%")[0]))]
+    if refused or not infos:
+        raise HTTPException(400, f"image_url host {host} resolves to a non-public address "
+                                 f"({refused[0] if refused else 'none'}); not allowed")
+    return infos[0][0], infos[0][4]
+
+
+def fetch_image_url(url: str, max_bytes: int = MAX_UPLOAD_BYTES, timeout: float = URL_TIMEOUT_S,
+                    allow=is_public_address) -> bytes:
+    """Download an image from a public http(s) URL: one total deadline, the connection pinned to the address that
+    was checked, no redirects, no credentials, a size cap and an image/* content type."""
+    deadline = time.monotonic() + timeout
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise HTTPException(400, "image_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise HTTPException(400, "image_url must be an http(s) URL")
+    if parts.username is not None or parts.password is not None or "\\" in parts.netloc:
+        raise HTTPException(400, "image_url must not contain credentials or backslashes in the host part")
+    port = port or (443 if parts.scheme == "https" else 80)
+    family, address = _vetted_address(host, port, allow)
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise HTTPException(504, f"image_url took longer than {timeout:g} s")
+        return left
+
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(remaining())
+        sock.connect(address)  # the checked address itself: no second name lookup
+        if parts.scheme == "https":
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        conn = http.client.HTTPConnection(host, port, timeout=remaining())
+        conn.sock = sock  # the vetted address, never a second lookup
+        conn.request("GET", urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")),
+                     headers={"User-Agent": "roomvision", "Accept": "image/*"})
+        sock.settimeout(remaining())
+        response = conn.getresponse()
+        if 300 <= response.status < 400:
+            raise HTTPException(400, "image_url redirects are not followed")
+        if response.status != 200:
+            raise HTTPException(502, f"image_url answered HTTP {response.status}")
+        ctype = response.headers.get("Content-Type", "")
+        if not ctype.startswith("image/"):
+            raise HTTPException(415, f"image_url content type is {ctype or 'missing'}, not image/*")
+        chunks, size = [], 0
+        while size <= max_bytes:
+            sock.settimeout(remaining())
+            chunk = response.read1(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        remaining()
+    except HTTPException:
+        raise
+    except socket.timeout:
+        raise HTTPException(504, f"image_url took longer than {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise HTTPException(502, f"could not fetch image_url: {exc}") from None
+    finally:
+        if "sock" in locals():
+            sock.close()
+    if size > max_bytes:
+        raise HTTPException(413, f"image_url body larger than {max_bytes:,} bytes")
+    return b"".join(chunks)
 
 
 class ImageResult(BaseModel):
@@ -47,46 +194,8 @@ class PredictResponse(BaseModel):
     results: list[ImageResult]
 
 
-def _check_public_host(host: str) -> None:
-    """Refuse hosts that resolve to private, loopback, link-local or reserved addresses."""
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror:
-        raise HTTPException(400, f"image_url host not found: {host}") from None
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        if not ip.is_global or ip.is_multicast:
-            raise HTTPException(400, f"image_url host {host} resolves to a non-public address ({ip}); not allowed")
-
-
-def fetch_image_url(url: str, max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
-    """Download an image from a public http(s) URL with a timeout, size cap and content-type check."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise HTTPException(400, "image_url must be an http(s) URL")
-    _check_public_host(parts.hostname)
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            raise HTTPException(400, "image_url redirects are not followed")
-
-    opener = urllib.request.build_opener(NoRedirect)
-    try:
-        with opener.open(urllib.request.Request(url, headers={"User-Agent": "roomvision"}), timeout=URL_TIMEOUT_S) as r:
-            ctype = r.headers.get("Content-Type", "")
-            if not ctype.startswith("image/"):
-                raise HTTPException(415, f"image_url content type is {ctype or 'missing'}, not image/*")
-            data = r.read(max_bytes + 1)
-    except HTTPException:
-        raise
-    except OSError as exc:
-        raise HTTPException(502, f"could not fetch image_url: {exc}") from None
-    if len(data) > max_bytes:
-        raise HTTPException(413, f"image_url body larger than {max_bytes:,} bytes")
-    return data
-
-
-def create_app(weights: str | Path | None = None, device: str = "auto", allow_image_urls: bool = False) -> FastAPI:
+def create_app(weights: str | Path | None = None, device: str = "auto", allow_image_urls: bool = False,
+               max_request_bytes: int = MAX_REQUEST_BYTES, body_chunk_timeout: float = BODY_CHUNK_TIMEOUT_S) -> FastAPI:
     state: dict = {}
 
     @asynccontextmanager
@@ -97,13 +206,7 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
 
     app = FastAPI(title="roomvision", version="1", lifespan=lifespan,
                   description="Room type, photo quality and (proxy) aesthetic score for listing photos.")
-
-    @app.middleware("http")
-    async def limit_request_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_REQUEST_BYTES:
-            return JSONResponse({"detail": f"request larger than {MAX_REQUEST_BYTES:,} bytes"}, status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, chunk_timeout=body_chunk_timeout)
 
     @app.get("/health")
     def health() -> dict:
@@ -118,15 +221,14 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
         p: Predictor = state["predictor"]
         thresholds = p.thresholds.with_values(quality=quality_threshold, min_room_confidence=min_room_confidence,
                                               listing_ready_min_aesthetic=min_aesthetic)
-        inputs: list[tuple[str, bytes]] = []
+        if len(files) + bool(image_url) > MAX_FILES:
+            raise HTTPException(413, f"at most {MAX_FILES} images per request")
+        inputs: list[tuple[str, object]] = []
         if image_url:
             if not allow_image_urls:
                 raise HTTPException(400, "image_url is disabled on this server (start it with --allow-image-urls)")
             inputs.append((image_url, fetch_image_url(image_url)))
-        if len(files) + len(inputs) > MAX_FILES:
-            raise HTTPException(413, f"at most {MAX_FILES} images per request")
-        for f in files:
-            inputs.append((f.filename or "upload", f.file.read(MAX_UPLOAD_BYTES + 1)))
+        inputs += [(f.filename or "upload", f.file) for f in files]  # each read only when its turn comes
         if not inputs:
             raise HTTPException(400, "send one or more images as multipart field 'files' (or an image_url)")
         results = []

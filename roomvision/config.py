@@ -67,6 +67,8 @@ MIN_ROOM_CONFIDENCE = 0.5           # below this the room shows as "uncertain"
 # --- Image input limits ---------------------------------------------------------------------------
 MAX_IMAGE_PIXELS = 80_000_000       # decompression-bomb limit
 MAX_UPLOAD_BYTES = 40 * 1024 * 1024
+MAX_ASPECT_RATIO = 10.0             # long side / short side; beyond it the resized copy's size is unbounded
+DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # what uploads may be (JPEG includes MPO); nothing else is parsed
 
 
 def normalise_class_name(folder_name: str) -> str | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .config import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
+from .config import DECODE_FORMATS, MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -20,8 +20,10 @@ class ImageDecodeError(ValueError):
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB (alpha composited on white, 16-bit scaled down)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size else 0.0
+        arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ImageDecodeError("image holds NaN or infinite values (a float TIFF with invalid pixels)")
+        hi = float(arr.max()) if arr.size else 0.0
         scale = 255.0 / (65535.0 if hi > 255 else max(hi, 1.0) if img.mode == "F" else 255.0)
         img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L")
     if img.mode == "P":
@@ -33,12 +35,25 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _reduce_to(img: Image.Image, min_side: int) -> Image.Image:
+    """Shrink by an integer factor (box average) while the short side stays at least `min_side`."""
+    factor = min(img.size) // min_side
+    if factor < 2:
+        return img
+    if img.mode not in ("L", "RGB", "RGBA", "LA", "I", "F", "CMYK"):
+        img = _to_rgb(img)
+    return img.reduce(factor)
+
+
 def load_image(source: str | Path | bytes | io.IOBase, max_bytes: int = MAX_UPLOAD_BYTES,
                min_side: int | None = None) -> Image.Image:
     """Decode a path, bytes or file object into an upright RGB image, or raise ImageDecodeError.
 
-    With `min_side`, JPEGs are decoded at a reduced scale (DCT draft mode) that keeps the short side at least
-    that long: much faster for large photos that are resized for the model anyway.
+    Only DECODE_FORMATS are parsed, the first frame only; sizes beyond MAX_IMAGE_PIXELS and aspect ratios beyond
+    MAX_ASPECT_RATIO are refused before any pixel is decoded. With `min_side`, the image comes back as small as
+    the model needs, bounding memory: JPEGs are decoded at a reduced DCT scale (draft mode), other formats are
+    reduced by an integer factor, both keeping the short side at least `min_side`; `info["original_size"]`
+    keeps the size of the file.
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -60,17 +75,23 @@ def load_image(source: str | Path | bytes | io.IOBase, max_bytes: int = MAX_UPLO
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=DECODE_FORMATS)  # frame 0; frames are never counted
+            original_size = img.size
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise ImageDecodeError(
                     f"image too large: {img.width}x{img.height} pixels (limit {MAX_IMAGE_PIXELS:,})")
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            if min_side and img.format == "JPEG":
+            if max(img.size) > MAX_ASPECT_RATIO * max(1, min(img.size)):
+                raise ImageDecodeError(f"unsupported aspect ratio: {img.width}x{img.height} pixels is more than "
+                                       f"{MAX_ASPECT_RATIO:g}:1")
+            if min_side and img.format in ("JPEG", "MPO"):
                 img.draft("RGB", (min_side, min_side))
             img.load()
+            if min_side:
+                img = _reduce_to(img, min_side)
             img = ImageOps.exif_transpose(img) or img
             rgb = _to_rgb(img)
+            turned = (rgb.width > rgb.height) != (original_size[0] > original_size[1])
+            rgb.info["original_size"] = original_size[::-1] if turned else original_size
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -177,9 +177,9 @@ class Predictor:
         outputs = (*HEAD_OUTPUTS, *(("room_cam",) if with_cam else ()))
         return self._rows(self._raw(self.transform.batch(images), outputs))
 
-    def predict_named(self, named: list[tuple[str, bytes]], with_cam: bool = False
+    def predict_named(self, named: list[tuple[str, object]], with_cam: bool = False
                       ) -> list[tuple[dict, Image.Image | None]]:
-        """Decode named files and score the readable ones as one batch, in input order.
+        """Decode named files (bytes or file objects, read one at a time) and score the readable ones as one batch.
 
         Each item gets (row, image): the row carries 'path' and 'error'; unreadable files get image None.
         """

@@ -5,6 +5,7 @@ import csv
 import datetime as _dt
 import io
 import os
+import re
 import warnings
 from pathlib import Path, PurePosixPath
 
@@ -17,6 +18,9 @@ from .decisions import quality_decision
 COLUMNS = ["path", "sha256", "proxy_label", "human_label", "rating", "annotator", "timestamp", "model_version"]
 DECISIONS = ("GOOD", "BAD", "SKIP", "UNDO")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# characters a spreadsheet skips before deciding that a cell is a formula
+INVISIBLE_LEAD = " \t\r\n\u00a0\u2000\u2001\u2002\u2003\u2007\u2009\u200a\u200b\u200c\u200d\u2060\u3000\ufeff"
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # line breaks and other control characters
 
 
 class LabelError(ValueError):
@@ -30,6 +34,13 @@ def safe_relative_path(path: str) -> str:
     if not text or p.is_absolute() or ".." in p.parts or (len(text) > 1 and text[1] == ":"):
         raise LabelError(f"path must be relative to the dataset root and stay inside it: {path!r}")
     return p.as_posix()
+
+
+def _check_text(name: str, value: str) -> str:
+    """A field as stored: no control characters (a line break would let one field forge another row)."""
+    if CONTROL.search(value):
+        raise LabelError(f"{name} must not contain line breaks or control characters: {value!r}")
+    return value
 
 
 def _encode_row(row: dict) -> bytes:
@@ -53,11 +64,12 @@ class LabelStore:
             raise LabelError(f"label must be one of {', '.join(DECISIONS)}, not {human_label!r}")
         if rating not in (None, "") and not (isinstance(rating, int) and 1 <= rating <= 5):
             raise LabelError(f"rating must be an integer from 1 to 5, not {rating!r}")
-        row = {"path": safe_relative_path(path), "sha256": sha256, "proxy_label": proxy_label,
-               "human_label": label, "rating": "" if rating in (None, "") else rating,
-               "annotator": annotator.strip()[:80],
+        row = {"path": safe_relative_path(_check_text("path", path)), "sha256": _check_text("sha256", sha256),
+               "proxy_label": _check_text("proxy label", proxy_label), "human_label": label,
+               "rating": "" if rating in (None, "") else rating,
+               "annotator": _check_text("annotator", annotator.strip()[:80]),
                "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
-               "model_version": model_version}
+               "model_version": _check_text("model version", model_version)}
         line = _encode_row(row)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock:
@@ -84,24 +96,28 @@ class LabelStore:
             return f.read(1) == b"\n"
 
     def read_raw(self) -> pd.DataFrame:
-        """Every well-formed row in order; torn or unsafe rows are reported with a warning and skipped."""
+        """Every well-formed row in order, the file parsed as CSV; a torn last line, rows whose fields hold control
+        characters (a quoted line break) and unsafe paths are reported with a warning and skipped."""
         if not self.path.is_file():
             return pd.DataFrame(columns=COLUMNS)
         raw = self.path.read_bytes()
-        rows, bad = [], 0
-        lines = raw.split(b"\n")
-        complete = lines[:-1]  # the part after the last newline is a torn line (or empty)
-        if lines[-1]:
+        if raw and not raw.endswith(b"\n"):
             warnings.warn(f"{self.path}: ignoring an incomplete last line (interrupted write)")
-        for i, line in enumerate(complete):
+            raw = raw[:raw.rfind(b"\n") + 1]
+        rows, bad = [], 0
+        reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace"), newline=""), strict=True)
+        while True:
             try:
-                values = next(csv.reader([line.decode("utf-8")]))
-            except (UnicodeDecodeError, StopIteration, csv.Error):
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error:
                 bad += 1
                 continue
-            if i == 0 and values == COLUMNS:
+            if values == COLUMNS:
                 continue
-            if len(values) != len(COLUMNS) or values[3] not in DECISIONS:
+            if (len(values) != len(COLUMNS) or values[3] not in DECISIONS
+                    or any(CONTROL.search(v) or "\ufffd" in v for v in values)):
                 bad += 1
                 continue
             row = dict(zip(COLUMNS, values))
@@ -139,9 +155,11 @@ class LabelStore:
 
 
 def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
-    """Prefix cells that a spreadsheet would run as formulas with a quote (CSV injection)."""
+    """Prefix cells that a spreadsheet would run as formulas with a quote (CSV injection), also when invisible
+    characters (spaces, no-break or zero-width spaces, a byte-order mark) come before the formula sign."""
     def fix(v):
-        return "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v
+        return "'" + v if isinstance(v, str) and (v.startswith(FORMULA_PREFIXES) or
+                                                  v.lstrip(INVISIBLE_LEAD).startswith(FORMULA_PREFIXES)) else v
     return df.map(fix)
 
 

@@ -102,7 +102,7 @@ def score_upload(model_version: str, content_sha256: str, _predictor: Predictor,
     ((row, img),) = _predictor.predict_named([("upload", _data)], with_cam=True)
     if img is None:
         return row
-    row["metrics"] = compute_metrics(img)
+    row["metrics"] = compute_metrics(img, img.info.get("original_size"))
     row["proxy_reasons"] = quality_reasons(row["metrics"])
     img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
     buf = io.BytesIO()

@@ -95,3 +95,112 @@ def test_real_uvicorn_on_localhost(tiny_checkpoint, make_room):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture
+def live_server(tiny_checkpoint):
+    """The app under a real uvicorn in this process, with a 1 MB body limit and a 1 s body stall limit."""
+    import threading
+    import uvicorn
+    app = create_app(tiny_checkpoint, device="cpu", max_request_bytes=1 << 20, body_chunk_timeout=1.0)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def _raw_request(port: int, head: bytes, body_parts, pause: float = 0.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(head)
+        try:
+            for part in body_parts:
+                s.sendall(part)
+                time.sleep(pause)
+        except OSError:
+            pass  # the server may close the connection as soon as it has answered
+        return s.recv(4096)
+
+
+def test_chunked_body_over_the_limit_gets_413_while_streaming(live_server):
+    head = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+    part = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+    chunks = [b"%x\r\n%s\r\n" % (len(part), part)] + [b"%x\r\n%s\r\n" % (65536, b"x" * 65536)] * 40
+    answer = _raw_request(live_server, head, chunks)  # 2.5 MB, no Content-Length
+    assert answer.startswith(b"HTTP/1.1 413") and b"request larger than 1,048,576 bytes" in answer
+
+
+def test_a_stalled_body_gets_408(live_server):
+    head = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+    started = time.monotonic()
+    answer = _raw_request(live_server, head, [b"--b\r\n"], pause=3)
+    assert answer.startswith(b"HTTP/1.1 408") and b"too slowly" in answer
+    assert time.monotonic() - started < 10
+    assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{live_server}/health", timeout=5).read())["status"] == "ok"
+
+
+@pytest.fixture
+def drip_server():
+    """A local HTTP server answering image/jpeg, then one byte per 0.5 s (a slow-drip attacker)."""
+    import http.server
+    import threading
+
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()
+            try:
+                for _ in range(100):
+                    self.wfile.write(b"\xff")
+                    self.wfile.flush()
+                    time.sleep(0.5)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def test_image_url_has_one_total_deadline(drip_server):
+    from fastapi import HTTPException
+    started = time.monotonic()
+    with pytest.raises(HTTPException) as exc:
+        fetch_image_url(f"http://127.0.0.1:{drip_server}/a.jpg", timeout=2, allow=lambda ip: True)
+    assert exc.value.status_code == 504 and "longer than 2 s" in exc.value.detail
+    assert time.monotonic() - started < 4
+
+
+def test_image_url_connects_to_the_address_it_checked(drip_server, monkeypatch):
+    """The name is resolved once: a second answer (DNS rebinding to a private address) is never used."""
+    from fastapi import HTTPException
+    answers = iter([[(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", drip_server))],
+                    [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", drip_server))]])
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: next(answers))
+    with pytest.raises(HTTPException) as exc:
+        fetch_image_url(f"http://rebind.test:{drip_server}/a.jpg", timeout=1.5,
+                        allow=lambda ip: str(ip) == "127.0.0.1")
+    assert exc.value.status_code == 504  # it connected (to the vetted address) and got the drip
+    assert next(answers)[0][4][0] == "10.0.0.1"  # the second answer was never asked for
+
+
+@pytest.mark.parametrize("url,phrase", [("http://127.0.0.1:8799\\@1.2.3.4/x", "credentials or backslashes"),
+                                        ("http://user:pw@example.com/a.jpg", "credentials"),
+                                        ("http://[::1/a.jpg", "not a valid URL"),
+                                        ("http://example.com:99999/a.jpg", "not a valid URL")])
+def test_malformed_image_urls_are_400(url, phrase):
+    from fastapi import HTTPException
+    with pytest.raises(HTTPException) as exc:
+        fetch_image_url(url)
+    assert exc.value.status_code == 400 and phrase in exc.value.detail

@@ -130,3 +130,34 @@ def test_relabel_queue_orders():
     assert list(relabel_queue(manifest, p_good, 0.5, {"e"}, include_labelled=True, order="file")["sha256"]) == \
         list("abcde")
     assert sorted(relabel_queue(manifest, None, 0.5, set(), order="random")["sha256"]) == list("abcde")
+
+
+@pytest.mark.parametrize("field", ["annotator", "path", "sha256", "model_version"])
+@pytest.mark.parametrize("evil", ["mallory\nk/1.jpg,,GOOD,BAD,5,alice", "a\rb", "x\x00y", "line\u2028sep"])
+def test_control_characters_cannot_forge_a_row(tmp_path, field, evil):
+    store = LabelStore(tmp_path / "l.csv")
+    args = {"path": "k/0.jpg", "sha256": "s0", "annotator": "mallory", "model_version": "m", field: evil}
+    with pytest.raises(LabelError, match="line breaks or control characters"):
+        store.append(args.pop("path"), "GOOD", **args)
+    assert store.read_raw().empty
+
+
+def test_a_quoted_line_break_in_the_file_forges_nothing(tmp_path):
+    """A file edited by hand (or written by an older version) with a line break inside a quoted field."""
+    path = tmp_path / "l.csv"
+    store = LabelStore(path)
+    store.append("k/0.jpg", "GOOD", sha256="s0", annotator="ana")
+    with open(path, "a", newline="") as f:
+        f.write('k/9.jpg,s9,GOOD,GOOD,,"mallory\nk/1.jpg,s1,GOOD,BAD,5,alice",2026-01-01T00:00:00Z,m\n')
+    store.append("k/2.jpg", "BAD", sha256="s2", annotator="ana")
+    with pytest.warns(UserWarning, match="malformed or unsafe"):
+        raw = store.read_raw()
+    assert list(raw["path"]) == ["k/0.jpg", "k/2.jpg"] and "alice" not in set(raw["annotator"])
+
+
+@pytest.mark.parametrize("lead", ["", " ", "\u00a0", "\u200b", "\ufeff", " \t"])
+def test_formulas_behind_invisible_characters_are_neutralised(lead):
+    df = pd.DataFrame({"path": [lead + '=HYPERLINK("http://x","y")', "kitchen/=1.jpg"], "n": [-1.5, 2.0]})
+    out = export_csv(df).decode()
+    assert f"'{lead}=HYPERLINK" in out
+    assert "kitchen/=1.jpg" in out and "-1.5" in out  # plain text and numbers untouched
