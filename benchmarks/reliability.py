@@ -1,12 +1,17 @@
-"""Reliability figures: hostile inputs, concurrent label writes, recovery after SIGKILL.
+"""Reliability figures: hostile inputs through the CLI, the Predict page and the API (time and peak memory per
+input, each path in its own process), the API under concurrent clients, concurrent label writes, recovery after
+SIGKILL, and attempts to forge labels.
 
 python benchmarks/reliability.py [--weights weights/roomvision-default.pt]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
+import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +19,7 @@ import textwrap
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,28 +27,168 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from image_corpus import make_corpus  # noqa: E402
 from roomvision.config import DEFAULT_WEIGHTS, MAX_UPLOAD_BYTES  # noqa: E402
-from roomvision.images import ImageDecodeError, load_image  # noqa: E402
-from roomvision.inference import Predictor  # noqa: E402
-from roomvision.labels import LabelStore  # noqa: E402
+from roomvision.labels import LabelError, LabelStore  # noqa: E402
 
+HANG_S = 10
+MEMORY_LIMIT_MB = 1024
 
-def hostile_inputs(weights: Path) -> None:
-    predictor = Predictor(weights, device="cpu")
-    corpus = make_corpus(MAX_UPLOAD_BYTES)
-    scored = clear = crashes = wrong = 0
-    for name, data, expect_ok in corpus:
+# Runs in a child process: each input through one entry point's own code path, with that process's peak memory
+# reset before every input (Linux /proc/self/clear_refs), printing one JSON line per input.
+CHILD = textwrap.dedent("""
+    import hashlib, json, sys, time
+    sys.path[:0] = [sys.argv[3], sys.argv[3] + "/tests"]
+    from image_corpus import make_corpus
+    from roomvision.config import MAX_UPLOAD_BYTES
+    from roomvision.inference import Predictor
+    from roomvision.webapp import score_upload
+
+    def peak_mb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+    predictor, folder = Predictor(sys.argv[2], device="cpu"), sys.argv[4]
+    for name, data, _ in make_corpus(MAX_UPLOAD_BYTES):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        started = time.monotonic()
         try:
-            predictor.predict_images([load_image(data)])
-            scored += 1
-            wrong += not expect_ok
-        except ImageDecodeError:
-            clear += 1
-            wrong += expect_ok
-        except Exception as exc:  # anything else is a crash of the serving path
+            if sys.argv[1] == "cli":
+                (row,) = predictor.predict_paths([f"{folder}/{name}"])
+            else:
+                row = score_upload(predictor.version, hashlib.sha256(data).hexdigest(), predictor, data)
+            outcome = {"error": row.get("error", "")}
+        except Exception as exc:
+            outcome = {"crash": f"{type(exc).__name__}: {exc}"[:200]}
+        print(json.dumps({"name": name, "seconds": time.monotonic() - started, "peak_mb": peak_mb(), **outcome}),
+              flush=True)
+""")
+
+
+def _judge(label: str, corpus: list, results: dict) -> None:
+    scored = clear = crashes = unexpected = 0
+    for name, _, expected in corpus:
+        r = results.get(name, {"crash": "no answer"})
+        if "crash" in r:
             crashes += 1
-            print(f"  CRASH {name}: {type(exc).__name__}: {exc}")
-    print(f"inputs tried {len(corpus)} | scored {scored} | clear errors {clear} | crashes {crashes} "
-          f"| unexpected outcome {wrong}")
+            print(f"  {label} CRASH {name}: {r['crash']}")
+        elif r["error"]:
+            clear += 1
+            unexpected += expected is None or expected not in r["error"]
+        else:
+            scored += 1
+            unexpected += expected is not None
+    slowest = max(results.values(), key=lambda r: r["seconds"])
+    peak = max(results.values(), key=lambda r: r["peak_mb"])
+    hangs = sum(r["seconds"] > HANG_S for r in results.values())
+    print(f"{label:<13} {len(corpus):>6} {scored:>6} {clear:>6} {crashes:>7} {unexpected:>10} {hangs:>5} "
+          f"{slowest['seconds']:>8.2f} ({slowest['name']}) {peak['peak_mb']:>7.0f} ({peak['name']})")
+
+
+def hostile_inputs(weights: Path, folder: Path) -> None:
+    corpus = make_corpus(MAX_UPLOAD_BYTES)
+    for name, data, _ in corpus:
+        (folder / name).write_bytes(data)
+    print(f"hostile or odd inputs: {len(corpus)} ({sum(e is not None for _, _, e in corpus)} must be refused); "
+          f"hang = over {HANG_S} s; peak = resident memory high-water mark of the serving process during one input")
+    print(f"{'path':<13} {'inputs':>6} {'scored':>6} {'clear':>6} {'crashes':>7} {'unexpected':>10} {'hangs':>5} "
+          f"{'slowest s':>8} {'peak MB':>7}")
+    for path in ("cli", "predict-page"):
+        done = subprocess.run([sys.executable, "-c", CHILD, path, str(weights), str(ROOT), str(folder)],
+                              capture_output=True, text=True, timeout=1800)
+        results = {r["name"]: r for r in map(json.loads, done.stdout.splitlines()) if r}
+        _judge({"cli": "CLI predict", "predict-page": "Predict page"}[path], corpus, results)
+    api_results, concurrent = _api(weights, corpus)
+    _judge("API", corpus, api_results)
+    print(concurrent)
+
+
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
+def _api(weights: Path, corpus: list) -> tuple[dict, str]:
+    """Each input as its own request to a real server, then 8 concurrent clients with 30% bad files."""
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "roomvision", "serve", "--port", str(port), "--weights",
+                               str(weights), "--device", "cpu"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        results = {}
+        for name, data, _ in corpus:
+            with open(f"/proc/{server.pid}/clear_refs", "w") as f:
+                f.write("5")
+            started = time.monotonic()
+            try:
+                r = httpx.post(f"{url}/v1/predict", files=[("files", (name, data, "application/octet-stream"))],
+                               timeout=120)
+                body = r.json()
+                outcome = ({"error": body["results"][0]["error"]} if r.status_code == 200 else
+                           {"error": f"HTTP {r.status_code}: {body.get('detail')}"} if r.status_code < 500 else
+                           {"crash": f"HTTP {r.status_code}"})
+                if r.status_code == 413:
+                    outcome["error"] += " too large"
+            except httpx.HTTPError as exc:
+                outcome = {"crash": f"{type(exc).__name__}: {exc}"}
+            results[name] = {"seconds": time.monotonic() - started, "peak_mb": _rss_mb(server.pid, "VmHWM"),
+                             "name": name, **outcome}
+        good = [(n, d) for n, d, e in corpus if e is None and len(d) < 2_000_000]
+        bad = [(n, d) for n, d, e in corpus if e is not None and len(d) < 2_000_000]
+        statuses: list[int] = []
+
+        def client(seed: int, requests: int) -> None:
+            rng = random.Random(seed)
+            with httpx.Client(timeout=120) as c:
+                for _ in range(requests):
+                    files = [("files", rng.choice(bad if rng.random() < 0.3 else good)) for _ in range(8)]
+                    r = c.post(f"{url}/v1/predict", files=[(k, (n, d, "image/jpeg")) for k, (n, d) in files])
+                    statuses.append(r.status_code)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: client(i, 3), range(8)))  # warm-up
+        warm = _rss_mb(server.pid)
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: client(100 + i, 12), range(8)))
+        end = _rss_mb(server.pid)
+        errors = sum(s >= 500 for s in statuses)
+        return results, (f"API, 8 concurrent clients x 15 requests of 8 files (30% bad): {len(statuses)} requests in "
+                         f"{time.monotonic() - started:.0f} s after warm-up | 5xx answers {errors} | resident memory "
+                         f"{warm:.0f} MB after warm-up -> {end:.0f} MB at the end")
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def forging(folder: Path) -> None:
+    """Attempts to smuggle a second row through a field, and a hand-edited file with a quoted line break."""
+    store = LabelStore(folder / "forge.csv")
+    attempts = refused = 0
+    for field in ("annotator", "path", "sha256", "model_version"):
+        for evil in ("m\nk/1.jpg,,GOOD,BAD,5,alice", "m\rk/1.jpg,,GOOD,BAD,5,alice", "m\u2028x", "m\x00"):
+            attempts += 1
+            args = {"path": "k/0.jpg", "sha256": "s0", "annotator": "mallory", "model_version": "v", field: evil}
+            try:
+                store.append(args.pop("path"), "GOOD", **args)
+            except LabelError:
+                refused += 1
+    with open(store.path, "a", newline="") as f:
+        f.write('k/9.jpg,s9,GOOD,GOOD,,"mallory\nk/1.jpg,s1,GOOD,BAD,5,alice",2026-01-01T00:00:00Z,v\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        forged = int((LabelStore(store.path).read_raw()["annotator"] == "alice").sum())
+    print(f"label forging: {attempts} attempts through fields, {refused} refused | forged rows read back from a "
+          f"hand-edited file: {forged}")
 
 
 def _writer(path: str, tag: str, n: int) -> None:
@@ -100,9 +246,11 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        hostile_inputs(args.weights)
+        (Path(tmp) / "corpus").mkdir()
+        hostile_inputs(args.weights, Path(tmp) / "corpus")
         concurrency(Path(tmp))
         sigkill(Path(tmp))
+        forging(Path(tmp))
 
 
 if __name__ == "__main__":

@@ -74,10 +74,14 @@ def record(label: str, row: dict) -> None:
             st.session_state["relabel_pos"] += 1
     except LabelError as exc:
         st.session_state["relabel_msg"] = f"Not saved: {exc}"
+    except OSError as exc:
+        st.session_state["relabel_msg"] = (f"Not saved: cannot write the label file {store.path} "
+                                           f"({exc.strerror or type(exc).__name__}). Check that its folder exists "
+                                           f"and is writable, or set $ROOMVISION_RELABELS to another file.")
 
 
 if msg := st.session_state.pop("relabel_msg", None):
-    st.toast(msg)
+    st.error(msg) if msg.startswith("Not saved") else st.toast(msg)
 if queue.empty or pos >= len(queue):
     st.success("Queue done: every photo in this selection has a decision.")
     st.button("Undo last decision", on_click=record, args=("UNDO", {}), shortcut="u")

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from contextlib import asynccontextmanager
@@ -201,6 +202,7 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state["predictor"] = Predictor(weights, device=device)
+        state["gate"] = threading.Semaphore(1)  # one batch at a time: flat memory, and the cores are shared anyway
         yield
         state.clear()
 
@@ -232,7 +234,9 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
         if not inputs:
             raise HTTPException(400, "send one or more images as multipart field 'files' (or an image_url)")
         results = []
-        for row, _ in p.predict_named(inputs):
+        with state["gate"]:
+            scored = p.predict_named(inputs)
+        for row, _ in scored:
             if row["error"]:
                 results.append(ImageResult(filename=row["path"], error=row["error"]))
                 continue

@@ -120,6 +120,18 @@ def test_relabel_page_writes_a_row_and_undo_appends(app_env):
     assert list(rows["human_label"]) == ["BAD", "UNDO"]
 
 
+def test_relabel_page_says_clearly_when_the_label_file_cannot_be_written(app_env, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ROOMVISION_RELABELS", str(blocker / "labels.csv"))
+    at = run_page("pages/relabel.py")
+    at.text_input(key="annotator").set_value("ana").run()
+    at.button(key="btn-good").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("Not saved: cannot write the label file" in e.value and "ROOMVISION_RELABELS" in e.value
+               for e in at.error)
+
+
 def test_model_page_lists_versions(app_env):
     at = run_page("pages/model.py")
     assert any("tiny.pt" in str(df.value) for df in at.dataframe)
