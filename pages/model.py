@@ -8,9 +8,11 @@ import streamlit as st
 
 from roomvision.config import settings
 from roomvision.reports import report_paths
-from roomvision.features import build_feature_cache, cache_path, load_feature_cache
+from roomvision.features import cache_path
+from roomvision.jobs import read_status, start, status_file
 from roomvision.labels import LabelStore
-from roomvision.webapp import active_weights, dataset_roots_sidebar, get_predictor, list_models, manifest_path, relabels_path
+from roomvision.webapp import (active_weights, dataset_roots_sidebar, get_predictor, list_models, manifest_path,
+                               progress_fragment, relabels_path, show_job_result)
 
 st.title("Model")
 weights_dir = settings().weights.parent
@@ -77,21 +79,32 @@ else:
                        height=300)
     st.plotly_chart(hist)
 
-st.subheader("Retrain from relabels")
+st.subheader("Learn from people")
 store = LabelStore(relabels_path())
 human = store.merged()
-st.write(f"{len(human)} photos carry a human quality label in `{relabels_path()}`. Retraining fine-tunes the three "
-         "heads on cached backbone features (under a minute on a CPU) and saves a new version; the default model "
-         "file is never overwritten.")
+rated = int(human["rating"].notna().sum()) if len(human) else 0
+good, bad = int((human["human_label"] == "GOOD").sum()), int((human["human_label"] == "BAD").sum())
 roots = dataset_roots_sidebar()
-features_file = cache_path(predictor.weights, manifest_path()) if manifest_path().is_file() else None
-if st.button("Retrain heads now", disabled=features_file is None):
-    if not features_file.is_file():
-        bar = st.progress(0.0, text="Caching backbone features (once per model)…")
-        build_feature_cache(predictor, manifest_path(), [Path(p) for p in roots.values()],
-                            on_batch=lambda d, t: bar.progress(d / max(t, 1), text=f"batch {d}/{t}"), progress=None)
-    with st.spinner("Training heads…"):
-        from roomvision.retrain import retrain_heads  # PyTorch loads only when retraining
-        result = retrain_heads(predictor.weights, load_feature_cache(features_file), relabels_path())
-    st.success(f"Saved {result['out'].name} in {result['seconds']:.0f} s. Choose it above to use it.")
-    st.dataframe(pd.DataFrame({"before": result["before"], "after": result["after"]}))
+cached = manifest_path().is_file() and cache_path(predictor.weights, manifest_path()).is_file()
+st.write(f"`{relabels_path()}` holds {good} GOOD and {bad} BAD decisions and {rated} aesthetic ratings. Learning "
+         "refits the proxy rules to them, fits GOOD/BAD and aesthetic heads on the photo-quality features, "
+         "calibrates the threshold on held-out human labels, and saves a new version (the default file is never "
+         "overwritten). "
+         + ("It takes seconds." if cached else "The first run scores every manifest photo once (about 4 minutes "
+            "per 10,000 photos on a CPU; it runs in the background, survives leaving this page and resumes "
+            "where it stopped), then takes seconds."))
+reason = ("label at least 3 GOOD and 3 BAD photos (or rate 10) in the Relabel page first" if min(good, bad) < 3
+          and rated < 10 else "" if manifest_path().is_file() else f"no manifest at {manifest_path()}")
+job = status_file("learn-from-people")
+status = read_status(job)
+if status and status["running"]:
+    progress_fragment(job)
+elif st.button("Learn from people now", disabled=bool(reason), help=reason or None):
+    start("learn-from-people", ["retrain-heads", "--weights", str(predictor.weights), "--relabels",
+                                str(relabels_path()), "--manifest", str(manifest_path()),
+                                *[a for p in roots.values() for a in ("--data-root", p)]])
+    st.rerun()
+if reason:
+    st.caption(f"Not yet: {reason}.")
+if status and not status["running"]:
+    show_job_result(status)

@@ -7,8 +7,8 @@ import streamlit as st
 from roomvision.decisions import quality_decision
 from roomvision.features import build_feature_cache, cache_path
 from roomvision.labels import LabelError, LabelStore, export_csv, relabel_queue
-from roomvision.webapp import (cached_p_good, dataset_roots_sidebar, get_predictor, manifest_path, read_manifest,
-                               relabels_path, thumbnail)
+from roomvision.webapp import (active_priority, cached_p_good, dataset_roots_sidebar, get_predictor, manifest_path,
+                               read_manifest, relabels_path, thumbnail)
 
 st.title("Relabel photo quality")
 predictor = get_predictor()
@@ -23,7 +23,9 @@ if not manifest_file.is_file():
 st.sidebar.header("Labelling")
 annotator = st.sidebar.text_input("Your name", key="annotator")
 order = st.sidebar.selectbox("Queue order", ["informative", "random", "file"],
-                             help="informative: model and proxy disagree first, then P(GOOD) nearest the threshold")
+                             help="informative: once you have labelled a few GOOD and BAD photos, the photos a model "
+                                  "fitted on your labels is least sure of (spread out); before that, model and proxy "
+                                  "disagree first, then P(GOOD) nearest the threshold")
 include_labelled = st.sidebar.checkbox("Include photos already labelled")
 split = st.sidebar.selectbox("Split", ["all", "train", "val", "test"])
 roots = dataset_roots_sidebar()
@@ -34,18 +36,23 @@ if split != "all":
     manifest = manifest[manifest["split"] == split]
 
 scores_file = cache_path(predictor.weights, manifest_file)
-p_good = cached_p_good(str(scores_file), scores_file.stat().st_mtime) if scores_file.is_file() else None
-if p_good is None:
-    st.warning("The model has not scored the manifest yet, so the informative order cannot rank by the model; "
-               "P(GOOD) is computed for each photo as it is shown.")
-    if st.button("Score all manifest photos now (a few minutes on a CPU)"):
+p_good = priority = None
+decided = store.decided_keys()
+if scores_file.is_file():
+    p_good = cached_p_good(str(scores_file), scores_file.stat().st_mtime, predictor, predictor.version)
+    if order == "informative":
+        priority = active_priority(str(scores_file), str(manifest_file), str(store.path), len(decided) // 25)
+else:
+    st.warning("The model has not scored the manifest yet, so the informative order cannot rank by the model "
+               "or learn from your labels; P(GOOD) is computed for each photo as it is shown.")
+    if st.button("Score all manifest photos now (resumable; about 4 minutes per 10,000 photos on a CPU)"):
         bar = st.progress(0.0, text="Scoring…")
-        build_feature_cache(predictor, manifest_file, [Path(p) for p in roots.values()],
-                            on_batch=lambda d, t: bar.progress(d / max(t, 1), text=f"batch {d}/{t}"), progress=None)
+        build_feature_cache(predictor, manifest_file, [Path(p) for p in roots.values()], progress=False,
+                            on_batch=lambda d, t: bar.progress(d / max(t, 1), text=f"{d}/{t} photos"))
         st.rerun()
 
-decided = store.decided_keys()
-queue = relabel_queue(manifest, p_good, predictor.thresholds.quality, decided, order, include_labelled)
+queue = relabel_queue(manifest, p_good, predictor.thresholds.quality, decided, order, include_labelled,
+                      priority=priority)
 labelled = int(manifest["sha256"].isin(decided).sum())
 st.progress(labelled / max(len(manifest), 1), text=f"{labelled} / {len(manifest)} photos labelled")
 
@@ -111,11 +118,17 @@ else:
                          "agrees" if quality_decision(model_p, predictor.thresholds.quality) == row["quality_label"]
                          else "disagrees", delta_color="off", delta_arrow="off")
         right.segmented_control("Aesthetic rating (optional, 1–5)", [1, 2, 3, 4, 5], key=f"rating-{row['sha256']}")
+        # a decision needs a name and a photo on screen: nothing is recorded for a photo nobody saw
+        blocked = ("Enter your name in the sidebar to start labelling." if not annotator.strip() else
+                   "The photo is not shown, so it cannot be labelled." if not thumb else "")
         b1, b2, b3, b4 = right.columns(4)
-        b1.button("GOOD", on_click=record, args=("GOOD", row), type="primary", shortcut="g", key="btn-good")
-        b2.button("BAD", on_click=record, args=("BAD", row), shortcut="b", key="btn-bad")
-        b3.button("Skip", on_click=record, args=("SKIP", row), shortcut="s", key="btn-skip")
+        b1.button("GOOD", on_click=record, args=("GOOD", row), type="primary", shortcut="g", key="btn-good",
+                  disabled=bool(blocked))
+        b2.button("BAD", on_click=record, args=("BAD", row), shortcut="b", key="btn-bad", disabled=bool(blocked))
+        b3.button("Skip", on_click=record, args=("SKIP", row), shortcut="s", key="btn-skip", disabled=bool(blocked))
         b4.button("Undo", on_click=record, args=("UNDO", row), shortcut="u", key="btn-undo")
+        if blocked:
+            right.info(blocked)
         right.caption("Keys: g = GOOD, b = BAD, s = skip, u = undo")
 
 merged = store.merged()

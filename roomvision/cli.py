@@ -29,9 +29,18 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    """Train; then, when people have labelled photos, learn from them the way `retrain-heads` does."""
+    import numpy as np
+    from .data import load_manifest
+    from .retrain import human_targets, retrain_heads
     from .train import train
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in TrainConfig.__dataclass_fields__})
-    train(cfg)
+    out = train(cfg)
+    manifest, relabels = cfg.manifest or settings().manifest, cfg.relabels or settings().relabels
+    decision, score = human_targets(load_manifest(manifest), relabels)
+    if (decision >= 0).any() or not np.isnan(score).all():
+        result = retrain_heads(out, manifest, relabels, cfg.data_roots, out=out, replace_default=True)
+        print(f"learned from {result['human_labels']} human labels and {result['human_ratings']} ratings")
     return 0
 
 
@@ -67,22 +76,33 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_cache_features(a: argparse.Namespace) -> int:
     from .features import build_feature_cache
     from .inference import Predictor
-    predictor = Predictor(a.weights, device=a.device, backend="torch")  # features come from the PyTorch model
-    out = build_feature_cache(predictor, a.manifest or settings().manifest, a.data_roots, a.batch_size)
+    out = build_feature_cache(Predictor(a.weights, device=a.device), a.manifest or settings().manifest, a.data_roots,
+                              a.batch_size)
     print(f"written: {out}")
     return 0
 
 
 def cmd_retrain_heads(a: argparse.Namespace) -> int:
     import json
-    from .features import cache_path, load_feature_cache
+    import os
+    import time
+    from .jobs import write_status
     from .retrain import retrain_heads
-    weights = a.weights or settings().weights
-    cache = cache_path(weights, a.manifest or settings().manifest)
-    if not cache.is_file():
-        raise FileNotFoundError(f"no feature cache {cache}; run `python -m roomvision cache-features` first")
-    result = retrain_heads(weights, load_feature_cache(cache), a.relabels or settings().relabels, a.out)
-    print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
+    started = time.time()
+
+    def progress(done: int, total: int) -> None:
+        write_status(a.status, state="running", pid=os.getpid(), started=started, done=done, total=total,
+                     message=f"scoring the manifest photos once: {done}/{total}")
+
+    try:
+        result = retrain_heads(a.weights or settings().weights, a.manifest or settings().manifest,
+                               a.relabels or settings().relabels, a.data_roots, a.out, on_progress=progress)
+    except (FileNotFoundError, ValueError) as exc:
+        write_status(a.status, state="failed", pid=os.getpid(), started=started, message=str(exc))
+        raise
+    result = {k: str(v) if isinstance(v, Path) else v for k, v in result.items()}
+    write_status(a.status, state="done", pid=os.getpid(), started=started, message="done", result=result)
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -207,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threshold_options(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("cache-features", help="run the model once over the manifest (+ degraded copies); "
-                                              "cache features for the relabel queue and head retraining")
+    p = sub.add_parser("cache-features", help="run the model once over the manifest; cache the quality features "
+                                              "that the relabel queue and learning from people read")
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
     _add_roots(p)
@@ -216,12 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_cache_features)
 
-    p = sub.add_parser("retrain-heads", help="retrain the heads on cached features with human labels; "
-                                             "saves a new version, never the default file")
+    p = sub.add_parser("retrain-heads", help="learn GOOD/BAD and aesthetic scores from the human labels (refitted "
+                                             "rules, heads on cached quality features, threshold calibrated on "
+                                             "held-out human labels); saves a new version, never the default file")
     p.add_argument("--weights", type=Path, default=None)
     p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
+    _add_roots(p)
     p.add_argument("--relabels", type=Path, default=None, help=RELABELS_HELP)
-    p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-relabel-<UTC time>.pt")
+    p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-people-<UTC time>.pt")
+    p.add_argument("--status", type=Path, default=None, help="JSON file to write progress to (the Model page reads it)")
     p.set_defaults(func=cmd_retrain_heads)
 
     p = sub.add_parser("export-onnx", help="export a checkpoint for ONNX Runtime (done automatically on first use)")

@@ -55,6 +55,7 @@ QUALITY_THRESHOLDS = {
     "resolution_min": 224,          # short side of the original file, pixels
     "noise_max": 4.0,               # Immerkaer noise sigma (0-255)
     "blockiness_max": 2.5,          # JPEG 8x8 block-edge gradient ratio
+    "tilt_max": 90.0,               # median tilt of near-vertical lines, degrees (90: off until people move it)
 }
 DEFAULT_QUALITY_THRESHOLD = 0.5     # P(GOOD) decision threshold until a checkpoint calibrates one
 

@@ -31,16 +31,18 @@ def load_serving_model(weights: str | Path, device: str | torch.device = "cpu") 
 
 
 def serving_outputs(model: RoomVisionNet, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(features, room logits, quality logit, aesthetic probabilities, room activation maps) for an image batch.
+    """(features, room logits, quality logit, aesthetic probabilities, room activation maps, quality features) for
+    an image batch.
 
     The room head is a linear layer on globally pooled features, so its Grad-CAM equals the class activation map
     W_room · feature_map (up to a positive factor); it is computed here, inside the graph, for every image.
     """
-    fmap = model.backbone.forward_features(x)
+    fmap, quality_features = model.forward_with_quality_features(x)
     feats = model.backbone.forward_head(fmap)
     heads = model.heads(feats)
     cam = torch.einsum("kc,bchw->bkhw", model.room_head.weight.to(fmap.dtype), fmap)
-    return feats, heads["room"], heads["quality"], torch.softmax(heads["aesthetic"].float(), dim=1), cam
+    return (feats, heads["room"], heads["quality"], torch.softmax(heads["aesthetic"].float(), dim=1), cam,
+            quality_features)
 
 
 @torch.inference_mode()

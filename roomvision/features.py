@@ -1,7 +1,7 @@
-"""Cache of backbone features and model outputs over a manifest (real photos + their degraded copies).
+"""Cache of the model's photo-quality descriptor and proxy outputs over every manifest photo.
 
-The relabel queue reads P(GOOD) from it and head retraining trains on its features, so neither needs
-to run the backbone again.
+The relabel queue ranks photos from it and learning from people fits its heads on it, so neither runs the model
+again. Built by the serving predictor (ONNX Runtime on the CPU: no PyTorch), resumable in parts.
 """
 from __future__ import annotations
 
@@ -9,13 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from .config import settings
 from .data import load_manifest, manifest_roots, resolve_paths
+from .images import ImageDecodeError
 from .inference import Predictor
-from .modelinfo import HEAD_OUTPUTS, file_sha256
+from .modelinfo import file_sha256
 
-META_COLUMNS = ["sha256", "path", "source", "split", "degrade", "class_idx", "quality", "aesthetic"]
+OUTPUTS = ("quality", "aesthetic", "room", "quality_features")
+PART = 512  # photos per saved part: an interrupted build resumes from the last finished part
 
 
 def cache_path(weights: Path, manifest: Path) -> Path:
@@ -23,29 +26,71 @@ def cache_path(weights: Path, manifest: Path) -> Path:
 
 
 def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[Path] | None = None,
-                        batch_size: int = 64, on_batch=None, progress: str | None = "caching features") -> Path:
-    """Run the model once over every manifest photo and its degraded copy; save features and outputs."""
-    from .samples import degraded_cache_path, degraded_samples, real_samples  # PyTorch only when the cache is built
+                        batch_size: int = 64, on_batch=None, progress: bool = True, cancel=None) -> Path:
+    """Run the model once over every manifest photo; save quality features and raw outputs (one row per photo,
+    in manifest order; unreadable photos get NaN). `on_batch(done, total)` reports progress; `cancel()` returning
+    True stops after the current part (finished parts are kept and reused next time)."""
     df = load_manifest(manifest).reset_index(drop=True)
-    real = real_samples(df, resolve_paths(df, manifest_roots(manifest, data_roots)), relabels=None)
-    degraded = degraded_samples(real, degraded_cache_path(manifest))
-    samples = pd.concat([real, degraded], ignore_index=True)
-    raw = predictor.run_samples(samples, ("features", *HEAD_OUTPUTS), batch_size, progress=progress,
-                                on_batch=on_batch)
+    files = resolve_paths(df, manifest_roots(manifest, data_roots))
     out = cache_path(predictor.weights, manifest)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {c: samples[c].to_numpy() if samples[c].dtype.kind in "iufb" else np.array(samples[c].astype(str).tolist())
-            for c in META_COLUMNS}
+    parts_dir = out.with_suffix(".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(files), desc="caching features", unit="img", disable=not progress) as bar:
+        for start in range(0, len(files), PART):
+            part = parts_dir / f"{start:07d}.npz"
+            if not part.is_file():
+                raw = _run(predictor, files[start:start + PART], batch_size)
+                tmp = part.with_suffix(".tmp.npz")
+                np.savez(tmp, **raw)
+                tmp.replace(part)
+            bar.update(min(PART, len(files) - start))
+            if on_batch is not None:
+                on_batch(min(start + PART, len(files)), len(files))
+            if cancel is not None and cancel():
+                raise InterruptedError("feature caching cancelled; finished parts are kept")
+    parts = [np.load(parts_dir / f"{s:07d}.npz") for s in range(0, len(files), PART)]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
     tmp = out.with_suffix(".tmp.npz")
-    np.savez(tmp, features=raw["features"].astype(np.float16), room_logits=raw["room"],
-             quality_logit=raw["quality"], aesthetic_probs=raw["aesthetic"], **meta)
+    np.savez(tmp, sha256=df["sha256"].to_numpy(str), **merged)
     tmp.replace(out)
+    for p in parts_dir.iterdir():
+        p.unlink()
+    parts_dir.rmdir()
     return out
 
 
-def load_feature_cache(path: Path) -> dict:
-    """Arrays of a feature cache, with the sample metadata as a DataFrame under 'samples'."""
+def _run(predictor: Predictor, files: list[Path], batch_size: int) -> dict[str, np.ndarray]:
+    arrays, ok = [], []
+    for f in files:
+        try:
+            arrays.append(predictor.transform(predictor.decode(f)))
+            ok.append(True)
+        except ImageDecodeError:
+            ok.append(False)
+    raw = {k: [] for k in OUTPUTS}
+    for i in range(0, len(arrays), batch_size):
+        out = predictor._raw(np.stack(arrays[i:i + batch_size]), OUTPUTS)
+        for k in OUTPUTS:
+            raw[k].append(out[k].astype(np.float32))
+    result = {}
+    for k in OUTPUTS:
+        values = np.concatenate(raw[k]) if raw[k] else np.zeros((0,), np.float32)
+        full = np.full((len(files), *values.shape[1:]), np.nan, np.float32)
+        full[np.asarray(ok)] = values
+        result[k] = full.astype(np.float16) if k == "quality_features" else full
+    return result
+
+
+def load_feature_cache(path: Path) -> dict[str, np.ndarray]:
+    """Arrays of a feature cache (sha256, quality, aesthetic, room, quality_features), one row per manifest photo."""
     with np.load(path, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
-    data["samples"] = pd.DataFrame({c: data.pop(c) for c in META_COLUMNS})
-    return data
+        return {k: z[k] for k in z.files}
+
+
+def cached_scores(path: Path, predictor: Predictor) -> pd.DataFrame:
+    """P(GOOD) of each cached photo under the predictor's current quality head (human-trained when it has one)."""
+    data = load_feature_cache(path)
+    ok = ~np.isnan(data["quality"])
+    p_good = np.full(len(ok), np.nan)
+    p_good[ok] = predictor.p_good(data["quality"][ok], data["quality_features"][ok].astype(np.float32))
+    return pd.DataFrame({"p_good": p_good}, index=data["sha256"])

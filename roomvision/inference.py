@@ -22,11 +22,12 @@ from .config import settings
 from .decisions import Thresholds, decide
 from .devices import resolve_device
 from .images import ImageDecodeError
+from .human import HumanAestheticHead, HumanQualityHead
 from .modelinfo import HEAD_OUTPUTS, file_sha256, read_model_info
 from .preprocess import EvalPreprocess, decode_for_model
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
-ONNX_GRAPH_VERSION = 2  # bump when the exported outputs change: cached exports are keyed by it
+ONNX_GRAPH_VERSION = 3  # bump when the exported outputs change: cached exports are keyed by it
 ONNX_CHUNK = 32
 
 
@@ -100,6 +101,11 @@ class Predictor:
         self.calibration = self.info.calibration
         self.thresholds = Thresholds.for_model(self.calibration)  # the calibrated default decisions
         self.version = self.info.version
+        human = self.info.human
+        self.human_quality = HumanQualityHead(**human["quality"]) if "quality" in human else None
+        self.human_aesthetic = HumanAestheticHead(**human["aesthetic"]) if "aesthetic" in human else None
+        # the raw outputs a prediction needs: heads learned from people read the quality features
+        self.head_outputs = HEAD_OUTPUTS + (("quality_features",) if human else ())
         self.transform = EvalPreprocess(self.info.preprocess)
         self.threads = threads
         self.device = device = "cpu" if device == "auto" and backend == "onnx" else resolve_device(device)
@@ -142,6 +148,12 @@ class Predictor:
                             batch_size=batch_size, num_workers=1)
         return self._run_torch(loader, progress, on_batch, outputs)
 
+    def p_good(self, quality_logit: np.ndarray, quality_features: np.ndarray | None = None) -> np.ndarray:
+        """P(GOOD): from the head learned from people when the model has one, else from the proxy-trained head."""
+        if self.human_quality is not None:
+            return self.human_quality.p_good(quality_features)
+        return expit(quality_logit)
+
     def _raw(self, x: np.ndarray, outputs: tuple[str, ...] = HEAD_OUTPUTS) -> dict:
         if self.session is None:
             return self._run_torch([x], outputs=outputs)
@@ -156,8 +168,10 @@ class Predictor:
         """Result rows of probabilities (no decisions); with 'room_cam' in `raw`, each row also gets the 0-1 heat
         map of its most probable room."""
         probs = room_probabilities(raw["room"], self.calibration.temperature)
-        p_good = expit(raw["quality"])
+        p_good = self.p_good(raw["quality"], raw.get("quality_features"))
         mean, std = aesthetic_stats(raw["aesthetic"])
+        if self.human_aesthetic is not None:
+            mean = self.human_aesthetic.score(raw["quality_features"])
         rows = []
         for i in range(len(probs)):
             row = {"room": self.classes[int(probs[i].argmax())]}
@@ -174,7 +188,7 @@ class Predictor:
         """Score decoded RGB images together as one batch; `with_cam` adds each row's Grad-CAM ('room_cam')."""
         if not images:
             return []
-        outputs = (*HEAD_OUTPUTS, *(("room_cam",) if with_cam else ()))
+        outputs = (*self.head_outputs, *(("room_cam",) if with_cam else ()))
         return self._rows(self._raw(self.transform.batch(images), outputs))
 
     def predict_named(self, named: list[tuple[str, object]], with_cam: bool = False
@@ -212,7 +226,7 @@ class Predictor:
                 upcoming = [pool.submit(load, p) for p in batches[i + 1]] if i + 1 < len(batches) else []
                 items = [f.result() for f in current]
                 arrays = [x for x, _ in items if x is not None]
-                scored = iter(self._rows(self._raw(np.stack(arrays))) if arrays else [])
+                scored = iter(self._rows(self._raw(np.stack(arrays), self.head_outputs)) if arrays else [])
                 yield [{"path": str(path), **next(scored)} if not err else {"path": str(path), "error": err}
                        for path, (_, err) in zip(batch, items)]
 

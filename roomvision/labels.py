@@ -177,10 +177,12 @@ def human_lookup(merged: pd.DataFrame, sha256s, paths) -> list[dict | None]:
 
 
 def relabel_queue(manifest: pd.DataFrame, p_good: pd.Series | None, threshold: float, decided: set[str],
-                  order: str = "informative", include_labelled: bool = False, seed: int = 0) -> pd.DataFrame:
+                  order: str = "informative", include_labelled: bool = False, seed: int = 0,
+                  priority: pd.Series | None = None) -> pd.DataFrame:
     """Manifest rows to label next.
 
-    'informative': model and proxy disagree first, then P(GOOD) nearest the threshold; 'random'; 'file'.
+    'informative': the active-learning `priority` (rank by sha256, from the human labels so far) first when given;
+    then model and proxy disagree, then P(GOOD) nearest the threshold; 'random'; 'file'.
     `p_good` is indexed by sha256 (missing photos sort last under 'informative').
     """
     q = manifest.copy()
@@ -196,4 +198,6 @@ def relabel_queue(manifest: pd.DataFrame, p_good: pd.Series | None, threshold: f
     model_label = q["p_good"].map(lambda p: quality_decision(p, threshold) if p == p else "")
     q["disagree"] = q["p_good"].notna() & (model_label != q["quality_label"])
     q["margin"] = (q["p_good"] - threshold).abs().fillna(np.inf)
-    return q.sort_values(["disagree", "margin", "path"], ascending=[False, True, True]).reset_index(drop=True)
+    q["priority"] = q["sha256"].map(priority).fillna(np.inf) if priority is not None else np.inf
+    return q.sort_values(["priority", "disagree", "margin", "path"],
+                         ascending=[True, False, True, True]).reset_index(drop=True)

@@ -14,8 +14,10 @@ from .preprocess import Preprocess
 CHECKPOINT_FORMAT = "roomvision-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: 'calibration' replaces version 1's 'thresholds'
 REQUIRED_KEYS = ("backbone", "classes", "preprocess", "state_dict")
-ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam")  # what the serving graph computes
+ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam", "quality_features")  # the serving graph
 HEAD_OUTPUTS = ("room", "quality", "aesthetic")  # the raw outputs that predictions are made of
+LUMINANCE_LEVELS = 16  # points of the luminance distribution in the quality features
+PHOTO_STATISTICS = 2 * LUMINANCE_LEVELS + 2  # leading photo statistics of the quality features (model.py)
 
 
 class CheckpointError(ValueError):
@@ -34,6 +36,7 @@ class ModelInfo:
     created: str = ""
     version: str = ""
     train_args: dict = field(default_factory=dict)
+    human: dict = field(default_factory=dict)  # heads learned from people ('quality', 'aesthetic'), see human.py
 
     @classmethod
     def from_payload(cls, raw, path: Path) -> dict:
@@ -53,7 +56,8 @@ class ModelInfo:
                                             quality=float(calibration["quality"])),
                     metrics=raw.get("metrics", {}),
                     manifest_sha256=raw.get("manifest_sha256", ""), created=raw.get("created", ""),
-                    version=raw.get("version", path.stem), train_args=raw.get("train_args", {}))
+                    version=raw.get("version", path.stem), train_args=raw.get("train_args", {}),
+                    human=raw.get("human", {}))
 
 
 class _HeaderUnpickler(pickle.Unpickler):

@@ -10,6 +10,7 @@ import math
 
 import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from .config import AESTHETIC_BINS, AESTHETIC_TARGET_STD, METRIC_SIZE, QUALITY_THRESHOLDS
@@ -129,26 +130,41 @@ def compute_metrics(img: Image.Image | np.ndarray, original_size: tuple[int, int
     }
 
 
+# Each proxy rule once: (threshold key, metric, BAD when the metric is "below" or "above" the threshold, reason).
+RULES = (
+    ("sharpness_min", "sharpness", "below", "blurry: sharpness {v:.1f} < {t:g}"),
+    ("dark_p50_max", "lum_p50", "below", "too dark: median luminance {v:.0f} < {t:g}"),
+    ("dark_clip_max", "dark_clip", "above", "too dark: {v:.0%} of pixels crushed to black > {t:.0%}"),
+    ("bright_p50_min", "lum_p50", "above", "overexposed: median luminance {v:.0f} > {t:g}"),
+    ("bright_clip_max", "bright_clip", "above", "overexposed: {v:.0%} of pixels clipped white > {t:.0%}"),
+    ("resolution_min", "short_side", "below", "low resolution: short side {v:.0f}px < {t:g}px"),
+    ("noise_max", "noise", "above", "noisy: noise sigma {v:.1f} > {t:g}"),
+    ("blockiness_max", "blockiness", "above", "compression artefacts: blockiness {v:.2f} > {t:g}"),
+    ("tilt_max", "tilt_deg", "above", "tilted verticals: {v:.1f} deg > {t:g} deg"),
+)
+
+
+def rule_metric(m, metric: str):
+    """A rule's metric from a metrics dict or frame (the short side is derived from width and height)."""
+    if metric == "short_side":
+        return np.minimum(m["width"], m["height"])
+    return m[metric]
+
+
+def rule_flags(metrics: pd.DataFrame, t: dict = QUALITY_THRESHOLDS) -> pd.DataFrame:
+    """Which rules fire for each photo of a metrics frame (one boolean column per threshold key)."""
+    return pd.DataFrame({key: (rule_metric(metrics, metric) < t[key]) if side == "below" else
+                         (rule_metric(metrics, metric) > t[key]) for key, metric, side, _ in RULES},
+                        index=metrics.index)
+
+
 def quality_reasons(m: dict, t: dict = QUALITY_THRESHOLDS) -> list[str]:
     """Human-readable reasons for every proxy rule that fires; empty means GOOD."""
     reasons = []
-    if m["sharpness"] < t["sharpness_min"]:
-        reasons.append(f"blurry: sharpness {m['sharpness']:.1f} < {t['sharpness_min']:g}")
-    if m["lum_p50"] < t["dark_p50_max"]:
-        reasons.append(f"too dark: median luminance {m['lum_p50']:.0f} < {t['dark_p50_max']:g}")
-    elif m["dark_clip"] > t["dark_clip_max"]:
-        reasons.append(f"too dark: {m['dark_clip']:.0%} of pixels crushed to black > {t['dark_clip_max']:.0%}")
-    if m["lum_p50"] > t["bright_p50_min"]:
-        reasons.append(f"overexposed: median luminance {m['lum_p50']:.0f} > {t['bright_p50_min']:g}")
-    elif m["bright_clip"] > t["bright_clip_max"]:
-        reasons.append(f"overexposed: {m['bright_clip']:.0%} of pixels clipped white > {t['bright_clip_max']:.0%}")
-    short = min(m["width"], m["height"])
-    if short < t["resolution_min"]:
-        reasons.append(f"low resolution: short side {short}px < {t['resolution_min']}px")
-    if m["noise"] > t["noise_max"]:
-        reasons.append(f"noisy: noise sigma {m['noise']:.1f} > {t['noise_max']:g}")
-    if m["blockiness"] > t["blockiness_max"]:
-        reasons.append(f"compression artefacts: blockiness {m['blockiness']:.2f} > {t['blockiness_max']:g}")
+    for key, metric, side, text in RULES:
+        v = float(rule_metric(m, metric))
+        if (v < t[key]) if side == "below" else (v > t[key]):
+            reasons.append(text.format(v=v, t=t[key]))
     return reasons
 
 

@@ -1,4 +1,6 @@
-"""Retrain the three heads on cached backbone features with human labels (seconds, not hours)."""
+"""Retraining from people: fit the human quality and aesthetic heads on the cached quality features and save a new
+model version (seconds once the cache exists; the default file is never overwritten). `retrain-heads` and the
+Model page run this; `train --relabels` ends with it."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -8,109 +10,108 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from scipy.special import expit
-from sklearn.metrics import f1_score, roc_auc_score
 
-from .calibration import best_quality_threshold, fit_temperature
-from .config import DEFAULT_WEIGHTS, TrainConfig
-from .decisions import quality_decision
+from .config import DEFAULT_WEIGHTS, QUALITY_THRESHOLDS
+from .data import load_manifest
+from .features import build_feature_cache, cache_path, load_feature_cache
+from .human import fit_human_aesthetic, fit_human_quality, moved_rules
+from .inference import Predictor
 from .labels import LabelStore, human_lookup
-from .losses import multitask_loss, room_class_weight
-from .model import Checkpoint
-from .quality import score_distribution
 from .samples import rating_to_score
 
-HUMAN_WEIGHT = 5.0  # human labels are few and they are the truth
+
+def human_targets(manifest: pd.DataFrame, relabels: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per manifest photo: human decision (1 GOOD, 0 BAD, -1 none) and human score 1-10 (NaN where not rated)."""
+    decision, score = np.full(len(manifest), -1), np.full(len(manifest), np.nan)
+    if Path(relabels).is_file():
+        found = human_lookup(LabelStore(relabels).merged(), manifest["sha256"], manifest["path"])
+        for i, r in enumerate(found):
+            if r is not None:
+                decision[i] = int(r["human_label"] == "GOOD")
+                if not pd.isna(r["rating"]):
+                    score[i] = rating_to_score(r["rating"])
+    return decision, score
 
 
-def apply_human_labels(samples: pd.DataFrame, relabels: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quality and aesthetic targets with human decisions overriding proxies (real photos only)."""
-    quality = samples["quality"].to_numpy(np.float32).copy()
-    aesthetic = samples["aesthetic"].to_numpy(np.float32).copy()
-    human = np.full(len(samples), -1.0, np.float32)
-    if relabels is None or not Path(relabels).is_file():
-        return quality, aesthetic, human
-    found = human_lookup(LabelStore(relabels).merged(), samples["sha256"], samples["path"])
-    for i, (r, deg) in enumerate(zip(found, samples["degrade"])):
-        if r is None or deg:
-            continue
-        human[i] = quality[i] = 1.0 if r["human_label"] == "GOOD" else 0.0
-        if not pd.isna(r["rating"]):
-            aesthetic[i] = rating_to_score(r["rating"])
-    return quality, aesthetic, human
-
-
-def head_metrics(heads: dict, y: np.ndarray, quality: np.ndarray, human: np.ndarray, clean: np.ndarray,
-                 threshold: float) -> dict:
-    """Room accuracy and macro-F1, quality ROC-AUC, and agreement with human labels at `threshold`."""
-    pred = heads["room"].argmax(1)
-    p_good = expit(heads["quality"])
-    m = {"room_accuracy": float((pred[clean] == y[clean]).mean()),
-         "room_macro_f1": float(f1_score(y[clean], pred[clean], average="macro")),
-         "quality_roc_auc": float(roc_auc_score(quality, p_good)) if len(np.unique(quality)) == 2 else None}
-    has = human >= 0
-    m["human_labels"] = int(has.sum())
-    if has.any():
-        decided = np.array([quality_decision(p, threshold) for p in p_good[has]])
-        m["human_agreement"] = float((decided == np.where(human[has] == 1, "GOOD", "BAD")).mean())
-    return m
-
-
-def retrain_heads(weights: Path, cache: dict, relabels: Path | None, out: Path | None = None,
-                  epochs: int = 10, lr: float = 5e-4, batch_size: int = 512, seed: int = 0) -> dict:
-    """Fine-tune the heads from their current weights; save a new version next to `weights`."""
-    t0 = time.time()
+def output_path(weights: Path) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    base = Path(weights).stem.split("-relabel-")[0]
-    out = Path(out) if out else Path(weights).parent / f"{base}-relabel-{stamp}.pt"
-    if out.resolve() == DEFAULT_WEIGHTS.resolve():
-        raise ValueError("refusing to overwrite the default model; choose another output name")
-    torch.manual_seed(seed)
+    return Path(weights).parent / f"{Path(weights).stem.split('-people-')[0]}-people-{stamp}.pt"
+
+
+def save_with_human_heads(weights: Path, out: Path, human: dict, quality_threshold: float | None,
+                          metrics: dict) -> Path:
+    """A copy of `weights` carrying the human heads (and the human threshold as its calibrated default)."""
+    from .model import Checkpoint  # PyTorch writes the checkpoint
     ckpt = Checkpoint.load(weights)
-    model = ckpt.build_model()
-    samples = cache["samples"]
-    quality, aesthetic, human = apply_human_labels(samples, relabels)
-    feats = torch.from_numpy(cache["features"].astype(np.float32))
-    y = samples["class_idx"].to_numpy(np.int64)
-    split = samples["split"].to_numpy(str)
-    clean = samples["degrade"].to_numpy(str) == ""
-    train_idx, val_idx = np.nonzero(split == "train")[0], np.nonzero(split == "val")[0]
+    calibration = ckpt.calibration if quality_threshold is None else replace(ckpt.calibration,
+                                                                             quality=quality_threshold)
+    replace(ckpt, human=human, calibration=calibration, metrics={**ckpt.metrics, "learned_from_people": metrics},
+            version=out.stem, created="").save(out)
+    return out
 
-    def outputs(idx: np.ndarray) -> dict:
-        model.eval()
-        with torch.no_grad():
-            h = model.heads(feats[idx])
-        return {"room": h["room"].numpy(), "quality": h["quality"].numpy()}
 
-    before = head_metrics(outputs(val_idx), y[val_idx], quality[val_idx], human[val_idx], clean[val_idx],
-                          ckpt.calibration.quality)
-    params = [*model.room_head.parameters(), *model.quality_head.parameters(), *model.aesthetic_head.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    targets = torch.from_numpy(np.stack([score_distribution(a) for a in aesthetic]))
-    yt, qt = torch.tensor(y), torch.tensor(quality)
-    weight = torch.from_numpy(np.where(human >= 0, HUMAN_WEIGHT, 1.0).astype(np.float32))
-    class_weight = room_class_weight(y[train_idx], len(ckpt.classes))
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        order = torch.from_numpy(train_idx)[torch.randperm(len(train_idx), generator=g)]
-        for start in range(0, len(order), batch_size):
-            b = order[start:start + batch_size]
-            loss, _ = multitask_loss(model.heads(feats[b]), yt[b], qt[b], targets[b], class_weight,
-                                     TrainConfig.label_smoothing, sample_weight=weight[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    val_out = outputs(val_idx)
-    vclean = val_idx[clean[val_idx]]
-    temperature = fit_temperature(outputs(vclean)["room"], y[vclean])
-    threshold, _ = best_quality_threshold(expit(val_out["quality"]), quality[val_idx])
-    after = head_metrics(val_out, y[val_idx], quality[val_idx], human[val_idx], clean[val_idx], threshold)
-    new = replace(ckpt, state_dict={k: v.detach() for k, v in model.state_dict().items()},
-                  calibration=replace(ckpt.calibration, temperature=temperature, quality=threshold),
-                  metrics={**ckpt.metrics, "relabel_retrain": {"before": before, "after": after,
-                                                               "human_labels": int((human >= 0).sum())}},
-                  version=out.stem, created="")
-    new.save(out)
-    return {"out": out, "before": before, "after": after, "seconds": time.time() - t0}
+def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: list[Path] | None = None,
+                  out: Path | None = None, on_progress=None, cancel=None, replace_default: bool = False) -> dict:
+    """Learn from the human labels in `relabels`; returns what was done, before -> after, and the new file."""
+    started = time.monotonic()
+    out = Path(out) if out else output_path(weights)
+    if out.resolve() == DEFAULT_WEIGHTS.resolve() and not replace_default:
+        raise ValueError("refusing to overwrite the default model; choose another output name")
+    df = load_manifest(manifest).reset_index(drop=True)
+    decision, score = human_targets(df, relabels)
+    if (decision >= 0).sum() == 0 and np.isnan(score).all():
+        raise ValueError(f"no human labels for this manifest's photos in {relabels}; label some in the Relabel page")
+    predictor = Predictor(weights, device="cpu")
+    cache = cache_path(predictor.weights, manifest)
+    if not cache.is_file():
+        build_feature_cache(predictor, manifest, data_roots, on_batch=on_progress, progress=on_progress is None,
+                            cancel=cancel)
+    data = load_feature_cache(cache)
+    if list(data["sha256"]) != list(df["sha256"]):
+        raise ValueError(f"feature cache {cache} does not match {manifest}; delete it and retry")
+    ok = ~np.isnan(data["quality"])
+    features = data["quality_features"][ok].astype(np.float32)
+    labelled = decision[ok] >= 0
+    before = predictor.p_good(data["quality"][ok], features)[labelled]
+    human_good = decision[ok][labelled] == 1
+    quality = fit_human_quality(features, df[ok].reset_index(drop=True), decision[ok])
+    aesthetic = fit_human_aesthetic(features, score[ok])
+    if quality is None and aesthetic is None:
+        raise ValueError("too few human labels to learn from: label at least 3 GOOD and 3 BAD photos (or rate 10)")
+    heads = {k: h.to_dict() for k, h in (("quality", quality), ("aesthetic", aesthetic)) if h is not None}
+    metrics = {"human_labels": int(labelled.sum()), "human_ratings": int((~np.isnan(score)).sum()),
+               "agreement_before": float(np.mean((before >= predictor.thresholds.quality) == human_good))
+               if labelled.any() else None}
+    if quality is not None:
+        metrics.update(balanced_accuracy_before=_balanced(human_good, before >= predictor.thresholds.quality),
+                       balanced_accuracy_after_cv=quality.cv_balanced_accuracy, threshold=quality.threshold,
+                       rules_moved=moved_rules(QUALITY_THRESHOLDS, quality.rule_thresholds),
+                       learned_from_rules_too=quality.uses_rules)
+    save_with_human_heads(weights, out, heads, quality.threshold if quality else None, metrics)
+    return {"out": out, "seconds": time.monotonic() - started, **metrics}
+
+
+def _balanced(truth: np.ndarray, predicted: np.ndarray) -> float:
+    if truth.all() or not truth.any():
+        return float(np.mean(truth == predicted))
+    return float((np.mean(predicted[truth]) + np.mean(~predicted[~truth])) / 2)
+
+
+def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) -> pd.Series | None:
+    """Active learning for the Relabel queue: manifest photos ranked (0 first) by how unsure a head fitted on the
+    human labels so far is about them, spread over the feature space; None until the labels hold at least
+    3 GOOD and 3 BAD decisions."""
+    from .human import active_queue
+    df = load_manifest(manifest).reset_index(drop=True)
+    data = load_feature_cache(cache)
+    if list(data["sha256"]) != list(df["sha256"]):
+        return None
+    decision, _ = human_targets(df, relabels)
+    ok = np.flatnonzero(~np.isnan(data["quality"]))
+    features = data["quality_features"][ok].astype(np.float32)
+    head = fit_human_quality(features, df.iloc[ok].reset_index(drop=True), decision[ok])
+    if head is None:
+        return None
+    open_ = np.flatnonzero(decision[ok] < 0)
+    order = active_queue(head.p_good(features), head.threshold, features, open_, min(size, len(open_)))
+    return pd.Series(np.arange(len(order)), index=df["sha256"].to_numpy()[ok[order]])

@@ -159,10 +159,49 @@ def read_manifest(path: str, mtime: float) -> pd.DataFrame:
     return load_manifest(Path(path))
 
 
-@st.cache_data(show_spinner=False)
-def cached_p_good(cache_file: str, mtime: float) -> pd.Series:
-    """P(GOOD) of the real photos in a feature cache, indexed by sha256."""
-    from .features import load_feature_cache
-    data = load_feature_cache(Path(cache_file))
-    real = (data["samples"]["degrade"] == "").to_numpy()
-    return pd.Series(expit(data["quality_logit"][real]), index=data["samples"]["sha256"][real].to_numpy())
+@st.cache_data(show_spinner=False, max_entries=4)
+def cached_p_good(cache_file: str, mtime: float, _predictor: Predictor, model_version: str) -> pd.Series:
+    """P(GOOD) of every cached manifest photo under the active model, indexed by sha256."""
+    from .features import cached_scores
+    return cached_scores(Path(cache_file), _predictor)["p_good"]
+
+
+@st.cache_data(show_spinner="Learning from the labels so far to choose what to ask next…", max_entries=4)
+def active_priority(cache_file: str, manifest_file: str, relabels_file: str, labels_bucket: int) -> pd.Series | None:
+    """The active-learning order, refitted every 25 new decisions (`labels_bucket`)."""
+    from .retrain import next_to_label
+    return next_to_label(Path(cache_file), Path(manifest_file), Path(relabels_file))
+
+
+@st.fragment(run_every=2)
+def progress_fragment(job: Path) -> None:
+    """A background job's progress bar with an estimate and a cancel button, refreshed every 2 s."""
+    from .jobs import cancel, read_status
+    import time
+    status = read_status(job) or {}
+    if not status.get("running"):
+        st.rerun()
+    done, total = status.get("done", 0), status.get("total", 0)
+    elapsed = time.time() - status.get("started", time.time())
+    eta = f", about {elapsed / done * (total - done) / 60:.0f} min left" if done and total else ""
+    st.progress(done / total if total else 0.0, text=f"{status.get('message', 'working')}{eta}")
+    if st.button("Cancel", key="cancel-job"):
+        cancel(job)
+        st.rerun()
+
+
+def show_job_result(status: dict) -> None:
+    """What the last learning job did: the new version, before -> after on held-out human labels, moved rules."""
+    if status.get("state") == "done":
+        r = status["result"]
+        st.success(f"Saved {Path(r['out']).name} ({r['human_labels']} human labels, {r['human_ratings']} ratings, "
+                   f"{r['seconds']:.0f} s). Choose it as the active model above; the previous one stays listed.")
+        if r.get("balanced_accuracy_after_cv") is not None:
+            st.metric("Agreement with people (balanced accuracy on held-out human labels)",
+                      f"{r['balanced_accuracy_after_cv']:.2f}",
+                      f"{r['balanced_accuracy_after_cv'] - r['balanced_accuracy_before']:+.2f} vs before "
+                      f"({r['balanced_accuracy_before']:.2f})")
+        if r.get("rules_moved"):
+            st.write("Your labels moved these proxy rules: " + "; ".join(r["rules_moved"]))
+    elif status.get("state") in ("failed", "cancelled"):
+        st.warning(f"The last run {status['state']}: {status.get('message', '')}")

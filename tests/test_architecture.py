@@ -10,9 +10,11 @@ PACKAGE = ROOT / "roomvision"
 LAYERS = [
     {"config", "images", "decisions", "preprocess", "modelinfo", "devices", "calibration", "reports", "quality",
      "robustness"},
-    {"labels", "data", "model", "losses", "transforms"},
+    {"labels", "data", "model", "losses", "transforms", "human", "jobs"},
     {"engine", "samples"},
-    {"inference", "train", "retrain", "features", "evaluate"},
+    {"inference", "train"},
+    {"features", "evaluate"},
+    {"retrain"},
     {"api", "score", "webapp"},
     {"cli", "__main__"},
 ]

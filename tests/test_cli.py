@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -72,20 +73,29 @@ def test_prepare_train_evaluate_predict(tiny_dataset, tmp_path, monkeypatch):
     assert main(["cache-features", "--weights", str(weights), "--manifest", str(manifest), "--data-root",
                  str(tiny_dataset), "--device", "cpu"]) == 0
     from roomvision.labels import LabelStore
+    from roomvision.inference import Predictor
     relabels = tmp_path / "relabels.csv"
-    rows = pd.read_csv(manifest).query("split == 'train'").head(3)
+    rows = pd.read_csv(manifest).sort_values("path").reset_index(drop=True)
+    darkest = set(rows.nsmallest(len(rows) // 3, "lum_p50")["path"])  # a stricter taste than any proxy rule
+    assert (rows["quality_label"] == "GOOD").all()
+    human = {p: ("BAD" if p in darkest else "GOOD") for p in rows["path"]}
     for path, sha in zip(rows["path"], rows["sha256"]):
-        LabelStore(relabels).append(path, "BAD", sha256=sha, rating=2)
-    retrained = tmp_path / "w" / "model-relabel-test.pt"
-    assert main(["retrain-heads", "--weights", str(weights), "--manifest", str(manifest), "--relabels",
-                 str(relabels), "--out", str(retrained)]) == 0
-    info = Checkpoint.load(retrained).metrics["relabel_retrain"]
-    assert info["human_labels"] == 3 and {"room_accuracy", "quality_roc_auc"} <= set(info["after"])
+        LabelStore(relabels).append(path, human[path], sha256=sha, rating=2 if human[path] == "BAD" else 4)
+    retrained = tmp_path / "w" / "model-people-test.pt"
     before = DEFAULT_WEIGHTS.stat().st_mtime_ns, sorted(DEFAULT_WEIGHTS.parent.iterdir())
+    assert main(["retrain-heads", "--weights", str(weights), "--manifest", str(manifest), "--relabels",
+                 str(relabels), "--out", str(retrained), "--data-root", str(tiny_dataset)]) == 0
+    info = Checkpoint.load(retrained)
+    assert info.metrics["learned_from_people"]["human_labels"] == len(rows) and set(info.human) == {"quality", "aesthetic"}
+    assert info.calibration.quality == pytest.approx(info.human["quality"]["threshold"])
+    files = [tiny_dataset / p for p in rows["path"]]
+    decided = [r["quality_prob_good"] >= t for r, t in zip(Predictor(retrained, device="cpu").predict_paths(files),
+                                                           [info.calibration.quality] * len(files))]
+    agreement = np.mean([d == (human[p] == "GOOD") for d, p in zip(decided, rows["path"])])
+    assert agreement >= 0.8, agreement  # the retrained model decides the way the people did
+    from roomvision.retrain import retrain_heads
     with pytest.raises(ValueError, match="refusing to overwrite the default"):
-        from roomvision.features import cache_path, load_feature_cache
-        from roomvision.retrain import retrain_heads
-        retrain_heads(weights, load_feature_cache(cache_path(weights, manifest)), relabels, DEFAULT_WEIGHTS)
+        retrain_heads(weights, manifest, relabels, [tiny_dataset], DEFAULT_WEIGHTS)
     assert (DEFAULT_WEIGHTS.stat().st_mtime_ns, sorted(DEFAULT_WEIGHTS.parent.iterdir())) == before
 
     out = tmp_path / "pred.json"

@@ -1,0 +1,227 @@
+"""Learning from the people who correct the model.
+
+Where people have decided, they are the truth; elsewhere the proxy rules are only a prior they can overrule:
+1. the proxy rules' thresholds are refitted to the human decisions ("your labels moved dark from 40 to 83");
+2. a quality head (logistic regression on the photo-quality descriptor: multi-level backbone statistics and a grid
+   of input colour statistics) learns from the human labels, with the refitted rules labelling the other photos
+   when cross-validation on the human labels says that helps;
+3. its decision threshold is calibrated on held-out human labels (cross-validated predictions);
+4. a ridge regression learns the aesthetic score from human ratings the same way.
+The active-learning queue asks next about the photos this head is least sure of, spread over the feature space.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.special import expit
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from .config import QUALITY_THRESHOLDS
+from .modelinfo import PHOTO_STATISTICS
+from .quality import RULES, rule_flags, rule_metric
+
+MIN_PER_CLASS = 3            # fewer GOOD or BAD human labels than this: the proxy stays in charge
+PSEUDO_ROWS = 1500           # unlabelled photos labelled by the refitted rules, at most
+PSEUDO_WEIGHT = 0.3          # their total weight relative to the human labels
+C_GRID = (0.01, 0.1)         # inverse regularisation strengths tried by cross-validation
+COMPONENTS = 96              # principal components of the standardised backbone statistics
+
+
+@dataclass
+class HumanQualityHead:
+    """P(GOOD) under the human criterion: a linear model on standardised quality features, self-describing."""
+    mean: list[float]
+    scale: list[float]
+    weight: list[float]
+    bias: float
+    threshold: float
+    labels: int
+    rule_thresholds: dict = field(default_factory=dict)
+    uses_rules: bool = False
+    cv_balanced_accuracy: float = float("nan")
+
+    def p_good(self, quality_features: np.ndarray) -> np.ndarray:
+        z = (np.asarray(quality_features, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return expit(z @ np.asarray(self.weight) + self.bias)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class HumanAestheticHead:
+    """Aesthetic score 1-10 learned from human ratings: ridge regression on standardised quality features."""
+    mean: list[float]
+    scale: list[float]
+    weight: list[float]
+    bias: float
+    ratings: int
+
+    def score(self, quality_features: np.ndarray) -> np.ndarray:
+        z = (np.asarray(quality_features, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return np.clip(z @ np.asarray(self.weight) + self.bias, 1.0, 10.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rules_bad(metrics: pd.DataFrame, thresholds: dict) -> np.ndarray:
+    """BAD (True) where any proxy rule fires at `thresholds`."""
+    return rule_flags(metrics, thresholds).any(axis=1).to_numpy()
+
+
+def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Balanced accuracy of boolean predictions (last axis: photos) against boolean truth, vectorised."""
+    tpr = (predicted & truth).sum(-1) / max(truth.sum(), 1)
+    tnr = (~predicted & ~truth).sum(-1) / max((~truth).sum(), 1)
+    return (tpr + tnr) / 2
+
+
+def refit_rules(metrics: pd.DataFrame, human_bad: np.ndarray, start: dict = QUALITY_THRESHOLDS,
+                candidates: int = 80, rounds: int = 2) -> dict:
+    """Thresholds moved (coordinate ascent) to maximise balanced accuracy against the human decisions.
+
+    `metrics` are the labelled photos' metrics, `human_bad` their human decisions. A threshold moves only when that
+    raises agreement, so rules people never contradict stay where they were.
+    """
+    t = dict(start)
+    if human_bad.all() or not human_bad.any():
+        return t
+    flags = rule_flags(metrics, t).to_numpy().copy()
+    best = float(_balanced_accuracy(human_bad, flags.any(axis=1)))
+    for _ in range(rounds):
+        for j, (key, metric, side, _) in enumerate(RULES):
+            values = np.asarray(rule_metric(metrics, metric), np.float64)
+            grid = np.unique(np.quantile(values, np.linspace(0.0, 1.0, candidates)))
+            # just beyond each observed value, so that a threshold separates photos rather than sitting on one
+            grid = grid + 1e-6 if side == "below" else grid - 1e-6
+            fires = values[None, :] < grid[:, None] if side == "below" else values[None, :] > grid[:, None]
+            others = np.delete(flags, j, axis=1).any(axis=1)
+            score = _balanced_accuracy(human_bad, fires | others[None, :])
+            i = int(np.argmax(score))
+            if score[i] > best + 1e-9:
+                best, t[key] = float(score[i]), float(grid[i])
+                flags[:, j] = fires[i]
+    return t
+
+
+def moved_rules(before: dict, after: dict) -> list[str]:
+    """Readable lines for the thresholds that moved, e.g. 'dark_p50_max: 40 -> 83'."""
+    return [f"{k}: {before[k]:g} -> {after[k]:.3g}" for k in before if abs(after[k] - before[k]) > 1e-9]
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    return mean, np.where(scale > 1e-6, scale, 1.0)
+
+
+def _best_threshold(p_good: np.ndarray, good: np.ndarray) -> tuple[float, float]:
+    """P(GOOD) threshold with the best balanced accuracy (on held-out predictions) and that accuracy."""
+    grid = np.unique(np.concatenate([np.quantile(p_good, np.linspace(0, 1, 101)), [0.5]]))
+    scores = _balanced_accuracy(good.astype(bool), p_good[None, :] >= grid[:, None])
+    i = int(np.argmax(scores))
+    return float(grid[i]), float(scores[i])
+
+
+def _design(z_h, good, z_p=None, pseudo_good=None):
+    """Training rows and weights: human labels (total weight = their count), pseudo labels at PSEUDO_WEIGHT."""
+    if z_p is None or not len(z_p):
+        return z_h, good, np.ones(len(good))
+    w_p = np.full(len(z_p), PSEUDO_WEIGHT * len(good) / len(z_p))
+    return np.vstack([z_h, z_p]), np.concatenate([good, pseudo_good]), np.concatenate([np.ones(len(good)), w_p])
+
+
+def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.ndarray,
+                      seed: int = 0) -> HumanQualityHead | None:
+    """Fit the human quality head.
+
+    `features` and `metrics` cover a pool of photos (labelled and not); `human` holds 1 (GOOD), 0 (BAD) or -1 (not
+    labelled) per photo. None when the human labels are too few to learn from (the proxy stays in charge).
+    """
+    labelled = human >= 0
+    good = human[labelled].astype(int)
+    if min(good.sum(), (1 - good).sum()) < MIN_PER_CLASS:
+        return None
+    rules = refit_rules(metrics[labelled], good == 0)
+    mean, scale = _standardise(features)
+    standard = (features - mean) / scale
+    # photo statistics as they are; the many backbone statistics through their principal components
+    deep = standard[:, PHOTO_STATISTICS:]
+    pca = PCA(n_components=min(COMPONENTS, *deep.shape), svd_solver="randomized", random_state=seed).fit(deep)
+    z = np.hstack([standard[:, :PHOTO_STATISTICS], pca.transform(deep)])
+    z_h = z[labelled]
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(~labelled)
+    pool = rng.choice(pool, min(PSEUDO_ROWS, len(pool)), replace=False) if len(pool) else pool
+    pseudo_good = (~rules_bad(metrics.iloc[pool], rules)).astype(int)
+    folds = StratifiedKFold(n_splits=int(min(5, good.sum(), (1 - good).sum())), shuffle=True, random_state=seed)
+
+    def cv_probabilities(c: float, with_rules: bool) -> np.ndarray:
+        out = np.zeros(len(good))  # held-out predictions of human-labelled photos
+        for train, test in folds.split(z_h, good):
+            x, y, w = _design(z_h[train], good[train], z[pool] if with_rules else None, pseudo_good)
+            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(x, y, sample_weight=w)
+            out[test] = clf.predict_proba(z_h[test])[:, 1]
+        return out
+
+    best = None
+    for with_rules in (False, True):
+        for c in C_GRID:
+            p = cv_probabilities(c, with_rules)
+            threshold, score = _best_threshold(p, good)
+            if best is None or score > best[0] + 1e-9:
+                best = (score, c, with_rules, threshold)
+    score, c, with_rules, threshold = best
+    x, y, w = _design(z_h, good, z[pool] if with_rules else None, pseudo_good)
+    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(x, y, sample_weight=w)
+    coef = clf.coef_[0]
+    deep_weight = pca.components_.T @ coef[PHOTO_STATISTICS:]  # the head stays linear in the standardised features
+    weight = np.concatenate([coef[:PHOTO_STATISTICS], deep_weight])
+    bias = float(clf.intercept_[0] - pca.mean_ @ deep_weight)
+    return HumanQualityHead(mean=mean.tolist(), scale=scale.tolist(), weight=weight.tolist(),
+                            bias=bias, threshold=threshold, labels=int(labelled.sum()),
+                            rule_thresholds=rules, uses_rules=with_rules, cv_balanced_accuracy=score)
+
+
+def fit_human_aesthetic(features: np.ndarray, scores: np.ndarray, min_ratings: int = 10) -> HumanAestheticHead | None:
+    """Ridge regression of human scores (1-10; NaN where not rated) on the quality features, strength chosen by
+    cross-validation; None when fewer than `min_ratings` photos are rated."""
+    from sklearn.linear_model import RidgeCV
+    rated = ~np.isnan(scores)
+    if rated.sum() < min_ratings:
+        return None
+    mean, scale = _standardise(features)
+    z = (features[rated] - mean) / scale
+    model = RidgeCV(alphas=(10.0, 100.0, 1000.0, 10000.0)).fit(z, scores[rated])
+    fitted = Ridge(alpha=model.alpha_).fit(z, scores[rated])
+    return HumanAestheticHead(mean=mean.tolist(), scale=scale.tolist(), weight=fitted.coef_.tolist(),
+                              bias=float(fitted.intercept_), ratings=int(rated.sum()))
+
+
+def active_queue(p_good: np.ndarray, threshold: float, features: np.ndarray, candidates: np.ndarray,
+                 size: int, seed: int = 0) -> np.ndarray:
+    """Indices (from `candidates`) to ask about next: the most uncertain under the human head, spread out.
+
+    The 5 x `size` photos nearest the decision threshold are narrowed to `size` by farthest-point sampling in the
+    standardised feature space, so one batch does not ask about ten near-identical photos.
+    """
+    if len(candidates) <= size:
+        return candidates
+    margin = np.abs(np.log(np.clip(p_good[candidates], 1e-6, 1 - 1e-6)) -
+                    np.log(np.clip(1 - p_good[candidates], 1e-6, 1))
+                    - np.log(threshold / (1 - threshold)))
+    shortlist = candidates[np.argsort(margin)[:5 * size]]
+    x = features[shortlist]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    chosen = [0]
+    dist = np.linalg.norm(x - x[0], axis=1)
+    while len(chosen) < size:
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
+    return shortlist[chosen]
