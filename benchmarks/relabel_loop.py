@@ -97,9 +97,9 @@ def raters(m: pd.DataFrame, rng: np.random.Generator) -> dict[str, np.ndarray]:
             "likes bright, level, crisp": stars(z(m.lum_p50) - z(m.tilt_deg) + z(np.log1p(m.sharpness)))}
 
 
-def scores(head, features, truth_bad, held) -> tuple[float, float]:
+def scores(head, features, metrics, truth_bad, held) -> tuple[float, float]:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-    p = head.p_good(features[held])
+    p = head.p_good(features[held], metrics.iloc[held])
     good = ~truth_bad[held]
     return balanced_accuracy_score(good, p >= head.threshold), roc_auc_score(good, p)
 
@@ -137,7 +137,8 @@ def main() -> None:
         f" {order[0]}{n:>4}      " for order in ("random", "queue") for n in SIZES)
     print(header)
     fit_seconds, reached = [], {}
-    for name, truth in annotators(m, pool).items():
+    panel = annotators(m, pool)
+    for name, truth in panel.items():
         said = truth ^ (rng.random(len(truth)) < NOISE)  # what the annotator answers (held-out truth stays clean)
         from sklearn.metrics import balanced_accuracy_score, roc_auc_score
         good_held = ~truth[held]
@@ -161,7 +162,7 @@ def main() -> None:
                                                   set(), "informative")
                             batch = first["_i"].to_numpy()[:BATCH]
                         else:
-                            batch = active_queue(head.p_good(feats), head.threshold, feats, open_, BATCH, a.seed)
+                            batch = active_queue(head.p_good(feats, m), head.threshold, feats, open_, BATCH, a.seed)
                     batch = batch[:n - len(asked)]
                     human[batch] = (~said[batch]).astype(int)
                     asked += [int(i) for i in batch]
@@ -171,13 +172,13 @@ def main() -> None:
                 if head is None:
                     line += f" {'too few':>10}"
                     continue
-                ba, auc = scores(head, feats, truth, held)
+                ba, auc = scores(head, feats, m, truth, held)
                 if ba >= 0.85 and (name, order) not in reached:
                     reached[(name, order)] = n
                 line += f" {ba:.2f}/{auc:.2f}{'r' if head.uses_rules else ' '}"
         print(line)
-    print("(r: the refitted rules also labelled the unlabelled photos; chosen by cross-validation on the human labels)")
-    for name in dict.fromkeys(k for k, _ in reached | {(n, o): 0 for n in annotators(m, pool) for o in ("random",)}):
+    print("(r: the head also reads the refitted proxy rules; chosen by cross-validation on the human labels)")
+    for name in panel:
         r, q = reached.get((name, "random")), reached.get((name, "queue"))
         print(f"  {name}: balanced accuracy 0.85 reached with {r or '>400'} random labels, {q or '>400'} in queue order")
     print(f"refit time: median {np.median(fit_seconds):.1f} s, max {max(fit_seconds):.1f} s per retraining "

@@ -1,6 +1,5 @@
 """Metrics of the active model, the model versions in weights/, and head retraining from human labels."""
 import json
-from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go

@@ -39,7 +39,8 @@ scores_file = cache_path(predictor.weights, manifest_file)
 p_good = priority = None
 decided = store.decided_keys()
 if scores_file.is_file():
-    p_good = cached_p_good(str(scores_file), scores_file.stat().st_mtime, predictor, predictor.version)
+    p_good = cached_p_good(str(scores_file), scores_file.stat().st_mtime, predictor, predictor.version,
+                           str(manifest_file))
     if order == "informative":
         priority = active_priority(str(scores_file), str(manifest_file), str(store.path), len(decided) // 25)
 else:

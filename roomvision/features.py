@@ -87,10 +87,12 @@ def load_feature_cache(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def cached_scores(path: Path, predictor: Predictor) -> pd.DataFrame:
-    """P(GOOD) of each cached photo under the predictor's current quality head (human-trained when it has one)."""
+def cached_scores(path: Path, predictor: Predictor, manifest: pd.DataFrame) -> pd.DataFrame:
+    """P(GOOD) of each cached photo under the predictor's current quality head (human-trained when it has one);
+    the manifest (the cache's rows, in order) supplies the quality metrics such a head may read."""
     data = load_feature_cache(path)
     ok = ~np.isnan(data["quality"])
     p_good = np.full(len(ok), np.nan)
-    p_good[ok] = predictor.p_good(data["quality"][ok], data["quality_features"][ok].astype(np.float32))
+    p_good[ok] = predictor.p_good(data["quality"][ok], data["quality_features"][ok].astype(np.float32),
+                                  manifest[ok].reset_index(drop=True))
     return pd.DataFrame({"p_good": p_good}, index=data["sha256"])

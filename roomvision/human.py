@@ -18,15 +18,15 @@ import pandas as pd
 from scipy.special import expit
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedKFold
 
 from .config import QUALITY_THRESHOLDS
 from .modelinfo import PHOTO_STATISTICS
 from .quality import RULES, rule_flags, rule_metric
 
 MIN_PER_CLASS = 3            # fewer GOOD or BAD human labels than this: the proxy stays in charge
-PSEUDO_ROWS = 1500           # unlabelled photos labelled by the refitted rules, at most
-PSEUDO_WEIGHT = 0.3          # their total weight relative to the human labels
+MIN_RULE_GAIN = 0.01         # a rule's threshold moves only when agreement with people rises at least this much
+RULE_INPUT = 3.0             # the refitted rules' verdict enters the head as +-RULE_INPUT (GOOD +, BAD -)
 C_GRID = (0.01, 0.1)         # inverse regularisation strengths tried by cross-validation
 COMPONENTS = 96              # principal components of the standardised backbone statistics
 
@@ -42,11 +42,19 @@ class HumanQualityHead:
     labels: int
     rule_thresholds: dict = field(default_factory=dict)
     uses_rules: bool = False
+    rule_weight: float = 0.0
     cv_balanced_accuracy: float = float("nan")
 
-    def p_good(self, quality_features: np.ndarray) -> np.ndarray:
+    def p_good(self, quality_features: np.ndarray, metrics: pd.DataFrame | None = None) -> np.ndarray:
+        """P(GOOD) under the human criterion; `metrics` (photo-quality metrics) are needed when the head uses the
+        refitted rules."""
         z = (np.asarray(quality_features, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
-        return expit(z @ np.asarray(self.weight) + self.bias)
+        logit = expand(z) @ np.asarray(self.weight) + self.bias
+        if self.uses_rules:
+            if metrics is None:
+                raise ValueError("this head also reads the refitted rules: pass the photos' quality metrics")
+            logit = logit + self.rule_weight * (1 - 2 * rules_bad(metrics, self.rule_thresholds))
+        return expit(logit)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +77,12 @@ class HumanAestheticHead:
         return asdict(self)
 
 
+def expand(z: np.ndarray) -> np.ndarray:
+    """Standardised features and their centred squares: a linear head on these can also learn two-sided criteria
+    ("too warm or too cold", "too dark or too bright")."""
+    return np.hstack([z, z * z - 1.0])
+
+
 def rules_bad(metrics: pd.DataFrame, thresholds: dict) -> np.ndarray:
     """BAD (True) where any proxy rule fires at `thresholds`."""
     return rule_flags(metrics, thresholds).any(axis=1).to_numpy()
@@ -83,7 +97,7 @@ def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 def refit_rules(metrics: pd.DataFrame, human_bad: np.ndarray, start: dict = QUALITY_THRESHOLDS,
                 candidates: int = 80, rounds: int = 2) -> dict:
-    """Thresholds moved (coordinate ascent) to maximise balanced accuracy against the human decisions.
+    """Thresholds moved (greedily, the most helpful first) to maximise balanced accuracy against the human decisions.
 
     `metrics` are the labelled photos' metrics, `human_bad` their human decisions. A threshold moves only when that
     raises agreement, so rules people never contradict stay where they were.
@@ -93,19 +107,21 @@ def refit_rules(metrics: pd.DataFrame, human_bad: np.ndarray, start: dict = QUAL
         return t
     flags = rule_flags(metrics, t).to_numpy().copy()
     best = float(_balanced_accuracy(human_bad, flags.any(axis=1)))
-    for _ in range(rounds):
+    for _ in range(rounds * len(RULES)):  # greedy: the single most helpful move at each step
+        moves = []
         for j, (key, metric, side, _) in enumerate(RULES):
             values = np.asarray(rule_metric(metrics, metric), np.float64)
             grid = np.unique(np.quantile(values, np.linspace(0.0, 1.0, candidates)))
             # just beyond each observed value, so that a threshold separates photos rather than sitting on one
             grid = grid + 1e-6 if side == "below" else grid - 1e-6
             fires = values[None, :] < grid[:, None] if side == "below" else values[None, :] > grid[:, None]
-            others = np.delete(flags, j, axis=1).any(axis=1)
-            score = _balanced_accuracy(human_bad, fires | others[None, :])
+            score = _balanced_accuracy(human_bad, fires | np.delete(flags, j, axis=1).any(axis=1)[None, :])
             i = int(np.argmax(score))
-            if score[i] > best + 1e-9:
-                best, t[key] = float(score[i]), float(grid[i])
-                flags[:, j] = fires[i]
+            moves.append((float(score[i]), j, key, float(grid[i]), fires[i]))
+        score, j, key, value, fired = max(moves, key=lambda move: move[0])
+        if score < best + MIN_RULE_GAIN:
+            break
+        best, t[key], flags[:, j] = score, value, fired
     return t
 
 
@@ -128,64 +144,65 @@ def _best_threshold(p_good: np.ndarray, good: np.ndarray) -> tuple[float, float]
     return float(grid[i]), float(scores[i])
 
 
-def _design(z_h, good, z_p=None, pseudo_good=None):
-    """Training rows and weights: human labels (total weight = their count), pseudo labels at PSEUDO_WEIGHT."""
-    if z_p is None or not len(z_p):
-        return z_h, good, np.ones(len(good))
-    w_p = np.full(len(z_p), PSEUDO_WEIGHT * len(good) / len(z_p))
-    return np.vstack([z_h, z_p]), np.concatenate([good, pseudo_good]), np.concatenate([np.ones(len(good)), w_p])
-
-
 def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.ndarray,
                       seed: int = 0) -> HumanQualityHead | None:
     """Fit the human quality head.
 
-    `features` and `metrics` cover a pool of photos (labelled and not); `human` holds 1 (GOOD), 0 (BAD) or -1 (not
-    labelled) per photo. None when the human labels are too few to learn from (the proxy stays in charge).
+    `features` and `metrics` cover a pool of photos (labelled and not: the pool sets the standardisation and the
+    principal components); `human` holds 1 (GOOD), 0 (BAD) or -1 (not labelled) per photo. Whether the refitted
+    rules join the image features as an input, and the regularisation, are chosen by cross-validation on the human
+    labels (rules refitted inside each fold); the threshold comes from the same held-out predictions. None when the
+    human labels are too few to learn from (the proxy stays in charge).
     """
-    labelled = human >= 0
+    labelled = np.flatnonzero(human >= 0)
     good = human[labelled].astype(int)
     if min(good.sum(), (1 - good).sum()) < MIN_PER_CLASS:
         return None
-    rules = refit_rules(metrics[labelled], good == 0)
     mean, scale = _standardise(features)
-    standard = (features - mean) / scale
-    # photo statistics as they are; the many backbone statistics through their principal components
-    deep = standard[:, PHOTO_STATISTICS:]
-    pca = PCA(n_components=min(COMPONENTS, *deep.shape), svd_solver="randomized", random_state=seed).fit(deep)
-    z = np.hstack([standard[:, :PHOTO_STATISTICS], pca.transform(deep)])
-    z_h = z[labelled]
-    rng = np.random.default_rng(seed)
-    pool = np.flatnonzero(~labelled)
-    pool = rng.choice(pool, min(PSEUDO_ROWS, len(pool)), replace=False) if len(pool) else pool
-    pseudo_good = (~rules_bad(metrics.iloc[pool], rules)).astype(int)
+    d = features.shape[1]
+    wide = expand((features - mean) / scale)
+    # photo statistics (and their squares) as they are; the many backbone statistics through principal components
+    direct = np.r_[0:PHOTO_STATISTICS, d:d + PHOTO_STATISTICS]
+    deep_cols = np.setdiff1d(np.arange(2 * d), direct)
+    pca = PCA(n_components=min(COMPONENTS, len(features), len(deep_cols)), svd_solver="randomized",
+              random_state=seed).fit(wide[:, deep_cols])
+    z_h = np.hstack([wide[labelled][:, direct], pca.transform(wide[labelled][:, deep_cols])])
+    m_h = metrics.iloc[labelled]
     folds = StratifiedKFold(n_splits=int(min(5, good.sum(), (1 - good).sum())), shuffle=True, random_state=seed)
+
+    def design(rows: np.ndarray, rules: dict | None) -> np.ndarray:
+        if rules is None:
+            return z_h[rows]
+        return np.hstack([z_h[rows], RULE_INPUT * (1 - 2 * rules_bad(m_h.iloc[rows], rules))[:, None]])
 
     def cv_probabilities(c: float, with_rules: bool) -> np.ndarray:
         out = np.zeros(len(good))  # held-out predictions of human-labelled photos
         for train, test in folds.split(z_h, good):
-            x, y, w = _design(z_h[train], good[train], z[pool] if with_rules else None, pseudo_good)
-            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(x, y, sample_weight=w)
-            out[test] = clf.predict_proba(z_h[test])[:, 1]
+            rules = refit_rules(m_h.iloc[train], good[train] == 0) if with_rules else None
+            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
+            out[test] = clf.fit(design(train, rules), good[train]).predict_proba(design(test, rules))[:, 1]
         return out
 
     best = None
     for with_rules in (False, True):
         for c in C_GRID:
-            p = cv_probabilities(c, with_rules)
-            threshold, score = _best_threshold(p, good)
+            threshold, score = _best_threshold(cv_probabilities(c, with_rules), good)
             if best is None or score > best[0] + 1e-9:
                 best = (score, c, with_rules, threshold)
     score, c, with_rules, threshold = best
-    x, y, w = _design(z_h, good, z[pool] if with_rules else None, pseudo_good)
-    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(x, y, sample_weight=w)
+    rules = refit_rules(m_h, good == 0)
+    everyone = np.arange(len(good))
+    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(
+        design(everyone, rules if with_rules else None), good)
     coef = clf.coef_[0]
-    deep_weight = pca.components_.T @ coef[PHOTO_STATISTICS:]  # the head stays linear in the standardised features
-    weight = np.concatenate([coef[:PHOTO_STATISTICS], deep_weight])
-    bias = float(clf.intercept_[0] - pca.mean_ @ deep_weight)
-    return HumanQualityHead(mean=mean.tolist(), scale=scale.tolist(), weight=weight.tolist(),
-                            bias=bias, threshold=threshold, labels=int(labelled.sum()),
-                            rule_thresholds=rules, uses_rules=with_rules, cv_balanced_accuracy=score)
+    weight = np.zeros(2 * d)  # linear in the expanded standardised features
+    weight[direct] = coef[:len(direct)]
+    weight[deep_cols] = pca.components_.T @ coef[len(direct):len(direct) + pca.n_components_]
+    bias = float(clf.intercept_[0] - pca.mean_ @ weight[deep_cols])
+    return HumanQualityHead(mean=mean.tolist(), scale=scale.tolist(), weight=weight.tolist(), bias=bias,
+                            threshold=threshold, labels=len(good), rule_thresholds=rules, uses_rules=with_rules,
+                            rule_weight=float(coef[-1] * RULE_INPUT) if with_rules else 0.0,
+                            cv_balanced_accuracy=score)
 
 
 def fit_human_aesthetic(features: np.ndarray, scores: np.ndarray, min_ratings: int = 10) -> HumanAestheticHead | None:

@@ -25,6 +25,7 @@ from .images import ImageDecodeError
 from .human import HumanAestheticHead, HumanQualityHead
 from .modelinfo import HEAD_OUTPUTS, file_sha256, read_model_info
 from .preprocess import EvalPreprocess, decode_for_model
+from .quality import compute_metrics
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
 ONNX_GRAPH_VERSION = 3  # bump when the exported outputs change: cached exports are keyed by it
@@ -106,6 +107,8 @@ class Predictor:
         self.human_aesthetic = HumanAestheticHead(**human["aesthetic"]) if "aesthetic" in human else None
         # the raw outputs a prediction needs: heads learned from people read the quality features
         self.head_outputs = HEAD_OUTPUTS + (("quality_features",) if human else ())
+        # a head that also reads the refitted proxy rules needs each photo's quality metrics
+        self.needs_metrics = self.human_quality is not None and self.human_quality.uses_rules
         self.transform = EvalPreprocess(self.info.preprocess)
         self.threads = threads
         self.device = device = "cpu" if device == "auto" and backend == "onnx" else resolve_device(device)
@@ -148,11 +151,18 @@ class Predictor:
                             batch_size=batch_size, num_workers=1)
         return self._run_torch(loader, progress, on_batch, outputs)
 
-    def p_good(self, quality_logit: np.ndarray, quality_features: np.ndarray | None = None) -> np.ndarray:
+    def p_good(self, quality_logit: np.ndarray, quality_features: np.ndarray | None = None,
+               metrics: pd.DataFrame | None = None) -> np.ndarray:
         """P(GOOD): from the head learned from people when the model has one, else from the proxy-trained head."""
         if self.human_quality is not None:
-            return self.human_quality.p_good(quality_features)
+            return self.human_quality.p_good(quality_features, metrics)
         return expit(quality_logit)
+
+    def metrics_of(self, images: list[Image.Image]) -> pd.DataFrame | None:
+        """The photos' quality metrics when the quality head needs them, else None."""
+        if not self.needs_metrics:
+            return None
+        return pd.DataFrame([compute_metrics(img, img.info.get("original_size")) for img in images])
 
     def _raw(self, x: np.ndarray, outputs: tuple[str, ...] = HEAD_OUTPUTS) -> dict:
         if self.session is None:
@@ -164,11 +174,11 @@ class Predictor:
         """The one decode policy of every entry point: bounded decoding, JPEGs at the scale the model needs."""
         return decode_for_model(source, self.info.preprocess)
 
-    def _rows(self, raw: dict) -> list[dict]:
+    def _rows(self, raw: dict, metrics: pd.DataFrame | None = None) -> list[dict]:
         """Result rows of probabilities (no decisions); with 'room_cam' in `raw`, each row also gets the 0-1 heat
         map of its most probable room."""
         probs = room_probabilities(raw["room"], self.calibration.temperature)
-        p_good = self.p_good(raw["quality"], raw.get("quality_features"))
+        p_good = self.p_good(raw["quality"], raw.get("quality_features"), metrics)
         mean, std = aesthetic_stats(raw["aesthetic"])
         if self.human_aesthetic is not None:
             mean = self.human_aesthetic.score(raw["quality_features"])
@@ -189,7 +199,7 @@ class Predictor:
         if not images:
             return []
         outputs = (*self.head_outputs, *(("room_cam",) if with_cam else ()))
-        return self._rows(self._raw(self.transform.batch(images), outputs))
+        return self._rows(self._raw(self.transform.batch(images), outputs), self.metrics_of(images))
 
     def predict_named(self, named: list[tuple[str, object]], with_cam: bool = False
                       ) -> list[tuple[dict, Image.Image | None]]:
@@ -214,7 +224,9 @@ class Predictor:
         """
         def load(path):
             try:
-                return self.transform(self.decode(path)), ""
+                img = self.decode(path)
+                metrics = self.metrics_of([img])
+                return (self.transform(img), None if metrics is None else metrics.iloc[0]), ""
             except ImageDecodeError as exc:
                 return None, str(exc)
 
@@ -225,8 +237,9 @@ class Predictor:
                 current = upcoming
                 upcoming = [pool.submit(load, p) for p in batches[i + 1]] if i + 1 < len(batches) else []
                 items = [f.result() for f in current]
-                arrays = [x for x, _ in items if x is not None]
-                scored = iter(self._rows(self._raw(np.stack(arrays), self.head_outputs)) if arrays else [])
+                arrays = [x[0] for x, _ in items if x is not None]
+                metrics = pd.DataFrame([x[1] for x, _ in items if x is not None]) if self.needs_metrics else None
+                scored = iter(self._rows(self._raw(np.stack(arrays), self.head_outputs), metrics) if arrays else [])
                 yield [{"path": str(path), **next(scored)} if not err else {"path": str(path), "error": err}
                        for path, (_, err) in zip(batch, items)]
 

@@ -72,7 +72,7 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
     ok = ~np.isnan(data["quality"])
     features = data["quality_features"][ok].astype(np.float32)
     labelled = decision[ok] >= 0
-    before = predictor.p_good(data["quality"][ok], features)[labelled]
+    before = predictor.p_good(data["quality"][ok], features, df[ok].reset_index(drop=True))[labelled]
     human_good = decision[ok][labelled] == 1
     quality = fit_human_quality(features, df[ok].reset_index(drop=True), decision[ok])
     aesthetic = fit_human_aesthetic(features, score[ok])
@@ -113,5 +113,6 @@ def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) 
     if head is None:
         return None
     open_ = np.flatnonzero(decision[ok] < 0)
-    order = active_queue(head.p_good(features), head.threshold, features, open_, min(size, len(open_)))
+    p_good = head.p_good(features, df.iloc[ok].reset_index(drop=True))
+    order = active_queue(p_good, head.threshold, features, open_, min(size, len(open_)))
     return pd.Series(np.arange(len(order)), index=df["sha256"].to_numpy()[ok[order]])

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
-from scipy.special import expit
 
 from . import config
 from .config import settings
@@ -160,10 +159,12 @@ def read_manifest(path: str, mtime: float) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def cached_p_good(cache_file: str, mtime: float, _predictor: Predictor, model_version: str) -> pd.Series:
+def cached_p_good(cache_file: str, mtime: float, _predictor: Predictor, model_version: str,
+                  manifest_file: str) -> pd.Series:
     """P(GOOD) of every cached manifest photo under the active model, indexed by sha256."""
+    from .data import load_manifest
     from .features import cached_scores
-    return cached_scores(Path(cache_file), _predictor)["p_good"]
+    return cached_scores(Path(cache_file), _predictor, load_manifest(Path(manifest_file)))["p_good"]
 
 
 @st.cache_data(show_spinner="Learning from the labels so far to choose what to ask next…", max_entries=4)

@@ -1,0 +1,99 @@
+"""Learning from people on generated data: refitted rules, the human head, its threshold, the active queue."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from roomvision.config import QUALITY_THRESHOLDS
+from roomvision.human import (active_queue, fit_human_aesthetic, fit_human_quality, moved_rules, refit_rules,
+                              rules_bad)
+from roomvision.modelinfo import PHOTO_STATISTICS
+
+
+def photos(n: int, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
+    """Quality features and metrics of `n` synthetic photos; the features carry brightness and a colour cast that
+    no metric measures."""
+    rng = np.random.default_rng(seed)
+    m = pd.DataFrame({"sharpness": rng.lognormal(6.5, 0.6, n), "lum_p50": rng.uniform(20, 235, n),
+                      "dark_clip": rng.uniform(0, 0.1, n), "bright_clip": rng.uniform(0, 0.1, n), "width": 640,
+                      "height": 480, "noise": rng.uniform(0.3, 2, n), "blockiness": rng.uniform(1, 1.6, n),
+                      "tilt_deg": rng.uniform(0, 10, n), "cast": rng.normal(0, 1, n)})
+    # like real backbone statistics: a few underlying factors (brightness and cast among them) mixed into many
+    latent = np.column_stack([m.lum_p50 / 60, m.cast, rng.normal(size=(n, 8))])
+    f = latent @ rng.normal(size=(10, PHOTO_STATISTICS + 200)) + rng.normal(0, 0.3, (n, PHOTO_STATISTICS + 200))
+    return f.astype(np.float32), m
+
+
+def test_refit_moves_only_the_rule_people_contradict():
+    _, m = photos(400)
+    human_bad = (m.lum_p50 < 85).to_numpy()  # stricter about dark photos than the proxy's 40
+    t = refit_rules(m, human_bad)
+    assert 80 <= t["dark_p50_max"] <= 90
+    assert (rules_bad(m, t) == human_bad).mean() > 0.97
+    assert moved_rules(QUALITY_THRESHOLDS, t)[0].startswith("dark_p50_max: 40 -> ")
+    assert t["sharpness_min"] == QUALITY_THRESHOLDS["sharpness_min"]  # nobody contradicted it
+
+
+@pytest.mark.parametrize("criterion", ["dark", "cast"])
+def test_the_head_follows_the_people_not_the_proxy(criterion):
+    f, m = photos(1200)
+    bad = (m.lum_p50 < 85) if criterion == "dark" else (m.cast > 0.8)  # too warm
+    human = np.where(bad, 0, 1)
+    human[200:] = -1  # people labelled 200 photos; the rest are held out
+    head = fit_human_quality(f, m, human)
+    held = np.arange(200, 1200)
+    decided_good = head.p_good(f[held], m.iloc[held]) >= head.threshold
+    truth_good = ~bad.to_numpy()[held]
+    balanced = (decided_good[truth_good].mean() + (~decided_good[~truth_good]).mean()) / 2
+    assert balanced > 0.85, balanced
+    proxy_good = ~rules_bad(m.iloc[held], QUALITY_THRESHOLDS)
+    assert (decided_good == truth_good).mean() > (proxy_good == truth_good).mean() + 0.1
+    assert 0.0 < head.threshold < 1.0 and head.cv_balanced_accuracy > 0.8
+    assert head.uses_rules == (criterion == "dark")  # rules help only where a metric measures the criterion
+
+
+def test_ignoring_the_labels_would_be_caught():
+    """Flipped labels must flip the decisions: the head is driven by what people said."""
+    f, m = photos(600)
+    human = np.where(m.lum_p50 < 85, 0, 1)
+    human[300:] = -1
+    a = fit_human_quality(f, m, human)
+    flipped = np.where(human >= 0, 1 - human, -1)
+    b = fit_human_quality(f, m, flipped)
+    held = np.arange(300, 600)
+    da, db = a.p_good(f[held], m.iloc[held]) >= a.threshold, b.p_good(f[held], m.iloc[held]) >= b.threshold
+    assert (da != db).mean() > 0.8
+
+
+def test_too_few_labels_leave_the_proxy_in_charge():
+    f, m = photos(100)
+    human = np.full(100, -1)
+    human[:10] = 1
+    human[10:12] = 0
+    assert fit_human_quality(f, m, human) is None
+
+
+def test_the_head_needs_metrics_when_it_reads_rules():
+    f, m = photos(400)
+    human = np.where(m.lum_p50 < 85, 0, 1)
+    head = fit_human_quality(f, m, human)
+    assert head.uses_rules
+    with pytest.raises(ValueError, match="quality metrics"):
+        head.p_good(f[:3])
+
+
+def test_aesthetic_head_learns_ratings():
+    from scipy.stats import spearmanr
+    f, m = photos(800)
+    score = np.clip(5 + 2 * m.cast.to_numpy(), 1, 10)
+    rated = np.full(800, np.nan)
+    rated[:150] = score[:150]
+    head = fit_human_aesthetic(f, rated)
+    assert spearmanr(head.score(f[150:]), score[150:]).statistic > 0.7
+    assert fit_human_aesthetic(f, np.full(800, np.nan)) is None
+
+
+def test_active_queue_picks_uncertain_and_distinct_photos():
+    f, _ = photos(500)
+    p = np.linspace(0.01, 0.99, 500)
+    chosen = active_queue(p, 0.5, f, np.arange(500), 20)
+    assert len(set(chosen)) == 20 and np.abs(p[chosen] - 0.5).max() < 0.2
