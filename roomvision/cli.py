@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--relabels", type=Path, default=None, help=RELABELS_HELP)
     p.add_argument("--out-dir", type=Path, default=None, help="where metrics JSON, confusion matrix and failures go")
+    p.add_argument("--robustness", action="store_true",
+                   help="room accuracy per source as photos are and under listing-style changes (thumbnail, "
+                        "grayscale, watermark, caption, JPEG, letterbox, aspect), side by side with --compare")
+    p.add_argument("--compare", type=Path, action="append", default=[], metavar="WEIGHTS",
+                   help="other model(s) for the robustness report")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)

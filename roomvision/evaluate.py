@@ -137,9 +137,30 @@ def folder_samples(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def robustness_cli(a: argparse.Namespace, manifest: Path) -> int:
+    """`evaluate --robustness`: the report on the split's photos, side by side with `--compare` models."""
+    df = load_manifest(manifest)
+    df = df[df["split"] == a.split].reset_index(drop=True)
+    files = resolve_paths(df, manifest_roots(manifest, a.data_roots))
+    samples = real_samples(df, files, None)
+    predictors = [Predictor(w, device=a.device) for w in [a.weights, *a.compare]]
+    report = robustness_report(predictors, samples, files)
+    table = report.pivot_table(index=["source", "condition"], columns="model", values="accuracy", sort=False)
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    worst = report[report["condition"] != "as is"].groupby("model")["change_points"].min()
+    print("largest drop in points: " + ", ".join(f"{m} {v:+.1f}" for m, v in worst.items()))
+    out = report_paths(predictors[0].weights, f"{a.split}-robustness", a.out_dir)["metrics"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report.to_dict("records"), indent=2) + "\n")
+    print(f"written: {out}")
+    return 0
+
+
 def evaluate_cli(a: argparse.Namespace) -> int:
-    predictor = Predictor(a.weights, device=a.device, backend="torch")  # evaluation runs the PyTorch model
     manifest, relabels = a.manifest or settings().manifest, a.relabels or settings().relabels
+    if a.robustness:
+        return robustness_cli(a, manifest)
+    predictor = Predictor(a.weights, device=a.device, backend="torch")  # evaluation runs the PyTorch model
     if a.folder:
         df = folder_samples(a.folder)
         paths = [a.folder / p for p in df["path"]]
@@ -178,3 +199,37 @@ def evaluate_cli(a: argparse.Namespace) -> int:
           f"aesthetic SRCC {metrics['aesthetic']['srcc']:.3f}")
     print(f"written: {paths['metrics']}")
     return 0
+
+
+def robustness_report(predictors: list[Predictor], samples: pd.DataFrame, files: list[Path], seed: int = 0,
+                      progress: bool = True) -> pd.DataFrame:
+    """Room accuracy per source on the photos as they are and under each REPORT_TRANSFORMS change, per model."""
+    from concurrent.futures import ThreadPoolExecutor
+    from tqdm import tqdm
+    from .robustness import REPORT_TRANSFORMS
+    conditions = {"as is": lambda img, rng: img, **REPORT_TRANSFORMS}
+    rows = []
+    y = samples["class_idx"].to_numpy()
+    for predictor in predictors:
+        def load(i: int) -> list[np.ndarray]:
+            img = predictor.decode(files[i])
+            rng = np.random.default_rng(seed + i)
+            return [predictor.transform(change(img, rng)) for change in conditions.values()]
+
+        preds = np.zeros((len(conditions), len(files)), int)
+        with ThreadPoolExecutor(2) as pool, tqdm(total=len(files), desc=f"robustness {predictor.version}",
+                                                 disable=not progress) as bar:
+            for start in range(0, len(files), 32):
+                batch = list(pool.map(load, range(start, min(start + 32, len(files)))))
+                x = np.stack([a for per_photo in batch for a in per_photo])
+                room = predictor._raw(x, ("room",))["room"].argmax(1).reshape(len(batch), len(conditions))
+                preds[:, start:start + len(batch)] = room.T
+                bar.update(len(batch))
+        for source in sorted(samples["source"].unique()):
+            keep = (samples["source"] == source).to_numpy()
+            base = float((preds[0, keep] == y[keep]).mean())
+            for k, name in enumerate(conditions):
+                acc = float((preds[k, keep] == y[keep]).mean())
+                rows.append({"model": predictor.version, "source": source, "condition": name, "n": int(keep.sum()),
+                             "accuracy": round(acc, 4), "change_points": round(100 * (acc - base), 1)})
+    return pd.DataFrame(rows)
