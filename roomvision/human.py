@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import StratifiedKFold
 
 from .config import QUALITY_THRESHOLDS
-from .modelinfo import PHOTO_STATISTICS
+from .modelinfo import DIRECT_FEATURES
 from .quality import RULES, rule_flags, rule_metric
 
 MIN_PER_CLASS = 3            # fewer GOOD or BAD human labels than this: the proxy stays in charge
@@ -161,8 +161,8 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
     mean, scale = _standardise(features)
     d = features.shape[1]
     wide = expand((features - mean) / scale)
-    # photo statistics (and their squares) as they are; the many backbone statistics through principal components
-    direct = np.r_[0:PHOTO_STATISTICS, d:d + PHOTO_STATISTICS]
+    # photo statistics and the input grid (and their squares) as they are; backbone statistics through components
+    direct = np.r_[0:DIRECT_FEATURES, d:d + DIRECT_FEATURES]
     deep_cols = np.setdiff1d(np.arange(2 * d), direct)
     pca = PCA(n_components=min(COMPONENTS, len(features), len(deep_cols)), svd_solver="randomized",
               random_state=seed).fit(wide[:, deep_cols])

@@ -98,10 +98,9 @@ class RoomVisionNet(nn.Module):
         return self.heads(self.backbone(x))
 
     def forward_with_quality_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last feature map, and the photo-quality descriptor: PHOTO_STATISTICS photo statistics (luminance
-        distribution at 16 levels and its squares, log-variance of the Laplacian at two scales), then the mean and
-        std of each input channel on a 4x4 grid and the mean- and std-pooled output of every backbone stage
-        (exposure, colour, sharpness and detail that globally pooled semantic features lose)."""
+        """The last feature map, and the photo-quality descriptor: PHOTO_STATISTICS photo statistics, the mean and
+        std of each input channel on a 4x4 grid (together DIRECT_FEATURES), then the mean- and std-pooled output of
+        every backbone stage (exposure, colour, sharpness and detail that globally pooled semantic features lose)."""
         parts = [photo_statistics(x)]
         grid = nn.functional.adaptive_avg_pool2d(x, 4)
         grid_sq = nn.functional.adaptive_avg_pool2d(x * x, 4)
@@ -119,14 +118,17 @@ LUMINANCE_STEPS = torch.linspace(-0.9, 0.9, LUMINANCE_LEVELS)  # in units of the
 
 
 def photo_statistics(x: torch.Tensor) -> torch.Tensor:
-    """Share of pixels darker than each of 16 luminance levels (a smooth CDF) and its squares, and the log-variance
-    of the Laplacian at full and half resolution: what exposure and sharpness rules look at."""
+    """Share of pixels darker than each of 16 luminance levels (a smooth CDF), the log-variance of the Laplacian at
+    full and half resolution, and the colour balance (red minus blue, green minus magenta): what exposure,
+    sharpness and white-balance judgements look at."""
     lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
     cdf = torch.sigmoid((LUMINANCE_STEPS.to(x.dtype).view(1, -1, 1, 1) - lum) * 40.0).mean(dim=(2, 3))
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype).view(1, 1, 3, 3)
     sharp = [torch.log(nn.functional.conv2d(level, kernel).var(dim=(1, 2, 3)) + 1e-6).unsqueeze(1)
              for level in (lum, nn.functional.avg_pool2d(lum, 2))]
-    return torch.cat([cdf, cdf * cdf, *sharp], dim=1)
+    channels = x.mean(dim=(2, 3))
+    balance = torch.stack([channels[:, 0] - channels[:, 2], channels[:, 1] - (channels[:, 0] + channels[:, 2]) / 2], 1)
+    return torch.cat([cdf, *sharp, balance], dim=1)
 
 
 @torch.no_grad()

@@ -17,7 +17,8 @@ REQUIRED_KEYS = ("backbone", "classes", "preprocess", "state_dict")
 ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam", "quality_features")  # the serving graph
 HEAD_OUTPUTS = ("room", "quality", "aesthetic")  # the raw outputs that predictions are made of
 LUMINANCE_LEVELS = 16  # points of the luminance distribution in the quality features
-PHOTO_STATISTICS = 2 * LUMINANCE_LEVELS + 2  # leading photo statistics of the quality features (model.py)
+PHOTO_STATISTICS = LUMINANCE_LEVELS + 4  # leading photo statistics of the quality features (model.py)
+DIRECT_FEATURES = PHOTO_STATISTICS + 96  # and the 4x4 input grid after them: read directly by the human head
 
 
 class CheckpointError(ValueError):

@@ -90,7 +90,17 @@ def test_app_in_chromium(server, tmp_path, make_room):
 
         page.goto(server["url"] + "/relabel")
         page.get_by_role("button", name="GOOD").wait_for()
-        page.wait_for_timeout(1000)
+        assert page.get_by_role("button", name="GOOD").is_disabled()  # no decisions without a name
+        page.get_by_label("Your name").fill("ana")
+        page.get_by_label("Your name").press("Enter")
+        good = page.get_by_role("button", name="GOOD")
+        for _ in range(120):
+            if good.is_enabled():
+                break
+            page.wait_for_timeout(500)
+        assert good.is_enabled()
+        page.screenshot(path=str(ARTIFACTS / "relabel-named.png"), full_page=True)
+        page.get_by_role("heading", name="Relabel photo quality").click()  # keyboard focus off the text box
         page.keyboard.press("b")
         store = LabelStore(server["relabels"])  # the store's reader: a file caught mid-append is not an error
         for _ in range(60):

@@ -74,3 +74,23 @@ def test_cli_and_api_decide_alike(scored, tmp_path, delta, expected):
                            data={"quality_threshold": threshold}).json()
     assert body["results"][0]["quality_label"] == expected
     assert body["thresholds"]["quality"] == pytest.approx(float(threshold))
+
+
+def test_one_decode_policy_for_every_entry_point(tmp_path):
+    """A 4032x3024 phone-sized JPEG scores identically through the CLI/score path, the API/Ray path and the Predict
+    page's path, on the committed model (all decode through the predictor's one policy)."""
+    from PIL import Image
+    from skimage import data as skdata
+    from roomvision.webapp import score_upload
+    import hashlib
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(skdata.astronaut()).resize((4032, 3024), Image.Resampling.BICUBIC).save(path, quality=90)
+    data = path.read_bytes()
+    predictor = Predictor(DEFAULT_WEIGHTS, device="cpu")
+    (cli,) = predictor.predict_paths([path])
+    (api, img), = predictor.predict_named([("phone.jpg", data)])
+    page = score_upload(predictor.version, hashlib.sha256(data).hexdigest(), predictor, data)
+    assert img.size[0] < 1100 and img.info["original_size"] == (4032, 3024)  # decoded at a reduced scale
+    assert page["metrics"]["width"] == 4032  # resolution rule still sees the file's size
+    for key in ("quality_prob_good", "aesthetic_score", *[f"prob_{c}" for c in CLASSES]):
+        assert cli[key] == api[key] == page[key], key

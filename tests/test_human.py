@@ -6,7 +6,7 @@ import pytest
 from roomvision.config import QUALITY_THRESHOLDS
 from roomvision.human import (active_queue, fit_human_aesthetic, fit_human_quality, moved_rules, refit_rules,
                               rules_bad)
-from roomvision.modelinfo import PHOTO_STATISTICS
+from roomvision.modelinfo import DIRECT_FEATURES
 
 
 def photos(n: int, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
@@ -19,7 +19,7 @@ def photos(n: int, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
                       "tilt_deg": rng.uniform(0, 10, n), "cast": rng.normal(0, 1, n)})
     # like real backbone statistics: a few underlying factors (brightness and cast among them) mixed into many
     latent = np.column_stack([m.lum_p50 / 60, m.cast, rng.normal(size=(n, 8))])
-    f = latent @ rng.normal(size=(10, PHOTO_STATISTICS + 200)) + rng.normal(0, 0.3, (n, PHOTO_STATISTICS + 200))
+    f = latent @ rng.normal(size=(10, DIRECT_FEATURES + 200)) + rng.normal(0, 0.3, (n, DIRECT_FEATURES + 200))
     return f.astype(np.float32), m
 
 
