@@ -135,4 +135,6 @@ def test_relabel_page_says_clearly_when_the_label_file_cannot_be_written(app_env
 def test_model_page_lists_versions(app_env):
     at = run_page("pages/model.py")
     assert any("tiny.pt" in str(df.value) for df in at.dataframe)
-    assert any("Retrain heads now" in b.label for b in at.button)
+    learn = [b for b in at.button if b.label == "Learn from people now"]
+    assert len(learn) == 1 and learn[0].disabled  # no human labels yet: disabled, with the reason
+    assert any("label at least 3 GOOD and 3 BAD photos" in c.value for c in at.caption)
