@@ -24,11 +24,12 @@ def test_committed_manifest_matches_the_files():
         assert hashlib.sha256(path.read_bytes()).hexdigest() == sha
 
 
-@pytest.mark.parametrize("source,floor", [("house-rooms", 0.9), ("places365-rooms", 0.8)])
+# floors: the full test-split accuracy (0.906, 0.845) less three standard errors of a 400-photo sample
+@pytest.mark.parametrize("source,floor", [("house-rooms", 0.86), ("places365-rooms", 0.79)])
 def test_default_model_on_a_test_sample(source, floor):
     needs_shared(source)
     df = load_manifest(DEFAULT_MANIFEST)
-    test = df[(df["source"] == source) & (df["split"] == "test")].sample(150, random_state=1)
+    test = df[(df["source"] == source) & (df["split"] == "test")].sample(400, random_state=1)
     predictor = Predictor(DEFAULT_WEIGHTS, device="cpu")
     rows = predictor.predict_paths(resolve_paths(test, manifest_roots(DEFAULT_MANIFEST)), batch_size=50)
     accuracy = np.mean([r["room"] == c for r, c in zip(rows, test["class"])])
