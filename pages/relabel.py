@@ -115,9 +115,12 @@ else:
                       f"noise {row['noise']:.1f} · blockiness {row['blockiness']:.2f} · "
                       f"{row['width']}×{row['height']} px")
         if model_p is not None:
-            right.metric("Model P(GOOD)", f"{model_p:.2f}",
-                         "agrees" if quality_decision(model_p, predictor.thresholds.quality) == row["quality_label"]
-                         else "disagrees", delta_color="off", delta_arrow="off")
+            model_label = quality_decision(model_p, predictor.thresholds.quality)
+            side = ">=" if model_label == "GOOD" else "<"
+            right.metric("Model P(GOOD)", f"{model_p:.3f}",
+                         f"{side} {predictor.thresholds.quality:.3f}: {model_label}, "
+                         + ("agrees with the proxy" if model_label == row["quality_label"] else "disagrees with the proxy"),
+                         delta_color="off", delta_arrow="off")
         right.segmented_control("Aesthetic rating (optional, 1–5)", [1, 2, 3, 4, 5], key=f"rating-{row['sha256']}")
         # a decision needs a name and a photo on screen: nothing is recorded for a photo nobody saw
         blocked = ("Enter your name in the sidebar to start labelling." if not annotator.strip() else

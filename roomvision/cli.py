@@ -258,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("app", help="start the Streamlit app (uses jemalloc when installed)")
-    p.add_argument("--host", default="localhost")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="localhost",
+                   help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 serves colleagues "
+                        "on the network)")
+    p.add_argument("--port", type=int, default=8501, help="port (default: %(default)s)")
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("serve", help="REST API: GET /health, POST /v1/predict (docs at /docs)")
