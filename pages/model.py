@@ -8,6 +8,7 @@ import streamlit as st
 from roomvision.config import settings
 from roomvision.reports import report_paths
 from roomvision.features import cache_path
+from roomvision.human import MIN_PER_CLASS, MIN_RATINGS, TOO_FEW
 from roomvision.jobs import read_status, start, status_file
 from roomvision.labels import LabelStore
 from roomvision.webapp import (active_weights, dataset_roots_sidebar, get_predictor, list_models, manifest_path,
@@ -92,8 +93,8 @@ st.write(f"`{relabels_path()}` holds {good} GOOD and {bad} BAD decisions and {ra
          + ("It takes seconds." if cached else "The first run scores every manifest photo once (about 4 minutes "
             "per 10,000 photos on a CPU; it runs in the background, survives leaving this page and resumes "
             "where it stopped), then takes seconds."))
-reason = ("label at least 3 GOOD and 3 BAD photos (or rate 10) in the Relabel page first" if min(good, bad) < 3
-          and rated < 10 else "" if manifest_path().is_file() else f"no manifest at {manifest_path()}")
+reason = (TOO_FEW if min(good, bad) < MIN_PER_CLASS and rated < MIN_RATINGS else
+          "" if manifest_path().is_file() else f"no manifest at {manifest_path()}")
 job = status_file("learn-from-people")
 status = read_status(job)
 if status and status["running"]:

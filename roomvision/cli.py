@@ -30,15 +30,13 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     """Train; then, when people have labelled photos, learn from them the way `retrain-heads` does."""
-    import numpy as np
     from .data import load_manifest
-    from .retrain import human_targets, retrain_heads
+    from .retrain import any_human_labels, human_targets, retrain_heads
     from .train import train
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in TrainConfig.__dataclass_fields__})
     out = train(cfg)
     manifest, relabels = cfg.manifest or settings().manifest, cfg.relabels or settings().relabels
-    decision, score = human_targets(load_manifest(manifest), relabels)
-    if (decision >= 0).any() or not np.isnan(score).all():
+    if any_human_labels(*human_targets(load_manifest(manifest), relabels)):
         result = retrain_heads(out, manifest, relabels, cfg.data_roots, out=out, replace_default=True)
         print(f"learned from {result['human_labels']} human labels and {result['human_ratings']} ratings")
     return 0
@@ -49,10 +47,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return evaluate_cli(a)
 
 
-def _thresholds(a: argparse.Namespace, predictor):
-    """The model's calibrated decision thresholds, with any given on the command line instead."""
-    return predictor.thresholds.with_values(quality=a.quality_threshold, min_room_confidence=a.min_room_confidence,
-                                            listing_ready_min_aesthetic=a.min_aesthetic)
+def _threshold_values(a: argparse.Namespace) -> dict:
+    """The decision thresholds given on the command line (None: the model's calibrated one)."""
+    return dict(quality=a.quality_threshold, min_room_confidence=a.min_room_confidence,
+                listing_ready_min_aesthetic=a.min_aesthetic)
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
@@ -64,7 +62,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         return 2
     predictor = Predictor(a.weights, device=a.device)
     results = predictor.predict_paths(files, batch_size=a.batch_size, progress=not a.quiet)
-    write_results(results, a.out, predictor.classes, _thresholds(a, predictor))
+    write_results(results, a.out, predictor.classes, predictor.thresholds.with_values(**_threshold_values(a)))
     errors = [r for r in results if r["error"]]
     for r in errors:
         print(f"error: {r['path']}: {r['error']}", file=sys.stderr)
@@ -149,8 +147,7 @@ def cmd_score(a: argparse.Namespace) -> int:
         raise ValueError(f"no image files in {a.source}")
     if a.out.suffix.lower() not in (".csv", ".parquet"):
         raise ValueError("--out must end in .csv or .parquet")
-    thresholds = dict(quality=a.quality_threshold, min_room_confidence=a.min_room_confidence,
-                      listing_ready_min_aesthetic=a.min_aesthetic)
+    thresholds = _threshold_values(a)
     if a.engine == "ray":
         df = score_ray(paths, a.out, a.weights, a.device, a.batch_size, a.address, a.resume, thresholds=thresholds)
     else:

@@ -2,9 +2,9 @@
 
 Where people have decided, they are the truth; elsewhere the proxy rules are only a prior they can overrule:
 1. the proxy rules' thresholds are refitted to the human decisions ("your labels moved dark from 40 to 83");
-2. a quality head (logistic regression on the photo-quality descriptor: multi-level backbone statistics and a grid
-   of input colour statistics) learns from the human labels, with the refitted rules labelling the other photos
-   when cross-validation on the human labels says that helps;
+2. a quality head (logistic regression on the photo-quality descriptor: photo statistics, a grid of input colour
+   statistics and multi-level backbone statistics) learns from the human labels, with the refitted rules' verdict
+   as an extra input when cross-validation on the human labels says that helps;
 3. its decision threshold is calibrated on held-out human labels (cross-validated predictions);
 4. a ridge regression learns the aesthetic score from human ratings the same way.
 The active-learning queue asks next about the photos this head is least sure of, spread over the feature space.
@@ -12,6 +12,7 @@ The active-learning queue asks next about the photos this head is least sure of,
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,25 +22,41 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import StratifiedKFold
 
 from .config import QUALITY_THRESHOLDS
+from .labels import LabelStore, human_lookup
 from .modelinfo import DIRECT_FEATURES
 from .quality import RULES, rule_flags, rule_metric
 
 MIN_PER_CLASS = 3            # fewer GOOD or BAD human labels than this: the proxy stays in charge
+MIN_RATINGS = 10             # fewer aesthetic ratings than this: the proxy score stays
 MIN_RULE_GAIN = 0.01         # a rule's threshold moves only when agreement with people rises at least this much
 RULE_INPUT = 3.0             # the refitted rules' verdict enters the head as +-RULE_INPUT (GOOD +, BAD -)
+TOO_FEW = (f"label at least {MIN_PER_CLASS} GOOD and {MIN_PER_CLASS} BAD photos (or rate {MIN_RATINGS}) "
+           "in the Relabel page first")
 C_GRID = (0.01, 0.1)         # inverse regularisation strengths tried by cross-validation
 COMPONENTS = 96              # principal components of the standardised backbone statistics
 
 
 @dataclass
-class HumanQualityHead:
-    """P(GOOD) under the human criterion: a linear model on standardised quality features, self-describing."""
+class _LinearHead:
+    """A linear model on standardised quality features, stored as plain numbers (readable without PyTorch)."""
     mean: list[float]
     scale: list[float]
     weight: list[float]
     bias: float
-    threshold: float
-    labels: int
+
+    def _standardised(self, quality_features: np.ndarray) -> np.ndarray:
+        return (np.asarray(quality_features, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class HumanQualityHead(_LinearHead):
+    """P(GOOD) under the human criterion: logistic on the expanded standardised features (and optionally the
+    refitted rules' verdict), with its calibrated threshold."""
+    threshold: float = 0.5
+    labels: int = 0
     rule_thresholds: dict = field(default_factory=dict)
     uses_rules: bool = False
     rule_weight: float = 0.0
@@ -48,33 +65,39 @@ class HumanQualityHead:
     def p_good(self, quality_features: np.ndarray, metrics: pd.DataFrame | None = None) -> np.ndarray:
         """P(GOOD) under the human criterion; `metrics` (photo-quality metrics) are needed when the head uses the
         refitted rules."""
-        z = (np.asarray(quality_features, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
-        logit = expand(z) @ np.asarray(self.weight) + self.bias
+        logit = expand(self._standardised(quality_features)) @ np.asarray(self.weight) + self.bias
         if self.uses_rules:
             if metrics is None:
                 raise ValueError("this head also reads the refitted rules: pass the photos' quality metrics")
             logit = logit + self.rule_weight * (1 - 2 * rules_bad(metrics, self.rule_thresholds))
         return expit(logit)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class HumanAestheticHead:
+class HumanAestheticHead(_LinearHead):
     """Aesthetic score 1-10 learned from human ratings: ridge regression on standardised quality features."""
-    mean: list[float]
-    scale: list[float]
-    weight: list[float]
-    bias: float
-    ratings: int
+    ratings: int = 0
 
     def score(self, quality_features: np.ndarray) -> np.ndarray:
-        z = (np.asarray(quality_features, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
-        return np.clip(z @ np.asarray(self.weight) + self.bias, 1.0, 10.0)
+        return np.clip(self._standardised(quality_features) @ np.asarray(self.weight) + self.bias, 1.0, 10.0)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+def rating_to_score(rating: float) -> float:
+    """Human 1-5 stars onto the 1-10 aesthetic scale."""
+    return 1.0 + (float(rating) - 1.0) * 9.0 / 4.0
+
+
+def human_targets(manifest: pd.DataFrame, relabels: Path | str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per manifest photo: human decision (1 GOOD, 0 BAD, -1 none) and human score 1-10 (NaN where not rated)."""
+    decision, score = np.full(len(manifest), -1), np.full(len(manifest), np.nan)
+    if relabels is not None and Path(relabels).is_file():
+        found = human_lookup(LabelStore(relabels).merged(), manifest["sha256"], manifest["path"])
+        for i, r in enumerate(found):
+            if r is not None:
+                decision[i] = int(r["human_label"] == "GOOD")
+                if not pd.isna(r["rating"]):
+                    score[i] = rating_to_score(r["rating"])
+    return decision, score
 
 
 def expand(z: np.ndarray) -> np.ndarray:
@@ -88,7 +111,7 @@ def rules_bad(metrics: pd.DataFrame, thresholds: dict) -> np.ndarray:
     return rule_flags(metrics, thresholds).any(axis=1).to_numpy()
 
 
-def _balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+def balanced_accuracy(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     """Balanced accuracy of boolean predictions (last axis: photos) against boolean truth, vectorised."""
     tpr = (predicted & truth).sum(-1) / max(truth.sum(), 1)
     tnr = (~predicted & ~truth).sum(-1) / max((~truth).sum(), 1)
@@ -106,7 +129,7 @@ def refit_rules(metrics: pd.DataFrame, human_bad: np.ndarray, start: dict = QUAL
     if human_bad.all() or not human_bad.any():
         return t
     flags = rule_flags(metrics, t).to_numpy().copy()
-    best = float(_balanced_accuracy(human_bad, flags.any(axis=1)))
+    best = float(balanced_accuracy(human_bad, flags.any(axis=1)))
     for _ in range(rounds * len(RULES)):  # greedy: the single most helpful move at each step
         moves = []
         for j, (key, metric, side, _) in enumerate(RULES):
@@ -115,7 +138,7 @@ def refit_rules(metrics: pd.DataFrame, human_bad: np.ndarray, start: dict = QUAL
             # just beyond each observed value, so that a threshold separates photos rather than sitting on one
             grid = grid + 1e-6 if side == "below" else grid - 1e-6
             fires = values[None, :] < grid[:, None] if side == "below" else values[None, :] > grid[:, None]
-            score = _balanced_accuracy(human_bad, fires | np.delete(flags, j, axis=1).any(axis=1)[None, :])
+            score = balanced_accuracy(human_bad, fires | np.delete(flags, j, axis=1).any(axis=1)[None, :])
             i = int(np.argmax(score))
             moves.append((float(score[i]), j, key, float(grid[i]), fires[i]))
         score, j, key, value, fired = max(moves, key=lambda move: move[0])
@@ -139,7 +162,7 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _best_threshold(p_good: np.ndarray, good: np.ndarray) -> tuple[float, float]:
     """P(GOOD) threshold with the best balanced accuracy (on held-out predictions) and that accuracy."""
     grid = np.unique(np.concatenate([np.quantile(p_good, np.linspace(0, 1, 101)), [0.5]]))
-    scores = _balanced_accuracy(good.astype(bool), p_good[None, :] >= grid[:, None])
+    scores = balanced_accuracy(good.astype(bool), p_good[None, :] >= grid[:, None])
     i = int(np.argmax(scores))
     return float(grid[i]), float(scores[i])
 
@@ -205,7 +228,8 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
                             cv_balanced_accuracy=score)
 
 
-def fit_human_aesthetic(features: np.ndarray, scores: np.ndarray, min_ratings: int = 10) -> HumanAestheticHead | None:
+def fit_human_aesthetic(features: np.ndarray, scores: np.ndarray,
+                        min_ratings: int = MIN_RATINGS) -> HumanAestheticHead | None:
     """Ridge regression of human scores (1-10; NaN where not rated) on the quality features, strength chosen by
     cross-validation; None when fewer than `min_ratings` photos are rated."""
     from sklearn.linear_model import RidgeCV

@@ -53,10 +53,10 @@ def start(name: str, args: list[str]) -> Path:
     if current and current["running"]:
         raise RuntimeError(f"a {name} job is already running")
     path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(path.with_suffix(".log"), "w")
-    proc = subprocess.Popen([sys.executable, "-m", "roomvision", *args, "--status", str(path)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+    with open(path.with_suffix(".log"), "w") as log:  # the child keeps its own handle
+        proc = subprocess.Popen([sys.executable, "-m", "roomvision", *args, "--status", str(path)], stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=Path(__file__).resolve().parent.parent)
     write_status(path, state="running", pid=proc.pid, started=time.time(), done=0, total=0, message="starting")
     return path
 

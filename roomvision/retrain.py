@@ -14,23 +14,23 @@ import pandas as pd
 from .config import DEFAULT_WEIGHTS, QUALITY_THRESHOLDS
 from .data import load_manifest
 from .features import build_feature_cache, cache_path, load_feature_cache
-from .human import fit_human_aesthetic, fit_human_quality, moved_rules
+from .human import TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules
 from .inference import Predictor
-from .labels import LabelStore, human_lookup
-from .samples import rating_to_score
 
 
-def human_targets(manifest: pd.DataFrame, relabels: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Per manifest photo: human decision (1 GOOD, 0 BAD, -1 none) and human score 1-10 (NaN where not rated)."""
-    decision, score = np.full(len(manifest), -1), np.full(len(manifest), np.nan)
-    if Path(relabels).is_file():
-        found = human_lookup(LabelStore(relabels).merged(), manifest["sha256"], manifest["path"])
-        for i, r in enumerate(found):
-            if r is not None:
-                decision[i] = int(r["human_label"] == "GOOD")
-                if not pd.isna(r["rating"]):
-                    score[i] = rating_to_score(r["rating"])
-    return decision, score
+def any_human_labels(decision: np.ndarray, score: np.ndarray) -> bool:
+    """Whether people decided or rated any of the photos."""
+    return bool((decision >= 0).any() or not np.isnan(score).all())
+
+
+def _cached_pool(cache: Path, manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, dict]:
+    """From a feature cache matching `manifest`: the rows the model could read, their quality features and
+    manifest rows (the pool human heads are fitted on), and the cache's arrays."""
+    data = load_feature_cache(cache)
+    if list(data["sha256"]) != list(manifest["sha256"]):
+        raise ValueError(f"feature cache {cache} does not match the manifest; delete it and retry")
+    ok = np.flatnonzero(~np.isnan(data["quality"]))
+    return ok, data["quality_features"][ok].astype(np.float32), manifest.iloc[ok].reset_index(drop=True), data
 
 
 def output_path(weights: Path) -> Path:
@@ -59,42 +59,33 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
         raise ValueError("refusing to overwrite the default model; choose another output name")
     df = load_manifest(manifest).reset_index(drop=True)
     decision, score = human_targets(df, relabels)
-    if (decision >= 0).sum() == 0 and np.isnan(score).all():
+    if not any_human_labels(decision, score):
         raise ValueError(f"no human labels for this manifest's photos in {relabels}; label some in the Relabel page")
     predictor = Predictor(weights, device="cpu")
     cache = cache_path(predictor.weights, manifest)
     if not cache.is_file():
         build_feature_cache(predictor, manifest, data_roots, on_batch=on_progress, progress=on_progress is None,
                             cancel=cancel)
-    data = load_feature_cache(cache)
-    if list(data["sha256"]) != list(df["sha256"]):
-        raise ValueError(f"feature cache {cache} does not match {manifest}; delete it and retry")
-    ok = ~np.isnan(data["quality"])
-    features = data["quality_features"][ok].astype(np.float32)
+    ok, features, pool, data = _cached_pool(cache, df)
     labelled = decision[ok] >= 0
-    before = predictor.p_good(data["quality"][ok], features, df[ok].reset_index(drop=True))[labelled]
+    before = predictor.p_good(data["quality"][ok], features, pool)[labelled]
     human_good = decision[ok][labelled] == 1
-    quality = fit_human_quality(features, df[ok].reset_index(drop=True), decision[ok])
+    quality = fit_human_quality(features, pool, decision[ok])
     aesthetic = fit_human_aesthetic(features, score[ok])
     if quality is None and aesthetic is None:
-        raise ValueError("too few human labels to learn from: label at least 3 GOOD and 3 BAD photos (or rate 10)")
+        raise ValueError(f"too few human labels to learn from: {TOO_FEW}")
     heads = {k: h.to_dict() for k, h in (("quality", quality), ("aesthetic", aesthetic)) if h is not None}
     metrics = {"human_labels": int(labelled.sum()), "human_ratings": int((~np.isnan(score)).sum()),
                "agreement_before": float(np.mean((before >= predictor.thresholds.quality) == human_good))
                if labelled.any() else None}
     if quality is not None:
-        metrics.update(balanced_accuracy_before=_balanced(human_good, before >= predictor.thresholds.quality),
+        metrics.update(balanced_accuracy_before=float(balanced_accuracy(human_good,
+                                                                        before >= predictor.thresholds.quality)),
                        balanced_accuracy_after_cv=quality.cv_balanced_accuracy, threshold=quality.threshold,
                        rules_moved=moved_rules(QUALITY_THRESHOLDS, quality.rule_thresholds),
                        learned_from_rules_too=quality.uses_rules)
     save_with_human_heads(weights, out, heads, quality.threshold if quality else None, metrics)
     return {"out": out, "seconds": time.monotonic() - started, **metrics}
-
-
-def _balanced(truth: np.ndarray, predicted: np.ndarray) -> float:
-    if truth.all() or not truth.any():
-        return float(np.mean(truth == predicted))
-    return float((np.mean(predicted[truth]) + np.mean(~predicted[~truth])) / 2)
 
 
 def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) -> pd.Series | None:
@@ -103,16 +94,14 @@ def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) 
     3 GOOD and 3 BAD decisions."""
     from .human import active_queue
     df = load_manifest(manifest).reset_index(drop=True)
-    data = load_feature_cache(cache)
-    if list(data["sha256"]) != list(df["sha256"]):
-        return None
+    try:
+        ok, features, pool, _ = _cached_pool(cache, df)
+    except ValueError:
+        return None  # a cache of another manifest: the page falls back to the proxy order
     decision, _ = human_targets(df, relabels)
-    ok = np.flatnonzero(~np.isnan(data["quality"]))
-    features = data["quality_features"][ok].astype(np.float32)
-    head = fit_human_quality(features, df.iloc[ok].reset_index(drop=True), decision[ok])
+    head = fit_human_quality(features, pool, decision[ok])
     if head is None:
         return None
     open_ = np.flatnonzero(decision[ok] < 0)
-    p_good = head.p_good(features, df.iloc[ok].reset_index(drop=True))
-    order = active_queue(p_good, head.threshold, features, open_, min(size, len(open_)))
+    order = active_queue(head.p_good(features, pool), head.threshold, features, open_, min(size, len(open_)))
     return pd.Series(np.arange(len(order)), index=df["sha256"].to_numpy()[ok[order]])

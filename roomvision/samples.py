@@ -12,17 +12,12 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .config import CLASSES, settings
+from .human import human_targets
 from .images import load_image
-from .labels import LabelStore, human_lookup
 from .modelinfo import file_sha256
 from .preprocess import Preprocess, decode_for_model
 from .robustness import listing_augment
 from .quality import DEGRADATIONS, aesthetic_target, compute_metrics, degrade, quality_label, score_distribution
-
-
-def rating_to_score(rating: float) -> float:
-    """Human 1-5 stars onto the 1-10 aesthetic scale."""
-    return 1.0 + (float(rating) - 1.0) * 9.0 / 4.0
 
 
 def real_samples(df: pd.DataFrame, paths: list[Path], relabels: Path | None) -> pd.DataFrame:
@@ -35,15 +30,11 @@ def real_samples(df: pd.DataFrame, paths: list[Path], relabels: Path | None) -> 
         "aesthetic": df["aesthetic_target"].astype(np.float32).values,
         "human_quality": "", "degrade": "", "seed": [int(h[:8], 16) for h in df["sha256"]],
     })
-    if relabels is not None and Path(relabels).is_file():
-        found = human_lookup(LabelStore(relabels).merged(), s["sha256"], s["path"])
-        for i, r in enumerate(found):
-            if r is None:
-                continue
-            s.at[i, "human_quality"] = r["human_label"]
-            s.at[i, "quality"] = 1.0 if r["human_label"] == "GOOD" else 0.0
-            if not pd.isna(r["rating"]):
-                s.at[i, "aesthetic"] = rating_to_score(r["rating"])
+    decision, score = human_targets(df, relabels)
+    decided, rated = decision >= 0, ~np.isnan(score)
+    s.loc[decided, "human_quality"] = np.where(decision[decided] == 1, "GOOD", "BAD")
+    s.loc[decided, "quality"] = decision[decided].astype(np.float32)
+    s.loc[rated, "aesthetic"] = score[rated].astype(np.float32)
     return s
 
 
