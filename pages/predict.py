@@ -1,6 +1,8 @@
 """Upload photos; see room, quality and aesthetic predictions with live thresholds."""
 import io
 
+import math
+
 import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
@@ -44,8 +46,10 @@ for i, (row, dec) in enumerate(zip(results, table.to_dict("records"))):
         else:
             left.image(img, caption=name)
         room = dec["room_decision"]
-        mid.metric("Room", room, f"{dec['room_confidence']:.0%} confident", delta_color="off",
-               delta_arrow="off")
+        scope = ("" if math.isnan(row["in_scope_prob"]) else
+                 f" · P(one of the five rooms) {row['in_scope_prob']:.2f}")
+        mid.metric("Room", room, f"{dec['room_confidence']:.0%} confident{scope}", delta_color="off",
+                   delta_arrow="off")
         probs = [row[f"prob_{c}"] for c in predictor.classes]
         fig = go.Figure(go.Bar(x=probs, y=predictor.classes, orientation="h", text=[f"{p:.0%}" for p in probs]))
         fig.update_layout(height=220, margin=dict(l=0, r=0, t=10, b=0), xaxis=dict(range=[0, 1]))
@@ -66,6 +70,11 @@ for i, (row, dec) in enumerate(zip(results, table.to_dict("records"))):
         right.write("✅ Listing-ready" if dec["listing_ready"] else f"Not listing-ready: {dec['listing_reason']}")
 
 st.subheader("All results")
+scored = table[table["error"] == ""]
+st.caption(f"{len(scored)} scored, {len(table) - len(scored)} unreadable · {int(scored['out_of_scope'].sum())} not "
+           f"one of the five rooms · {int((scored['room_decision'] == 'uncertain').sum())} room uncertain · "
+           f"{int((scored['quality_decision'] == 'BAD').sum())} BAD · {int(scored['listing_ready'].sum())} "
+           "listing-ready")
 st.dataframe(table, hide_index=True)
 st.download_button("Download CSV", neutralise_formulas(table).to_csv(index=False).encode(),
                    "roomvision-predictions.csv", "text/csv")

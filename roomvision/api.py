@@ -5,6 +5,7 @@ import asyncio
 import http.client
 import ipaddress
 import json
+import math
 import socket
 import ssl
 import threading
@@ -174,6 +175,8 @@ class ImageResult(BaseModel):
     room: str | None = None
     room_confidence: float | None = None
     probabilities: dict[str, float] | None = None
+    in_scope_prob: float | None = None
+    out_of_scope: bool | None = None
     quality_prob_good: float | None = None
     quality_label: str | None = None
     aesthetic_score: float | None = None
@@ -187,6 +190,7 @@ class ThresholdsUsed(BaseModel):
     quality: float
     min_room_confidence: float
     listing_ready_min_aesthetic: float
+    min_in_scope: float
 
 
 class PredictResponse(BaseModel):
@@ -219,10 +223,11 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
     def predict(files: list[UploadFile] = File(default=[]), image_url: str | None = Form(default=None),
                 quality_threshold: float | None = Form(default=None, ge=0.0, le=1.0),
                 min_room_confidence: float | None = Form(default=None, ge=0.0, le=1.0),
-                min_aesthetic: float | None = Form(default=None, ge=1.0, le=10.0)) -> PredictResponse:
+                min_aesthetic: float | None = Form(default=None, ge=1.0, le=10.0),
+                min_in_scope: float | None = Form(default=None, ge=0.0, le=1.0)) -> PredictResponse:
         p: Predictor = state["predictor"]
         thresholds = p.thresholds.with_values(quality=quality_threshold, min_room_confidence=min_room_confidence,
-                                              listing_ready_min_aesthetic=min_aesthetic)
+                                              listing_ready_min_aesthetic=min_aesthetic, min_in_scope=min_in_scope)
         if len(files) + bool(image_url) > MAX_FILES:
             raise HTTPException(413, f"at most {MAX_FILES} images per request")
         inputs: list[tuple[str, object]] = []
@@ -244,6 +249,8 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
             results.append(ImageResult(
                 filename=row["path"], room=d["room_decision"], room_confidence=d["room_confidence"],
                 probabilities={c: row[f"prob_{c}"] for c in p.classes},
+                in_scope_prob=None if math.isnan(row["in_scope_prob"]) else row["in_scope_prob"],
+                out_of_scope=d["out_of_scope"],
                 quality_prob_good=row["quality_prob_good"], quality_label=d["quality_decision"],
                 aesthetic_score=row["aesthetic_score"], aesthetic_std=row["aesthetic_std"],
                 listing_ready=d["listing_ready"], listing_reason=d["listing_reason"]))

@@ -50,7 +50,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 def _threshold_values(a: argparse.Namespace) -> dict:
     """The decision thresholds given on the command line (None: the model's calibrated one)."""
     return dict(quality=a.quality_threshold, min_room_confidence=a.min_room_confidence,
-                listing_ready_min_aesthetic=a.min_aesthetic)
+                listing_ready_min_aesthetic=a.min_aesthetic, min_in_scope=a.min_in_scope)
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
@@ -101,6 +101,17 @@ def cmd_retrain_heads(a: argparse.Namespace) -> int:
     result = {k: str(v) if isinstance(v, Path) else v for k, v in result.items()}
     write_status(a.status, state="done", pid=os.getpid(), started=started, message="done", result=result)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_fit_scope(a: argparse.Namespace) -> int:
+    import json
+    from .retrain import fit_scope
+    weights = a.weights or settings().weights
+    out = a.out or Path(weights).with_name(Path(weights).stem + "-scope.pt")
+    result = fit_scope(weights, a.manifest or settings().manifest, a.out_of_scope_root or settings().out_of_scope_root,
+                       out, a.data_roots)
+    print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
     return 0
 
 
@@ -179,6 +190,9 @@ def _add_threshold_options(p: argparse.ArgumentParser) -> None:
                    help=f"below this the room is 'uncertain' (default: {config.MIN_ROOM_CONFIDENCE})")
     p.add_argument("--min-aesthetic", type=float, default=None,
                    help=f"minimum aesthetic score for listing-ready (default: {config.LISTING_READY_MIN_AESTHETIC})")
+    p.add_argument("--min-in-scope", type=float, default=None,
+                   help="below this P(one of the five rooms) a photo is 'not one of the five rooms' "
+                        "(default: the model's calibrated threshold)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,6 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-people-<UTC time>.pt")
     p.add_argument("--status", type=Path, default=None, help="JSON file to write progress to (the Model page reads it)")
     p.set_defaults(func=cmd_retrain_heads)
+
+    p = sub.add_parser("fit-scope", help="fit the 'not one of the five rooms' decision on cached features "
+                                         "(training rooms vs photos of none of them, plus a training-free "
+                                         "distance to the rooms) and save the model with it")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
+    _add_roots(p)
+    p.add_argument("--out-of-scope-root", type=Path, default=None,
+                   help="folder of non-room photos with a manifest.csv (default: $ROOMVISION_OUT_OF_SCOPE_ROOT or "
+                        "../shared/datasets/out-of-scope)")
+    p.add_argument("--out", type=Path, default=None, help="default: <weights>-scope.pt next to the weights")
+    p.set_defaults(func=cmd_fit_scope)
 
     p = sub.add_parser("export-onnx", help="export a checkpoint for ONNX Runtime (done automatically on first use)")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the default model)")

@@ -30,12 +30,14 @@ DEFAULT_DATASET_ROOTS = (
     PROJECT_ROOT.parent / "shared" / "datasets" / "house-rooms",
     PROJECT_ROOT.parent / "shared" / "datasets" / "places365-rooms",
 )
+DEFAULT_OUT_OF_SCOPE_ROOT = PROJECT_ROOT.parent / "shared" / "datasets" / "out-of-scope"  # photos of none of the rooms
 # Environment variables, all read by `settings()`.
 ENV_DATA_ROOT = "ROOMVISION_DATA_ROOT"  # os.pathsep-separated dataset roots
 ENV_WEIGHTS = "ROOMVISION_WEIGHTS"
 ENV_MANIFEST = "ROOMVISION_MANIFEST"
 ENV_RELABELS = "ROOMVISION_RELABELS"
 ENV_CACHE_DIR = "ROOMVISION_CACHE_DIR"
+ENV_OUT_OF_SCOPE_ROOT = "ROOMVISION_OUT_OF_SCOPE_ROOT"
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"  # Debian's libjemalloc2
 
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.15, "test": 0.15}
@@ -64,6 +66,7 @@ AESTHETIC_BINS = 10                 # scores 1..10
 AESTHETIC_TARGET_STD = 1.0          # spread of the proxy target distribution, in score units
 LISTING_READY_MIN_AESTHETIC = 5.5   # default minimum aesthetic score for the "listing-ready" flag
 MIN_ROOM_CONFIDENCE = 0.5           # below this the room shows as "uncertain"
+DEFAULT_IN_SCOPE_THRESHOLD = 0.5    # below this P(one of the five rooms) the photo is "not one of the five rooms"
 
 # --- Image input limits ---------------------------------------------------------------------------
 MAX_IMAGE_PIXELS = 80_000_000       # decompression-bomb limit
@@ -86,6 +89,7 @@ class Settings:
     relabels: Path = DEFAULT_RELABELS
     cache_dir: Path = DEFAULT_CACHE_DIR
     data_roots: tuple[Path, ...] = ()
+    out_of_scope_root: Path = DEFAULT_OUT_OF_SCOPE_ROOT
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -95,6 +99,7 @@ class Settings:
                    manifest=Path(env.get(ENV_MANIFEST) or DEFAULT_MANIFEST),
                    relabels=Path(env.get(ENV_RELABELS) or DEFAULT_RELABELS),
                    cache_dir=Path(env.get(ENV_CACHE_DIR) or DEFAULT_CACHE_DIR),
+                   out_of_scope_root=Path(env.get(ENV_OUT_OF_SCOPE_ROOT) or DEFAULT_OUT_OF_SCOPE_ROOT),
                    data_roots=tuple(Path(p).expanduser() for p in roots.split(os.pathsep) if p) if roots else
                    tuple(p for p in DEFAULT_DATASET_ROOTS if p.is_dir()))
 

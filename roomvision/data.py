@@ -187,6 +187,21 @@ def manifest_roots(manifest: Path, overrides: list[Path] | None = None) -> dict[
     return roots
 
 
+def load_out_of_scope(root: Path) -> pd.DataFrame:
+    """The photos of none of the five rooms under `root` (its manifest.csv: class = kind, file): absolute path,
+    kind, sha256 and a split fixed by content."""
+    from .scope import out_of_scope_split
+    listing = Path(root) / "manifest.csv"
+    if not listing.is_file():
+        raise FileNotFoundError(f"no out-of-scope photos: {listing} not found (set ROOMVISION_OUT_OF_SCOPE_ROOT)")
+    df = pd.read_csv(listing, keep_default_na=False)
+    missing = {"class", "file", "sha256"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{listing} lacks the columns {', '.join(sorted(missing))}")
+    return pd.DataFrame({"path": [Path(root) / f for f in df["file"]], "kind": df["class"], "sha256": df["sha256"],
+                         "split": [out_of_scope_split(h) for h in df["sha256"]]})
+
+
 def resolve_paths(df: pd.DataFrame, roots: dict[str, Path]) -> list[Path]:
     """Absolute file paths for manifest rows; a clear error naming any source without a root."""
     missing = sorted(set(df["source"]) - set(roots))

@@ -1,7 +1,8 @@
-"""Cache of the model's photo-quality descriptor and proxy outputs over every manifest photo.
+"""Cache of the model's pooled features, photo-quality descriptor and raw outputs over every manifest photo.
 
-The relabel queue ranks photos from it and learning from people fits its heads on it, so neither runs the model
-again. Built by the serving predictor (ONNX Runtime on the CPU: no PyTorch), resumable in parts.
+The relabel queue ranks photos from it, learning from people fits its heads on it and label-issue search fits
+its out-of-fold classifiers on it, so none of them runs the model again. Built by the serving predictor (ONNX
+Runtime on the CPU: no PyTorch), resumable in parts.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .images import ImageDecodeError
 from .inference import Predictor
 from .modelinfo import file_sha256
 
-OUTPUTS = ("quality", "aesthetic", "room", "quality_features")
+OUTPUTS = ("quality", "aesthetic", "room", "quality_features", "features")
 PART = 512  # photos per saved part: an interrupted build resumes from the last finished part
 
 
@@ -39,7 +40,7 @@ def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[P
         for start in range(0, len(files), PART):
             part = parts_dir / f"{start:07d}.npz"
             if not part.is_file():
-                raw = _run(predictor, files[start:start + PART], batch_size)
+                raw = run_files(predictor, files[start:start + PART], batch_size)
                 tmp = part.with_suffix(".tmp.npz")
                 np.savez(tmp, **raw)
                 tmp.replace(part)
@@ -59,7 +60,8 @@ def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[P
     return out
 
 
-def _run(predictor: Predictor, files: list[Path], batch_size: int) -> dict[str, np.ndarray]:
+def run_files(predictor: Predictor, files: list[Path], batch_size: int = 64) -> dict[str, np.ndarray]:
+    """The cached outputs of each file, in order (NaN rows for files that cannot be decoded)."""
     arrays, ok = [], []
     for f in files:
         try:
@@ -77,12 +79,13 @@ def _run(predictor: Predictor, files: list[Path], batch_size: int) -> dict[str, 
         values = np.concatenate(raw[k]) if raw[k] else np.zeros((0,), np.float32)
         full = np.full((len(files), *values.shape[1:]), np.nan, np.float32)
         full[np.asarray(ok)] = values
-        result[k] = full.astype(np.float16) if k == "quality_features" else full
+        result[k] = full.astype(np.float16) if k in ("quality_features", "features") else full
     return result
 
 
 def load_feature_cache(path: Path) -> dict[str, np.ndarray]:
-    """Arrays of a feature cache (sha256, quality, aesthetic, room, quality_features), one row per manifest photo."""
+    """Arrays of a feature cache (sha256, quality, aesthetic, room, quality_features, features), one row per
+    manifest photo."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 

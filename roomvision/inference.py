@@ -26,6 +26,7 @@ from .human import HumanAestheticHead, HumanQualityHead
 from .modelinfo import HEAD_OUTPUTS, file_sha256, read_model_info
 from .preprocess import EvalPreprocess, decode_for_model
 from .quality import compute_metrics
+from .scope import ScopeHead
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
 ONNX_GRAPH_VERSION = 5  # bump when the exported outputs change: cached exports are keyed by it
@@ -105,8 +106,11 @@ class Predictor:
         human = self.info.human
         self.human_quality = HumanQualityHead(**human["quality"]) if "quality" in human else None
         self.human_aesthetic = HumanAestheticHead(**human["aesthetic"]) if "aesthetic" in human else None
-        # the raw outputs a prediction needs: heads learned from people read the quality features
-        self.head_outputs = HEAD_OUTPUTS + (("quality_features",) if human else ())
+        self.scope = ScopeHead.from_dict(self.info.scope) if self.info.scope else None
+        # the raw outputs a prediction needs: heads learned from people read the quality features, the
+        # out-of-scope head the pooled features
+        self.head_outputs = (HEAD_OUTPUTS + (("quality_features",) if human else ())
+                             + (("features",) if self.scope is not None else ()))
         # a head that also reads the refitted proxy rules needs each photo's quality metrics
         self.needs_metrics = self.human_quality is not None and self.human_quality.uses_rules
         self.transform = EvalPreprocess(self.info.preprocess)
@@ -158,6 +162,12 @@ class Predictor:
             return self.human_quality.p_good(quality_features, metrics)
         return expit(quality_logit)
 
+    def in_scope_prob(self, raw: dict) -> np.ndarray:
+        """P(one of the five rooms) from the raw outputs; NaN for a model without the out-of-scope head."""
+        if self.scope is None:
+            return np.full(len(raw["room"]), np.nan)
+        return self.scope.in_scope_prob(raw["features"])
+
     def metrics_of(self, images: list[Image.Image]) -> pd.DataFrame | None:
         """The photos' quality metrics when the quality head needs them, else None."""
         if not self.needs_metrics:
@@ -182,11 +192,12 @@ class Predictor:
         mean, std = aesthetic_stats(raw["aesthetic"])
         if self.human_aesthetic is not None:
             mean = self.human_aesthetic.score(raw["quality_features"])
+        in_scope = self.in_scope_prob(raw)
         rows = []
         for i in range(len(probs)):
             row = {"room": self.classes[int(probs[i].argmax())]}
             row.update({f"prob_{c}": float(probs[i, j]) for j, c in enumerate(self.classes)})
-            row.update(quality_prob_good=float(p_good[i]),
+            row.update(in_scope_prob=float(in_scope[i]), quality_prob_good=float(p_good[i]),
                        aesthetic_score=float(mean[i]), aesthetic_std=float(std[i]),
                        aesthetic_distribution=raw["aesthetic"][i].round(4).tolist(), error="")
             if "room_cam" in raw:
@@ -266,11 +277,12 @@ class Predictor:
 
 def results_frame(results: list[dict], classes: list[str], thresholds: Thresholds) -> pd.DataFrame:
     """Predictions with the decisions at `thresholds` and the thresholds themselves, in a fixed column order."""
-    cols = ["path", "room_decision", "room_confidence", *[f"prob_{c}" for c in classes], "quality_prob_good",
-            "quality_decision", "aesthetic_score", "aesthetic_std", "listing_ready", "listing_reason",
-            "quality_threshold", "min_room_confidence", "listing_ready_min_aesthetic", "error"]
+    cols = ["path", "room_decision", "room_confidence", *[f"prob_{c}" for c in classes], "in_scope_prob",
+            "out_of_scope",            "quality_prob_good", "quality_decision", "aesthetic_score", "aesthetic_std", "listing_ready",
+            "listing_reason", "quality_threshold", "min_room_confidence", "min_in_scope",
+            "listing_ready_min_aesthetic", "error"]
     rows = [{**r, **decide(r, thresholds, classes), "quality_threshold": thresholds.quality,
-             "min_room_confidence": thresholds.min_room_confidence,
+             "min_room_confidence": thresholds.min_room_confidence, "min_in_scope": thresholds.min_in_scope,
              "listing_ready_min_aesthetic": thresholds.listing_ready_min_aesthetic} for r in results]
     df = pd.DataFrame(rows).reindex(columns=cols)
     df["error"] = df["error"].fillna("")

@@ -2,12 +2,14 @@
 PyTorch so that serving processes stay small."""
 from __future__ import annotations
 
+import codecs
 import hashlib
 import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import DEFAULT_IN_SCOPE_THRESHOLD
 from .decisions import Calibration
 from .preprocess import Preprocess
 
@@ -38,6 +40,7 @@ class ModelInfo:
     version: str = ""
     train_args: dict = field(default_factory=dict)
     human: dict = field(default_factory=dict)  # heads learned from people ('quality', 'aesthetic'), see human.py
+    scope: dict = field(default_factory=dict)  # the out-of-scope head, see scope.py
 
     @classmethod
     def from_payload(cls, raw, path: Path) -> dict:
@@ -54,11 +57,12 @@ class ModelInfo:
         return dict(backbone=raw["backbone"], classes=list(raw["classes"]),
                     preprocess=Preprocess(**{**pre, "mean": tuple(pre["mean"]), "std": tuple(pre["std"])}),
                     calibration=Calibration(temperature=float(calibration["temperature"]),
-                                            quality=float(calibration["quality"])),
+                                            quality=float(calibration["quality"]),
+                                            in_scope=float(calibration.get("in_scope", DEFAULT_IN_SCOPE_THRESHOLD))),
                     metrics=raw.get("metrics", {}),
                     manifest_sha256=raw.get("manifest_sha256", ""), created=raw.get("created", ""),
                     version=raw.get("version", path.stem), train_args=raw.get("train_args", {}),
-                    human=raw.get("human", {}))
+                    human=raw.get("human", {}), scope=raw.get("scope", {}))
 
 
 class _HeaderUnpickler(pickle.Unpickler):
@@ -71,6 +75,8 @@ class _HeaderUnpickler(pickle.Unpickler):
             return lambda *args, **kwargs: None
         if module == "torch" and name.endswith("Storage"):
             return name
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 pickles bytes (packed head arrays)
+            return codecs.encode
         raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
 
     def persistent_load(self, pid):

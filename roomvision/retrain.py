@@ -1,6 +1,6 @@
-"""Retraining from people: fit the human quality and aesthetic heads on the cached quality features and save a new
-model version (seconds once the cache exists; the default file is never overwritten). `retrain-heads` and the
-Model page run this; `train --relabels` ends with it."""
+"""Heads fitted on cached features, saved as a new model version (seconds once the cache exists; the default file
+is never overwritten): the human quality and aesthetic heads learned from people (`retrain-heads`, the Model page,
+the end of `train --relabels`) and the out-of-scope head (`fit-scope`, the end of `train`)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from .config import DEFAULT_WEIGHTS, QUALITY_THRESHOLDS
-from .data import load_manifest
-from .features import build_feature_cache, cache_path, load_feature_cache
+from .data import load_manifest, load_out_of_scope
+from .features import build_feature_cache, cache_path, load_feature_cache, run_files
 from .human import TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules
 from .inference import Predictor
+from .scope import fit_scope_head
 
 
 def any_human_labels(decision: np.ndarray, score: np.ndarray) -> bool:
@@ -105,3 +106,57 @@ def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) 
     open_ = np.flatnonzero(decision[ok] < 0)
     order = active_queue(head.p_good(features, pool), head.threshold, features, open_, min(size, len(open_)))
     return pd.Series(np.arange(len(order)), index=df["sha256"].to_numpy()[ok[order]])
+
+
+def _manifest_features(predictor: Predictor, manifest: Path, data_roots: list[Path] | None, on_progress=None,
+                       cancel=None) -> tuple[pd.DataFrame, dict]:
+    """The manifest and its feature cache (built first when missing)."""
+    cache = cache_path(predictor.weights, manifest)
+    if not cache.is_file():
+        build_feature_cache(predictor, manifest, data_roots, on_batch=on_progress, progress=on_progress is None,
+                            cancel=cancel)
+    df = load_manifest(manifest).reset_index(drop=True)
+    data = load_feature_cache(cache)
+    if list(data["sha256"]) != list(df["sha256"]):
+        raise ValueError(f"feature cache {cache} does not match the manifest; delete it and retry")
+    return df, data
+
+
+def scope_report(in_scope: np.ndarray, rooms: np.ndarray, others: np.ndarray, threshold: float) -> dict:
+    """How the out-of-scope decision separates room photos from other photos."""
+    from sklearn.metrics import roc_auc_score
+    p_rooms, p_others = in_scope[rooms], in_scope[others]
+    return {"auroc": float(roc_auc_score(np.r_[np.ones(len(p_rooms)), np.zeros(len(p_others))],
+                                         np.r_[p_rooms, p_others])),
+            "others_flagged": float(np.mean(p_others < threshold)), "rooms_flagged": float(np.mean(p_rooms < threshold)),
+            "rooms": int(len(p_rooms)), "others": int(len(p_others))}
+
+
+def fit_scope(weights: Path, manifest: Path, out_of_scope_root: Path, out: Path, data_roots: list[Path] | None = None,
+              on_progress=None) -> dict:
+    """Fit the out-of-scope head of `weights` (training rooms vs training out-of-scope photos; gate and threshold
+    on validation rooms), report it on the test photos, and save the model with it as `out`."""
+    from .model import Checkpoint
+    if Path(out).resolve() == DEFAULT_WEIGHTS.resolve():
+        raise ValueError("refusing to overwrite the default model; choose another output name")
+    predictor = Predictor(weights, device="cpu")
+    df, data = _manifest_features(predictor, manifest, data_roots, on_progress)
+    others = load_out_of_scope(out_of_scope_root)
+    other_features = run_files(predictor, list(others["path"]))["features"].astype(np.float32)
+    readable = ~np.isnan(data["room"][:, 0])
+    rooms = {s: data["features"][readable & (df["split"].to_numpy() == s)].astype(np.float32)
+             for s in ("train", "val", "test")}
+    other = {s: other_features[(others["split"].to_numpy() == s) & ~np.isnan(other_features[:, 0])]
+             for s in ("train", "val", "test")}
+    head, threshold = fit_scope_head(rooms["train"], other["train"], rooms["val"])
+    metrics = {}
+    for split in ("val", "test"):
+        p = head.in_scope_prob(np.r_[rooms[split], other[split]])
+        is_room = np.r_[np.ones(len(rooms[split]), bool), np.zeros(len(other[split]), bool)]
+        metrics[split] = scope_report(p, is_room, ~is_room, threshold)
+    ckpt = Checkpoint.load(weights)
+    replace(ckpt, scope=head.to_dict(), calibration=replace(ckpt.calibration, in_scope=threshold),
+            metrics={**ckpt.metrics, "out_of_scope": {**metrics, "threshold": threshold,
+                                                      "other_kinds": sorted(set(others["kind"]))}},
+            version=Path(out).stem, created="").save(out)
+    return {"out": Path(out), "threshold": threshold, **metrics}

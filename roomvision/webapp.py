@@ -74,7 +74,8 @@ def get_predictor() -> Predictor | None:
 def threshold_sidebar(predictor: Predictor) -> Thresholds:
     """Sliders for the decision thresholds (defaults from the checkpoint) with a reset button."""
     defaults = asdict(predictor.thresholds)
-    keys = {"quality": "thr_quality", "min_room_confidence": "thr_room", "listing_ready_min_aesthetic": "thr_aesthetic"}
+    keys = {"quality": "thr_quality", "min_room_confidence": "thr_room", "min_in_scope": "thr_scope",
+            "listing_ready_min_aesthetic": "thr_aesthetic"}
     if st.session_state.get("thr_model") != predictor.version or st.session_state.pop("thr_reset", False):
         for name, key in keys.items():
             st.session_state[key] = float(defaults[name])
@@ -84,6 +85,10 @@ def threshold_sidebar(predictor: Predictor) -> Thresholds:
                       help=f"Calibrated default: {defaults['quality']:.2f}")
     st.sidebar.slider("Minimum room confidence", 0.0, 1.0, step=0.01, key=keys["min_room_confidence"],
                       help="Below this the room shows as 'uncertain'")
+    st.sidebar.slider("Minimum P(one of the five rooms)", 0.0, 1.0, step=0.01, key=keys["min_in_scope"],
+                      help=f"Below this the photo is 'not one of the five rooms' (an exterior, a hallway, a floor "
+                           f"plan…). Calibrated default: {defaults['min_in_scope']:.2f}",
+                      disabled=predictor.scope is None)
     st.sidebar.slider("Minimum aesthetic score for 'listing-ready'", 1.0, 10.0, step=0.1,
                       key=keys["listing_ready_min_aesthetic"])
     if st.sidebar.button("Reset to defaults"):

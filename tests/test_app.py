@@ -50,13 +50,14 @@ def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, monke
     from skimage import data as skdata
     from PIL import Image
     from roomvision.config import DEFAULT_WEIGHTS, CLASSES
+    from roomvision.decisions import OUT_OF_SCOPE
     from roomvision.inference import Predictor
     monkeypatch.setenv("ROOMVISION_WEIGHTS", str(DEFAULT_WEIGHTS))
     photo = jpeg_bytes(Image.fromarray(skdata.coffee()))
     (row, _), = Predictor(DEFAULT_WEIGHTS, device="cpu").predict_named([("coffee.jpg", photo)])
     p, conf = row["quality_prob_good"], max(row[f"prob_{c}"] for c in CLASSES)
     at = run_page("pages/predict.py")
-    assert len(at.slider) == 3 and at.file_uploader
+    assert len(at.slider) == 4 and at.file_uploader
     at.file_uploader[0].set_value([("coffee.jpg", photo, "image/jpeg"),
                                    ("junk.jpg", b"definitely not an image", "image/jpeg"),
                                    ("coffee.jpg", photo, "image/jpeg")])  # the same name twice
@@ -72,6 +73,10 @@ def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, monke
     assert decisions("Quality") == {"GOOD"}
     at.slider(key="thr_quality").set_value(math.ceil(p * 100) / 100).run()
     assert decisions("Quality") == {"BAD"}
+    at.slider(key="thr_scope").set_value(math.ceil(row["in_scope_prob"] * 100) / 100).run()
+    assert decisions("Room") == {OUT_OF_SCOPE}
+    assert any("2 scored, 1 unreadable · 2 not one of the five rooms" in c.value for c in at.caption)
+    at.slider(key="thr_scope").set_value(math.floor(row["in_scope_prob"] * 100) / 100).run()
     at.slider(key="thr_room").set_value(math.floor(conf * 100) / 100).run()
     assert decisions("Room") == {row["room"]}
     at.slider(key="thr_room").set_value(math.ceil(conf * 100) / 100).run()

@@ -9,7 +9,7 @@ PACKAGE = ROOT / "roomvision"
 # Lower layers never import higher ones.
 LAYERS = [
     {"config", "images", "decisions", "preprocess", "modelinfo", "devices", "calibration", "reports", "quality",
-     "robustness"},
+     "robustness", "scope"},
     {"labels", "data", "model", "losses", "transforms", "human", "jobs"},
     {"engine", "samples"},
     {"inference", "train"},

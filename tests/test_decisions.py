@@ -52,8 +52,8 @@ def test_results_frame_decides_at_the_thresholds_it_is_given(scored):
     predictor, _, row = scored
     p, conf = row["quality_prob_good"], max(row[f"prob_{c}"] for c in CLASSES)
     assert 0.01 < p < 0.99 and 0.2 < conf < 0.99  # a real probability, not a saturated one
-    below = Thresholds(quality=p - EPS, min_room_confidence=conf - EPS, listing_ready_min_aesthetic=1.0)
-    above = Thresholds(quality=p + EPS, min_room_confidence=conf + EPS, listing_ready_min_aesthetic=1.0)
+    below = Thresholds(quality=p - EPS, min_room_confidence=conf - EPS, listing_ready_min_aesthetic=1.0, min_in_scope=0)
+    above = Thresholds(quality=p + EPS, min_room_confidence=conf + EPS, listing_ready_min_aesthetic=1.0, min_in_scope=0)
     a, b = (results_frame([row], predictor.classes, t).iloc[0] for t in (below, above))
     assert (a["quality_decision"], a["room_decision"], bool(a["listing_ready"])) == ("GOOD", row["room"], True)
     assert (b["quality_decision"], b["room_decision"], bool(b["listing_ready"])) == ("BAD", "uncertain", False)

@@ -1,0 +1,111 @@
+"""The out-of-scope decision: fitted on features, stored in the checkpoint, served on every surface."""
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sklearn.metrics import roc_auc_score
+
+from conftest import needs_shared
+from roomvision.api import create_app
+from roomvision.cli import main
+from roomvision.config import CLASSES, DEFAULT_WEIGHTS
+from roomvision.decisions import OUT_OF_SCOPE, Thresholds, decide, listing_ready, out_of_scope, room_decision
+from roomvision.inference import Predictor
+from roomvision.modelinfo import read_model_info
+from roomvision.scope import MAX_FLAGGED_ROOMS, ScopeHead, fit_scope_head, out_of_scope_split
+
+EPS = 1e-3
+
+
+def test_out_of_scope_just_above_and_below_the_probability():
+    assert out_of_scope(0.3, 0.3 + EPS) and not out_of_scope(0.3, 0.3 - EPS)
+    assert not out_of_scope(float("nan"), 0.9) and not out_of_scope(None, 0.9)  # a model without the head
+    probs = {"Kitchen": 0.9, "Dining": 0.1}
+    assert room_decision(probs, 0.5, 0.3, 0.3 + EPS) == (OUT_OF_SCOPE, 0.9)
+    assert room_decision(probs, 0.5, 0.3, 0.3 - EPS) == ("Kitchen", 0.9)
+    assert listing_ready("GOOD", OUT_OF_SCOPE, 7.0, 5.0) == (False, OUT_OF_SCOPE)
+
+
+def _clusters(rng, n, centre, spread=0.3):
+    return np.abs(centre + rng.normal(0, spread, (n, len(centre)))).astype(np.float32)
+
+
+def test_fitted_head_separates_known_and_unseen_kinds():
+    """Rooms in five clusters, known others in one; an unseen kind far from both is caught by the gate."""
+    rng = np.random.default_rng(0)
+    dim = 32
+    centres = [rng.uniform(0, 2, dim) for _ in range(5)]
+    rooms = np.concatenate([_clusters(rng, 120, c) for c in centres])
+    val_rooms = np.concatenate([_clusters(rng, 60, c) for c in centres])
+    other_centre = rng.uniform(0, 2, dim)
+    others = _clusters(rng, 200, other_centre)
+    head, threshold = fit_scope_head(rooms, others, val_rooms)
+    assert np.mean(head.in_scope_prob(val_rooms) < threshold) == pytest.approx(MAX_FLAGGED_ROOMS, abs=0.01)
+    test_rooms = np.concatenate([_clusters(rng, 60, c) for c in centres])
+    seen = _clusters(rng, 100, other_centre)
+    unseen = _clusters(rng, 100, rng.uniform(0, 2, dim) * (rng.uniform(0, 1, dim) > 0.5))
+    for kind in (seen, unseen):
+        y = np.r_[np.ones(len(test_rooms)), np.zeros(len(kind))]
+        assert roc_auc_score(y, head.in_scope_prob(np.r_[test_rooms, kind])) > 0.95
+        assert np.mean(head.in_scope_prob(kind) < threshold) > 0.8
+    again = ScopeHead.from_dict(head.to_dict())
+    np.testing.assert_allclose(again.in_scope_prob(unseen), head.in_scope_prob(unseen))
+
+
+def test_out_of_scope_split_is_fixed_by_content():
+    splits = [out_of_scope_split(f"{i:08x}" + "0" * 56) for i in range(0, 0xFFFFFFFF, 0x1000000)]
+    assert set(splits) == {"train", "val", "test"} and splits.count("train") > splits.count("test")
+
+
+def test_committed_model_carries_the_head_and_its_threshold():
+    info = read_model_info(DEFAULT_WEIGHTS)
+    assert info.scope and 0.05 < info.calibration.in_scope < 0.95
+    assert Predictor(DEFAULT_WEIGHTS, device="cpu").thresholds.min_in_scope == info.calibration.in_scope
+
+
+@pytest.fixture(scope="module")
+def coffee(tmp_path_factory):
+    from PIL import Image
+    from skimage import data as skdata
+    path = tmp_path_factory.mktemp("photo") / "coffee.jpg"
+    Image.fromarray(skdata.coffee()).save(path, quality=95)
+    (row,) = Predictor(DEFAULT_WEIGHTS, device="cpu").predict_paths([path])
+    return path, row
+
+
+@pytest.mark.parametrize("delta,expected", [(-EPS, False), (EPS, True)])
+def test_cli_api_and_results_frame_decide_out_of_scope_alike(coffee, tmp_path, delta, expected):
+    path, row = coffee
+    threshold = f"{row['in_scope_prob'] + delta:.6f}"
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(path), "--out", str(out), "--quiet", "--min-in-scope", threshold,
+                 "--min-room-confidence", "0"]) == 0
+    cli = pd.read_csv(out, keep_default_na=False).iloc[0]
+    assert str(cli["out_of_scope"]) == str(expected)
+    assert (cli["room_decision"] == OUT_OF_SCOPE) == expected
+    assert cli["in_scope_prob"] == pytest.approx(row["in_scope_prob"], abs=1e-4)
+    with TestClient(create_app(DEFAULT_WEIGHTS, device="cpu")) as client:
+        body = client.post("/v1/predict", files=[("files", ("c.jpg", path.read_bytes(), "image/jpeg"))],
+                           data={"min_in_scope": threshold, "min_room_confidence": "0"}).json()
+    result = body["results"][0]
+    assert result["out_of_scope"] is expected and (result["room"] == OUT_OF_SCOPE) == expected
+    assert result["in_scope_prob"] == pytest.approx(row["in_scope_prob"], abs=1e-6)
+    assert body["thresholds"]["min_in_scope"] == pytest.approx(float(threshold))
+    d = decide(row, Thresholds(min_in_scope=float(threshold), min_room_confidence=0), CLASSES)
+    assert d["out_of_scope"] is expected
+
+
+def test_entrance_halls_score_below_rooms_on_the_committed_model():
+    """Held-out (test-split) entrance halls against test-split room photos, through the predictor."""
+    from roomvision.data import load_out_of_scope
+    root = needs_shared("out-of-scope")
+    needs_shared("house-rooms")
+    halls = load_out_of_scope(root)
+    halls = halls[halls["split"] == "test"].head(40)
+    manifest = pd.read_csv("data/manifest.csv", keep_default_na=False)
+    rooms = manifest[(manifest["split"] == "test") & (manifest["source"] == "house-rooms")].head(40)
+    predictor = Predictor(DEFAULT_WEIGHTS, device="cpu")
+    p_halls = [r["in_scope_prob"] for r in predictor.predict_paths(list(halls["path"]))]
+    p_rooms = [r["in_scope_prob"] for r in predictor.predict_paths(
+        [needs_shared("house-rooms") / p for p in rooms["path"]])]
+    assert roc_auc_score(np.r_[np.ones(40), np.zeros(40)], np.r_[p_rooms, p_halls]) > 0.9
