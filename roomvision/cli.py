@@ -104,6 +104,29 @@ def cmd_retrain_heads(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label_issues(a: argparse.Namespace) -> int:
+    from .features import build_feature_cache, cache_path
+    from .inference import Predictor
+    from .label_issues import find_room_label_issues
+    from .labels import neutralise_formulas
+    manifest = a.manifest or settings().manifest
+    predictor = Predictor(a.weights, device="cpu")
+    cache = cache_path(predictor.weights, manifest)
+    if not cache.is_file():
+        build_feature_cache(predictor, manifest, a.data_roots)
+    issues = find_room_label_issues(manifest, cache, predictor.calibration.temperature, a.split,
+                                    a.room_relabels or settings().room_relabels)
+    table = neutralise_formulas(issues[["source", "path", "split", "given", "suggested", "score", "issue",
+                                        *[c for c in issues if c.startswith("prob_")]]])
+    if a.out:
+        table.to_csv(a.out, index=False)
+        print(f"{len(table)} photos ranked ({int(table['issue'].sum())} flagged as label issues); written to {a.out}",
+              file=sys.stderr)
+    else:
+        table.head(a.top).to_csv(sys.stdout, index=False)
+    return 0
+
+
 def cmd_fit_scope(a: argparse.Namespace) -> int:
     import json
     from .retrain import fit_scope
@@ -262,6 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-people-<UTC time>.pt")
     p.add_argument("--status", type=Path, default=None, help="JSON file to write progress to (the Model page reads it)")
     p.set_defaults(func=cmd_retrain_heads)
+
+    p = sub.add_parser("label-issues", help="rank manifest photos by how likely their room label is wrong "
+                                            "(confident learning on out-of-fold probabilities from cached features)")
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
+    _add_roots(p)
+    p.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
+    p.add_argument("--room-relabels", type=Path, default=None,
+                   help="room corrections CSV (default: $ROOMVISION_ROOM_RELABELS or data/labels/room_relabels.csv)")
+    p.add_argument("--out", type=Path, default=None, help="CSV of every ranked photo (default: the top ones on stdout)")
+    p.add_argument("--top", type=int, default=30, help="rows printed without --out")
+    p.set_defaults(func=cmd_label_issues)
 
     p = sub.add_parser("fit-scope", help="fit the 'not one of the five rooms' decision on cached features "
                                          "(training rooms vs photos of none of them, plus a training-free "

@@ -25,6 +25,7 @@ DEFAULT_WEIGHTS = WEIGHTS_DIR / "roomvision-default.pt"
 DATA_DIR = PROJECT_ROOT / "data"
 DEFAULT_MANIFEST = DATA_DIR / "manifest.csv"
 DEFAULT_RELABELS = DATA_DIR / "labels" / "quality_relabels.csv"
+DEFAULT_ROOM_RELABELS = DATA_DIR / "labels" / "room_relabels.csv"
 DEFAULT_CACHE_DIR = DATA_DIR / "cache"
 DEFAULT_DATASET_ROOTS = (
     PROJECT_ROOT.parent / "shared" / "datasets" / "house-rooms",
@@ -36,6 +37,7 @@ ENV_DATA_ROOT = "ROOMVISION_DATA_ROOT"  # os.pathsep-separated dataset roots
 ENV_WEIGHTS = "ROOMVISION_WEIGHTS"
 ENV_MANIFEST = "ROOMVISION_MANIFEST"
 ENV_RELABELS = "ROOMVISION_RELABELS"
+ENV_ROOM_RELABELS = "ROOMVISION_ROOM_RELABELS"
 ENV_CACHE_DIR = "ROOMVISION_CACHE_DIR"
 ENV_OUT_OF_SCOPE_ROOT = "ROOMVISION_OUT_OF_SCOPE_ROOT"
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"  # Debian's libjemalloc2
@@ -87,6 +89,7 @@ class Settings:
     weights: Path = DEFAULT_WEIGHTS
     manifest: Path = DEFAULT_MANIFEST
     relabels: Path = DEFAULT_RELABELS
+    room_relabels: Path = DEFAULT_ROOM_RELABELS
     cache_dir: Path = DEFAULT_CACHE_DIR
     data_roots: tuple[Path, ...] = ()
     out_of_scope_root: Path = DEFAULT_OUT_OF_SCOPE_ROOT
@@ -98,6 +101,7 @@ class Settings:
         return cls(weights=Path(env.get(ENV_WEIGHTS) or DEFAULT_WEIGHTS),
                    manifest=Path(env.get(ENV_MANIFEST) or DEFAULT_MANIFEST),
                    relabels=Path(env.get(ENV_RELABELS) or DEFAULT_RELABELS),
+                   room_relabels=Path(env.get(ENV_ROOM_RELABELS) or DEFAULT_ROOM_RELABELS),
                    cache_dir=Path(env.get(ENV_CACHE_DIR) or DEFAULT_CACHE_DIR),
                    out_of_scope_root=Path(env.get(ENV_OUT_OF_SCOPE_ROOT) or DEFAULT_OUT_OF_SCOPE_ROOT),
                    data_roots=tuple(Path(p).expanduser() for p in roots.split(os.pathsep) if p) if roots else

@@ -1,4 +1,5 @@
-"""Append-only store of human quality labels: atomic, locked appends; tolerant reads; merged view."""
+"""Append-only stores of human labels (photo quality; room corrections): atomic, locked appends; tolerant reads;
+merged view."""
 from __future__ import annotations
 
 import csv
@@ -7,16 +8,33 @@ import io
 import os
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 from filelock import FileLock
 
+from .config import CLASSES
 from .decisions import quality_decision
 
 COLUMNS = ["path", "sha256", "proxy_label", "human_label", "rating", "annotator", "timestamp", "model_version"]
 DECISIONS = ("GOOD", "BAD", "SKIP", "UNDO")
+AMBIGUOUS, NOT_A_ROOM = "AMBIGUOUS", "NOT_A_ROOM"  # room corrections besides the five classes
+ROOM_COLUMNS = ["path", "sha256", "given_label", "human_label", "annotator", "timestamp", "model_version"]
+ROOM_DECISIONS = (*CLASSES, AMBIGUOUS, NOT_A_ROOM, "SKIP", "UNDO")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What one label file holds: its columns, the decisions it accepts, those that count as labels."""
+    columns: tuple[str, ...]
+    decisions: tuple[str, ...]
+    labels: tuple[str, ...]
+
+
+QUALITY = Schema(tuple(COLUMNS), DECISIONS, ("GOOD", "BAD"))
+ROOM = Schema(tuple(ROOM_COLUMNS), ROOM_DECISIONS, (*CLASSES, AMBIGUOUS, NOT_A_ROOM))
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 # characters a spreadsheet skips before deciding that a cell is a formula
 INVISIBLE_LEAD = " \t\r\n\u00a0\u2000\u2001\u2002\u2003\u2007\u2009\u200a\u200b\u200c\u200d\u2060\u3000\ufeff"
@@ -43,34 +61,42 @@ def _check_text(name: str, value: str) -> str:
     return value
 
 
-def _encode_row(row: dict) -> bytes:
+def _encode_row(row: dict, columns) -> bytes:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([row.get(c, "") for c in COLUMNS])
+    csv.writer(buf, lineterminator="\n").writerow([row.get(c, "") for c in columns])
     return buf.getvalue().encode("utf-8")
 
 
 class LabelStore:
-    """One CSV of decisions; each append is a single locked, fsynced write of one complete line."""
+    """One CSV of decisions; each append is a single locked, fsynced write of one complete line.
 
-    def __init__(self, path: str | Path):
+    `schema` QUALITY (GOOD/BAD with an optional 1-5 rating) or ROOM (a class, AMBIGUOUS or NOT_A_ROOM)."""
+
+    def __init__(self, path: str | Path, schema: Schema = QUALITY):
         self.path = Path(path)
+        self.schema = schema
         self.lock = FileLock(str(self.path) + ".lock")
 
+    def _label(self, human_label: str) -> str:
+        match = [d for d in self.schema.decisions if d.upper() == str(human_label).strip().upper()]
+        if not match:
+            raise LabelError(f"label must be one of {', '.join(self.schema.decisions)}, not {human_label!r}")
+        return match[0]
+
     def append(self, path: str, human_label: str, sha256: str = "", proxy_label: str = "",
-               rating: int | None = None, annotator: str = "", model_version: str = "") -> dict:
+               rating: int | None = None, annotator: str = "", model_version: str = "", given_label: str = "") -> dict:
         """Validate and durably append one decision; returns the stored row."""
-        label = human_label.upper()
-        if label not in DECISIONS:
-            raise LabelError(f"label must be one of {', '.join(DECISIONS)}, not {human_label!r}")
+        label = self._label(human_label)
         if rating not in (None, "") and not (isinstance(rating, int) and 1 <= rating <= 5):
             raise LabelError(f"rating must be an integer from 1 to 5, not {rating!r}")
         row = {"path": safe_relative_path(_check_text("path", path)), "sha256": _check_text("sha256", sha256),
-               "proxy_label": _check_text("proxy label", proxy_label), "human_label": label,
+               "proxy_label": _check_text("proxy label", proxy_label),
+               "given_label": _check_text("given label", given_label), "human_label": label,
                "rating": "" if rating in (None, "") else rating,
                "annotator": _check_text("annotator", annotator.strip()[:80]),
                "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
                "model_version": _check_text("model version", model_version)}
-        line = _encode_row(row)
+        line = _encode_row(row, self.schema.columns)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -78,7 +104,7 @@ class LabelStore:
                 size = os.fstat(fd).st_size
                 prefix = b""
                 if size == 0:
-                    prefix = _encode_row(dict(zip(COLUMNS, COLUMNS)))
+                    prefix = _encode_row(dict(zip(self.schema.columns, self.schema.columns)), self.schema.columns)
                 elif not self._ends_with_newline(size):
                     prefix = b"\n"  # a torn line from a crash stays isolated on its own line
                 data = prefix + line
@@ -98,8 +124,9 @@ class LabelStore:
     def read_raw(self) -> pd.DataFrame:
         """Every well-formed row in order, the file parsed as CSV; a torn last line, rows whose fields hold control
         characters (a quoted line break) and unsafe paths are reported with a warning and skipped."""
+        columns = list(self.schema.columns)
         if not self.path.is_file():
-            return pd.DataFrame(columns=COLUMNS)
+            return pd.DataFrame(columns=columns)
         raw = self.path.read_bytes()
         if raw and not raw.endswith(b"\n"):
             warnings.warn(f"{self.path}: ignoring an incomplete last line (interrupted write)")
@@ -114,13 +141,13 @@ class LabelStore:
             except csv.Error:
                 bad += 1
                 continue
-            if values == COLUMNS:
+            if values == columns:
                 continue
-            if (len(values) != len(COLUMNS) or values[3] not in DECISIONS
+            if (len(values) != len(columns) or values[columns.index("human_label")] not in self.schema.decisions
                     or any(CONTROL.search(v) or "\ufffd" in v for v in values)):
                 bad += 1
                 continue
-            row = dict(zip(COLUMNS, values))
+            row = dict(zip(columns, values))
             try:
                 row["path"] = safe_relative_path(row["path"])
             except LabelError:
@@ -129,7 +156,7 @@ class LabelStore:
             rows.append(row)
         if bad:
             warnings.warn(f"{self.path}: ignored {bad} malformed or unsafe row(s)")
-        return pd.DataFrame(rows, columns=COLUMNS)
+        return pd.DataFrame(rows, columns=columns)
 
     def _standing(self) -> dict[str, dict]:
         """Per image (sha256, else path) the decision still standing after undos."""
@@ -143,15 +170,23 @@ class LabelStore:
         return {k: s[-1] for k, s in stacks.items() if s}
 
     def merged(self) -> pd.DataFrame:
-        """Latest GOOD/BAD decision per image with undo honoured: what training reads."""
-        latest = [r for r in self._standing().values() if r["human_label"] in ("GOOD", "BAD")]
-        df = pd.DataFrame(latest, columns=COLUMNS)
-        df["rating"] = pd.to_numeric(df["rating"], errors="coerce")
+        """Latest label per image (GOOD/BAD; a room correction) with undo honoured: what training reads."""
+        latest = [r for r in self._standing().values() if r["human_label"] in self.schema.labels]
+        df = pd.DataFrame(latest, columns=list(self.schema.columns))
+        if "rating" in df:
+            df["rating"] = pd.to_numeric(df["rating"], errors="coerce")
         return df.reset_index(drop=True)
 
     def decided_keys(self) -> set[str]:
         """Images (sha256, else path) with a standing decision, skips included."""
         return set(self._standing())
+
+
+def room_corrections(manifest: pd.DataFrame, room_relabels: Path | str | None) -> pd.Series:
+    """Per manifest row the room label people gave (a class, AMBIGUOUS or NOT_A_ROOM), NaN where none."""
+    merged = LabelStore(room_relabels, ROOM).merged() if room_relabels else pd.DataFrame(columns=ROOM_COLUMNS)
+    found = human_lookup(merged, manifest["sha256"], manifest["path"])
+    return pd.Series([r["human_label"] if r else np.nan for r in found], index=manifest.index, dtype=object)
 
 
 def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:

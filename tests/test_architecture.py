@@ -14,7 +14,7 @@ LAYERS = [
     {"engine", "samples"},
     {"inference", "train"},
     {"features", "evaluate"},
-    {"retrain"},
+    {"retrain", "label_issues"},
     {"api", "score", "webapp"},
     {"cli", "__main__"},
 ]

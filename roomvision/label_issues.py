@@ -1,0 +1,88 @@
+"""Which room labels are probably wrong: confident learning on out-of-sample probabilities.
+
+Every photo gets probabilities from a model that never learned its label: for photos of the model's training split,
+a linear classifier (standardise -> PCA -> logistic regression) fitted K times on the cached pooled features, each
+time without the photo's fold; for the other splits, the served model's own calibrated probabilities (it never
+trained on them, and it is the stronger classifier). cleanlab ranks the photos by self-confidence (the probability
+of the given label: low = suspect) and flags the ones confident learning counts as issues. Seconds once the feature
+cache exists.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .config import CLASSES
+from .data import load_manifest
+from .features import load_feature_cache
+from .inference import room_probabilities
+from .labels import room_corrections
+
+FOLDS = 5
+COMPONENTS = 128
+C = 0.1
+SPLITS = ("train", "val", "test", "all")
+
+
+def _classifier(dim: int, seed: int):
+    return make_pipeline(StandardScaler(), PCA(min(COMPONENTS, dim), random_state=seed),
+                         LogisticRegression(C=C, max_iter=500))
+
+
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Class probabilities of each row from a classifier fitted without that row's fold."""
+    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
+    return cross_val_predict(_classifier(features.shape[1], seed), features, labels, cv=folds, method="predict_proba")
+
+
+def in_sample_probabilities(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The same classifier fitted on every row, labels included: what a model trained on them believes."""
+    return _classifier(features.shape[1], seed).fit(features, labels).predict_proba(features)
+
+
+def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(score, issue): score = 1 - self-confidence (higher = more suspect); issue = confident learning's verdict."""
+    quality = get_label_quality_scores(labels, probabilities, method="self_confidence")
+    issue = find_label_issues(labels, probabilities, filter_by="prune_by_noise_rate")
+    return 1.0 - quality, issue
+
+
+def find_room_label_issues(manifest: Path, cache: Path, temperature: float, split: str = "all",
+                           room_relabels: Path | None = None, seed: int = 0) -> pd.DataFrame:
+    """Manifest photos of `split`, most suspect room label first, with the suggested class and its probabilities.
+
+    `temperature` is the served model's (its calibration). The K-fold classifier learns from every readable photo
+    with its current label (people's corrections applied);
+    photos people already marked ambiguous or not a room are left out, and photos they corrected are not listed.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    df = load_manifest(manifest).reset_index(drop=True)
+    data = load_feature_cache(cache)
+    if list(data["sha256"]) != list(df["sha256"]):
+        raise ValueError(f"feature cache {cache} does not match the manifest; rebuild it with `cache-features`")
+    corrected = room_corrections(df, room_relabels)
+    given = corrected.fillna(df["class"])
+    use = ~np.isnan(data["features"][:, 0].astype(np.float32)) & given.isin(CLASSES).to_numpy()
+    labels = given[use].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    probabilities = out_of_fold_probabilities(data["features"][use].astype(np.float32), labels, seed).astype(float)
+    unseen = (df.loc[use, "split"] != "train").to_numpy()
+    probabilities[unseen] = room_probabilities(data["room"][use][unseen], temperature)
+    score, issue = rank_label_issues(labels, probabilities)
+    out = df.loc[use, ["source", "path", "split"]].assign(
+        given=given[use].to_numpy(), suggested=np.asarray(CLASSES)[probabilities.argmax(1)], score=score,
+        issue=issue, **{f"prob_{c}": probabilities[:, i] for i, c in enumerate(CLASSES)},
+        sha256=df.loc[use, "sha256"].to_numpy())
+    out = out[corrected[use].isna().to_numpy()]
+    if split != "all":
+        out = out[out["split"] == split]
+    return out.sort_values("score", ascending=False).reset_index(drop=True).round(4)
