@@ -1,4 +1,4 @@
-"""Browse misclassified test photos by confusion-matrix cell, confidence and loss."""
+"""Browse misclassified test photos; find and correct wrong room labels (corrections go to the room relabels CSV)."""
 import json
 import os
 
@@ -6,63 +6,201 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from roomvision.config import ENV_DATA_ROOT
+from roomvision.config import CLASSES, ENV_DATA_ROOT
+from roomvision.features import cache_path
+from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, LabelError, LabelStore, export_csv
 from roomvision.reports import filter_failures, report_paths
-from roomvision.webapp import active_weights, dataset_roots_sidebar, thumbnail
+from roomvision.webapp import (active_weights, cached_label_issues, dataset_roots_sidebar, get_predictor,
+                               manifest_path, room_relabels_path, thumbnail)
+
+CLASS_KEYS = {c: str(i + 1) for i, c in enumerate(CLASSES)}  # 1..5
+CORRECTION_NAMES = {AMBIGUOUS: "Ambiguous / open plan", NOT_A_ROOM: "Not one of the five rooms"}
 
 st.title("Mistakes")
 weights = active_weights()
 paths = report_paths(weights)
+view = st.segmented_control("View", ["Misclassified test photos", "Label issues"], default="Misclassified test photos",
+                            key="mistakes_view")
 st.sidebar.header("Data")
 failures_file = st.sidebar.text_input("Failures CSV", str(paths["failures"]))
 roots = dataset_roots_sidebar()
-
 missing_roots = [name for name, p in roots.items() if not os.path.isdir(p)]
-if not os.path.isfile(failures_file) or not roots or missing_roots:
-    st.info(
-        "This page shows the test photos that the model gets wrong. It needs the failures CSV written by the "
-        f"evaluation and the dataset folders the photos came from. Run `python -m roomvision evaluate --weights "
-        f"{weights}` (it writes `{paths['failures'].name}` next to the weights), and point the sidebar, or the "
-        f"`{ENV_DATA_ROOT}` environment variable, at the dataset root folder(s)."
-        + (f" Not found: {failures_file}." if not os.path.isfile(failures_file) else "")
-        + (f" Missing dataset folder(s): {', '.join(missing_roots)}." if missing_roots else ""))
-    st.stop()
 
-failures = pd.read_csv(failures_file, keep_default_na=False)
-classes = [c[len("prob_"):] for c in failures.columns if c.startswith("prob_")]
-if paths["metrics"].is_file():
-    cm = json.loads(paths["metrics"].read_text())["room"]["confusion_matrix"]
-else:
-    cm = pd.crosstab(pd.Categorical(failures["true"], classes), pd.Categorical(failures["predicted"], classes),
-                     dropna=False).values.tolist()
-fig = go.Figure(go.Heatmap(z=cm, x=classes, y=classes, colorscale="Blues", text=cm, texttemplate="%{text}",
-                           hovertemplate="true %{y}<br>predicted %{x}<br>%{z} photos<extra></extra>"))
-fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", height=380,
-                  margin=dict(l=0, r=0, t=20, b=0))
-event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="cm")
-picked = (event.selection.points if event and event.selection else []) or []
-cell_true, cell_pred = (picked[0].get("y"), picked[0].get("x")) if picked else (None, None)
 
-c1, c2, c3, c4 = st.columns(4)
-true = c1.selectbox("True class", ["(any)", *classes], index=(classes.index(cell_true) + 1) if cell_true in classes else 0)
-pred = c2.selectbox("Predicted class", ["(any)", *classes],
-                    index=(classes.index(cell_pred) + 1) if cell_pred in classes else 0)
-sort_by = c3.radio("Sort by", ["loss", "confidence"], horizontal=True)
-conf = c4.slider("Confidence range", 0.0, 1.0, (0.0, 1.0), 0.05)
-shown = filter_failures(failures, None if true == "(any)" else true, None if pred == "(any)" else pred, conf, sort_by)
+def misclassified_view() -> None:
+    if not os.path.isfile(failures_file) or not roots or missing_roots:
+        st.info(
+            "This view shows the test photos that the model gets wrong. It needs the failures CSV written by the "
+            f"evaluation and the dataset folders the photos came from. Run `python -m roomvision evaluate --weights "
+            f"{weights}` (it writes `{paths['failures'].name}` next to the weights), and point the sidebar, or the "
+            f"`{ENV_DATA_ROOT}` environment variable, at the dataset root folder(s)."
+            + (f" Not found: {failures_file}." if not os.path.isfile(failures_file) else "")
+            + (f" Missing dataset folder(s): {', '.join(missing_roots)}." if missing_roots else ""))
+        return
+    failures = pd.read_csv(failures_file, keep_default_na=False)
+    classes = [c[len("prob_"):] for c in failures.columns if c.startswith("prob_")]
+    if paths["metrics"].is_file():
+        cm = json.loads(paths["metrics"].read_text())["room"]["confusion_matrix"]
+    else:
+        cm = pd.crosstab(pd.Categorical(failures["true"], classes), pd.Categorical(failures["predicted"], classes),
+                         dropna=False).values.tolist()
+    fig = go.Figure(go.Heatmap(z=cm, x=classes, y=classes, colorscale="Blues", text=cm, texttemplate="%{text}",
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{z} photos<extra></extra>"))
+    fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", height=380,
+                      margin=dict(l=0, r=0, t=20, b=0))
+    event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="cm")
+    picked = (event.selection.points if event and event.selection else []) or []
+    cell_true, cell_pred = (picked[0].get("y"), picked[0].get("x")) if picked else (None, None)
 
-page_size = 12
-pages = max(1, -(-len(shown) // page_size))
-page = st.number_input(f"Page (of {pages})", 1, pages, 1)
-st.caption(f"{len(shown)} of {len(failures)} misclassified test photos match")
-grid = st.columns(4)
-for i, row in enumerate(shown.iloc[(page - 1) * page_size: page * page_size].to_dict("records")):
-    with grid[i % 4].container(border=True):
-        root = roots.get(row["source"])
-        thumb = thumbnail(os.path.join(root, row["path"])) if root else None
+    c1, c2, c3, c4 = st.columns(4)
+    true = c1.selectbox("True class", ["(any)", *classes],
+                        index=(classes.index(cell_true) + 1) if cell_true in classes else 0)
+    pred = c2.selectbox("Predicted class", ["(any)", *classes],
+                        index=(classes.index(cell_pred) + 1) if cell_pred in classes else 0)
+    sort_by = c3.radio("Sort by", ["loss", "confidence"], horizontal=True)
+    conf = c4.slider("Confidence range", 0.0, 1.0, (0.0, 1.0), 0.05)
+    shown = filter_failures(failures, None if true == "(any)" else true, None if pred == "(any)" else pred, conf,
+                            sort_by)
+    page_size = 12
+    pages = max(1, -(-len(shown) // page_size))
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1)
+    st.caption(f"{len(shown)} of {len(failures)} misclassified test photos match")
+    grid = st.columns(4)
+    for i, row in enumerate(shown.iloc[(page - 1) * page_size: page * page_size].to_dict("records")):
+        with grid[i % 4].container(border=True):
+            root = roots.get(row["source"])
+            thumb = thumbnail(os.path.join(root, row["path"])) if root else None
+            if thumb:
+                st.image(thumb)
+            else:
+                st.warning(f"Image not found: {row['source']}/{row['path']}")
+            st.markdown(f"**true** {row['true']} → **predicted** {row['predicted']}")
+            st.caption(" · ".join(f"{c} {row[f'prob_{c}']:.0%}" for c in classes) + f" · loss {row['loss']:.2f}")
+
+
+def label_issues_view() -> None:
+    predictor = get_predictor()
+    manifest_file = manifest_path()
+    if predictor is None:
+        return
+    cache = cache_path(predictor.weights, manifest_file) if manifest_file.is_file() else None
+    if cache is None or not cache.is_file():
+        st.info("Finding wrong room labels needs the model's features of every manifest photo. Run "
+                "`python -m roomvision cache-features` (or `python -m roomvision label-issues`, which builds them), "
+                "or score the photos once from the Relabel page.")
+        return
+    annotator = st.sidebar.text_input("Your name", key="annotator")
+    show = st.sidebar.selectbox("Show", ["Flagged label issues", "All photos, most suspect first",
+                                         "Misclassified test photos"], key="issues_show",
+                                help="Flagged: the photos confident learning counts as label issues")
+    split = st.sidebar.selectbox("Split", ["all", "train", "val", "test"], key="issues_split")
+    grid_mode = st.sidebar.toggle("Grid mode (correct many at once)")
+    store = LabelStore(room_relabels_path(), ROOM)
+    ranked = cached_label_issues(str(cache), cache.stat().st_mtime, str(manifest_file),
+                                 predictor.calibration.temperature)
+    corrected = store.decided_keys()
+    if show == "Flagged label issues":
+        candidates = ranked[ranked["issue"]]
+    elif show == "Misclassified test photos":
+        candidates = ranked[(ranked["split"] == "test") & (ranked["given"] != ranked["suggested"])]
+    else:
+        candidates = ranked
+    if split != "all":
+        candidates = candidates[candidates["split"] == split]
+    todo = candidates[~candidates["sha256"].isin(corrected)]
+    st.progress(1 - len(todo) / max(len(candidates), 1),
+                text=f"{len(candidates) - len(todo)} of {len(candidates)} reviewed · {len(store.merged())} room "
+                     f"corrections in {store.path.name}")
+    history = st.session_state.setdefault("room_history", [])
+
+    def record(label: str, rows: list[dict]) -> None:
+        try:
+            if label == "UNDO":
+                if not history:
+                    st.session_state["room_msg"] = "Nothing to undo in this session."
+                    return
+                last = history.pop()
+                for row in last:
+                    store.append(row["path"], "UNDO", sha256=row["sha256"], annotator=annotator,
+                                 model_version=predictor.version)
+                st.session_state["room_msg"] = f"Undid the last correction ({len(last)} photo(s))."
+                return
+            for row in rows:
+                store.append(row["path"], label, sha256=row["sha256"], given_label=row["given"],
+                             annotator=annotator, model_version=predictor.version)
+            history.append(rows)
+            st.session_state["room_msg"] = f"Saved {CORRECTION_NAMES.get(label, label)} for {len(rows)} photo(s)."
+        except LabelError as exc:
+            st.session_state["room_msg"] = f"Not saved: {exc}"
+        except OSError as exc:
+            st.session_state["room_msg"] = (f"Not saved: cannot write {store.path} ({exc.strerror or type(exc).__name__})"
+                                            ". Check that its folder is writable, or set $ROOMVISION_ROOM_RELABELS.")
+
+    if msg := st.session_state.pop("room_msg", None):
+        st.error(msg) if msg.startswith("Not saved") else st.toast(msg)
+    blocked = "Enter your name in the sidebar to correct labels." if not annotator.strip() else ""
+    if todo.empty:
+        st.success("Nothing left to review in this selection.")
+        st.button("Undo last correction", on_click=record, args=("UNDO", []), shortcut="u", key="room-undo-done")
+    elif grid_mode:
+        rows = todo.head(12).to_dict("records")
+        grid = st.columns(4)
+        shown = []
+        for i, row in enumerate(rows):
+            with grid[i % 4].container(border=True):
+                thumb = thumbnail(os.path.join(roots.get(row["source"], ""), row["path"])) \
+                    if row["source"] in roots else None
+                if thumb:
+                    st.image(thumb)
+                    if st.checkbox(f"given {row['given']} · suggested {row['suggested']}", key=f"pick-{row['sha256']}"):
+                        shown.append(row)
+                else:
+                    st.warning(f"Image not found: {row['source']}/{row['path']}")
+        target = st.selectbox("Label for the selected photos", [*CLASSES, AMBIGUOUS, NOT_A_ROOM],
+                              format_func=lambda v: CORRECTION_NAMES.get(v, v), key="grid_target")
+        c1, c2 = st.columns(2)
+        c1.button(f"Apply to {len(shown)} selected", on_click=record, args=(target, shown), type="primary",
+                  disabled=bool(blocked) or not shown, key="room-apply")
+        c2.button("Undo", on_click=record, args=("UNDO", []), shortcut="u", key="room-undo-grid")
+        if blocked:
+            st.info(blocked)
+    else:
+        row = todo.iloc[0].to_dict()
+        left, right = st.columns([1.4, 1])
+        image_file = os.path.join(roots.get(row["source"], ""), row["path"])
+        thumb = thumbnail(image_file, 640) if row["source"] in roots else None
         if thumb:
-            st.image(thumb)
+            left.image(thumb, caption=f"{row['source']}/{row['path']} ({row['split']})")
         else:
-            st.warning(f"Image not found: {row['source']}/{row['path']}")
-        st.markdown(f"**true** {row['true']} → **predicted** {row['predicted']}")
-        st.caption(" · ".join(f"{c} {row[f'prob_{c}']:.0%}" for c in classes) + f" · loss {row['loss']:.2f}")
+            left.warning(f"Image not found: {image_file}. Set the dataset root in the sidebar.")
+            blocked = blocked or "The photo is not shown, so its label cannot be corrected."
+        right.metric("Given label", row["given"], f"suggested: {row['suggested']} · suspicion {row['score']:.2f}",
+                     delta_color="off", delta_arrow="off")
+        probs = [row[f"prob_{c}"] for c in CLASSES]
+        fig = go.Figure(go.Bar(x=probs, y=list(CLASSES), orientation="h", text=[f"{p:.0%}" for p in probs]))
+        fig.update_layout(height=200, margin=dict(l=0, r=0, t=10, b=0), xaxis=dict(range=[0, 1]))
+        right.plotly_chart(fig, key="issue-probs")
+        cols = right.columns(len(CLASSES))
+        for col, c in zip(cols, CLASSES):
+            col.button(c, on_click=record, args=(c, [row]), shortcut=CLASS_KEYS[c], key=f"room-{c}",
+                       disabled=bool(blocked), type="primary" if c == row["suggested"] else "secondary")
+        b1, b2, b3 = right.columns(3)
+        b1.button(CORRECTION_NAMES[AMBIGUOUS], on_click=record, args=(AMBIGUOUS, [row]), shortcut="a",
+                  key="room-ambiguous", disabled=bool(blocked))
+        b2.button(CORRECTION_NAMES[NOT_A_ROOM], on_click=record, args=(NOT_A_ROOM, [row]), shortcut="n",
+                  key="room-not-a-room", disabled=bool(blocked))
+        b3.button("Undo", on_click=record, args=("UNDO", []), shortcut="u", key="room-undo")
+        if blocked:
+            right.info(blocked)
+        right.caption("Keys: " + ", ".join(f"{k} = {c}" for c, k in CLASS_KEYS.items())
+                      + " (the given label too: it confirms it), a = ambiguous / open plan, n = not one of the five "
+                        "rooms, u = undo. The next photo follows each decision.")
+    merged = store.merged()
+    st.download_button(f"Download room corrections ({len(merged)} photos)", export_csv(merged),
+                       "room_relabels.csv", "text/csv")
+
+
+if view == "Label issues":
+    label_issues_view()
+else:
+    misclassified_view()

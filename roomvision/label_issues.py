@@ -33,20 +33,25 @@ C = 0.1
 SPLITS = ("train", "val", "test", "all")
 
 
-def _classifier(dim: int, seed: int):
-    return make_pipeline(StandardScaler(), PCA(min(COMPONENTS, dim), random_state=seed),
+def _classifier(features: np.ndarray, seed: int):
+    fitted_rows = len(features) * (FOLDS - 1) // FOLDS
+    return make_pipeline(StandardScaler(), PCA(min(COMPONENTS, features.shape[1], fitted_rows - 1), random_state=seed),
                          LogisticRegression(C=C, max_iter=500))
 
 
 def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """Class probabilities of each row from a classifier fitted without that row's fold."""
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    if counts.min() < FOLDS:
+        raise ValueError(f"finding label issues needs at least {FOLDS} photos of each class "
+                         f"({', '.join(f'{c} {n}' for c, n in zip(CLASSES, counts))})")
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
-    return cross_val_predict(_classifier(features.shape[1], seed), features, labels, cv=folds, method="predict_proba")
+    return cross_val_predict(_classifier(features, seed), features, labels, cv=folds, method="predict_proba")
 
 
 def in_sample_probabilities(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """The same classifier fitted on every row, labels included: what a model trained on them believes."""
-    return _classifier(features.shape[1], seed).fit(features, labels).predict_proba(features)
+    return _classifier(features, seed).fit(features, labels).predict_proba(features)
 
 
 def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

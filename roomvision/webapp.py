@@ -34,6 +34,10 @@ def relabels_path() -> Path:
     return settings().relabels
 
 
+def room_relabels_path() -> Path:
+    return settings().room_relabels
+
+
 @st.cache_resource(show_spinner="Loading model…")
 def load_predictor(weights: str, mtime: float) -> Predictor:
     """One shared, read-only predictor per weights file (mtime makes a replaced file reload)."""
@@ -177,6 +181,15 @@ def active_priority(cache_file: str, manifest_file: str, relabels_file: str, lab
     """The active-learning order, refitted every 25 new decisions (`labels_bucket`)."""
     from .retrain import next_to_label
     return next_to_label(Path(cache_file), Path(manifest_file), Path(relabels_file))
+
+
+@st.cache_data(show_spinner="Looking for wrong room labels (out-of-fold classifiers on the cached features)…",
+               max_entries=4)
+def cached_label_issues(cache_file: str, mtime: float, manifest_file: str, temperature: float) -> pd.DataFrame:
+    """Every manifest photo ranked by how likely its room label is wrong (`label-issues`), computed once per cache;
+    the page leaves out the photos people have corrected since."""
+    from .label_issues import find_room_label_issues
+    return find_room_label_issues(Path(manifest_file), Path(cache_file), temperature)
 
 
 @st.fragment(run_every=2)

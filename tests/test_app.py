@@ -24,6 +24,7 @@ def app_env(tmp_path, tiny_dataset, tiny_checkpoint, monkeypatch):
     monkeypatch.setenv("ROOMVISION_WEIGHTS", str(weights))
     monkeypatch.setenv("ROOMVISION_MANIFEST", str(manifest))
     monkeypatch.setenv("ROOMVISION_RELABELS", str(tmp_path / "labels" / "relabels.csv"))
+    monkeypatch.setenv("ROOMVISION_ROOM_RELABELS", str(tmp_path / "labels" / "room.csv"))
     monkeypatch.setenv("ROOMVISION_DATA_ROOT", str(tiny_dataset))
     return {"weights": weights, "manifest": manifest, "relabels": tmp_path / "labels" / "relabels.csv",
             "root": tiny_dataset}
@@ -89,6 +90,42 @@ def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, monke
     assert not at.exception, [e.message for e in at.exception]
     captions = [i.caption for el in at.get("image") for i in el.proto.imgs]
     assert any(c.startswith("coffee.jpg — Grad-CAM for ") for c in captions), captions
+
+
+def test_label_issues_view_corrects_room_labels(app_env):
+    """Keys per class, ambiguous / not a room, undo, auto-advance and grid mode, all into the room relabels CSV."""
+    from roomvision.features import build_feature_cache
+    from roomvision.inference import Predictor
+    from roomvision.labels import NOT_A_ROOM, ROOM, LabelStore
+    at = run_page("pages/mistakes.py")
+    at.segmented_control(key="mistakes_view").set_value("Label issues").run()
+    assert any("python -m roomvision cache-features" in i.value for i in at.info)
+    build_feature_cache(Predictor(app_env["weights"], device="cpu"), app_env["manifest"], [app_env["root"]],
+                        progress=False)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    at.selectbox(key="issues_show").set_value("All photos, most suspect first").run()
+    assert at.button(key="room-Kitchen").disabled  # no name yet
+    assert any("Enter your name" in i.value for i in at.info)
+    at.text_input(key="annotator").set_value("ana").run()
+    first = at.metric[0].value
+    at.button(key="room-Kitchen").click().run()
+    store = LabelStore(app_env["relabels"].parent / "room.csv", ROOM)
+    rows = store.read_raw()
+    assert rows.iloc[-1][["human_label", "annotator", "given_label"]].tolist() == ["Kitchen", "ana", first]
+    at.button(key="room-not-a-room").click().run()
+    assert store.read_raw().iloc[-1]["human_label"] == NOT_A_ROOM
+    at.button(key="room-undo").click().run()
+    assert store.read_raw().iloc[-1]["human_label"] == "UNDO" and len(store.merged()) == 1
+    at.toggle[0].set_value(True).run()  # grid mode
+    picks = [c for c in at.checkbox if c.key and c.key.startswith("pick-")][:2]
+    for c in picks:
+        c.check()
+    at.run()
+    at.selectbox(key="grid_target").set_value("AMBIGUOUS").run()
+    at.button(key="room-apply").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert (store.merged()["human_label"] == "AMBIGUOUS").sum() == 2 and len(store.merged()) == 3
 
 
 def test_mistakes_page_explains_missing_evaluation(app_env):

@@ -1,0 +1,85 @@
+"""Wrong room labels: the room corrections store, the ranking, the CLI and the Mistakes page's label-issues view."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from roomvision.cli import main
+from roomvision.config import CLASSES
+from roomvision.data import prepare
+from roomvision.label_issues import out_of_fold_probabilities, rank_label_issues
+from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, LabelError, LabelStore, room_corrections
+
+
+def test_room_store_keeps_the_label_guarantees(tmp_path):
+    store = LabelStore(tmp_path / "room.csv", ROOM)
+    store.append("Kitchen/a.jpg", "dining", sha256="a" * 64, given_label="Kitchen", annotator="ana")
+    store.append("Kitchen/a.jpg", "Livingroom", sha256="a" * 64, given_label="Kitchen", annotator="ben")
+    store.append("Dining/b.jpg", "ambiguous", sha256="b" * 64, given_label="Dining", annotator="ana")
+    store.append("Dining/c.jpg", NOT_A_ROOM, sha256="c" * 64, given_label="Dining", annotator="ana")
+    store.append("Dining/c.jpg", "UNDO", sha256="c" * 64, annotator="ana")
+    with pytest.raises(LabelError, match="label must be one of Bathroom, Bedroom"):
+        store.append("Dining/d.jpg", "Garage")
+    with pytest.raises(LabelError, match="stay inside it"):
+        store.append("../etc/passwd", "Kitchen")
+    with pytest.raises(LabelError, match="line breaks"):
+        store.append("Dining/d.jpg", "Kitchen", given_label="Dining\nDining/x.jpg,Kitchen")
+    merged = store.merged().set_index("sha256")
+    assert merged.loc["a" * 64, "human_label"] == "Livingroom"  # the latest decision wins
+    assert merged.loc["b" * 64, "human_label"] == AMBIGUOUS and "c" * 64 not in merged.index  # undone
+    manifest = pd.DataFrame({"path": ["Kitchen/a.jpg", "Dining/b.jpg", "Dining/c.jpg"],
+                             "sha256": ["a" * 64, "b" * 64, "c" * 64]})
+    assert room_corrections(manifest, store.path).fillna("").tolist() == ["Livingroom", AMBIGUOUS, ""]
+    assert store.read_raw().columns.tolist()[:4] == ["path", "sha256", "given_label", "human_label"]
+
+
+def test_flipped_labels_rank_first():
+    """Five overlapping classes, 5% of labels flipped: most flipped labels are within the top 10% most suspect."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (5, 40))
+    truth = rng.integers(0, 5, 2000)
+    features = centres[truth] + rng.normal(0, 1.2, (2000, 40))
+    given = truth.copy()
+    flipped = rng.random(2000) < 0.05
+    given[flipped] = (truth[flipped] + rng.integers(1, 5, flipped.sum())) % 5
+    score, issue = rank_label_issues(given, out_of_fold_probabilities(features, given))
+    top = np.argsort(-score)[:200]
+    assert flipped[top].sum() / flipped.sum() >= 0.8
+    assert flipped[issue].mean() > 0.5  # most flagged photos are flipped ones
+    unflipped_score = rank_label_issues(truth, out_of_fold_probabilities(features, truth))[0]
+    assert np.median(score[flipped]) > np.quantile(unflipped_score, 0.9)
+
+
+@pytest.fixture
+def issues_env(tmp_path, tiny_dataset, tiny_checkpoint, monkeypatch):
+    manifest = tmp_path / "manifest.csv"
+    prepare([tiny_dataset], manifest, workers=1)
+    monkeypatch.setenv("ROOMVISION_ROOM_RELABELS", str(tmp_path / "labels" / "room.csv"))
+    return manifest, tiny_checkpoint, tiny_dataset
+
+
+def test_label_issues_cli_ranks_and_leaves_out_corrected_photos(issues_env, tmp_path, capsys):
+    from roomvision.config import settings
+    manifest, weights, root = issues_env
+    out = tmp_path / "issues.csv"
+    args = ["label-issues", "--manifest", str(manifest), "--weights", str(weights), "--data-root", str(root)]
+    assert main([*args, "--out", str(out)]) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert table.columns.tolist()[:7] == ["source", "path", "split", "given", "suggested", "score", "issue"]
+    assert table["score"].is_monotonic_decreasing and set(table["suggested"]) <= set(CLASSES)
+    assert len(table) == len(pd.read_csv(manifest))
+    first = table.iloc[0]
+    sha = pd.read_csv(manifest).set_index("path").loc[first["path"], "sha256"]
+    settings.cache_clear()
+    LabelStore(settings().room_relabels, ROOM).append(first["path"], first["suggested"], sha256=sha,
+                                                       given_label=first["given"])
+    assert main([*args, "--split", "all", "--out", str(out)]) == 0
+    assert first["path"] not in set(pd.read_csv(out)["path"])
+    assert main([*args, "--split", "test", "--top", "3"]) == 0
+    printed = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
+    assert len(printed) <= 3 and set(printed["split"]) <= {"test"}
+
+
+def test_too_few_photos_of_a_class_is_a_clear_error():
+    labels = np.r_[np.zeros(10, int), np.ones(10, int), np.full(10, 2), np.full(10, 3), np.full(3, 4)]
+    with pytest.raises(ValueError, match="at least 5 photos of each class .*Livingroom 3"):
+        out_of_fold_probabilities(np.random.default_rng(0).normal(size=(len(labels), 8)), labels)
