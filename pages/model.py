@@ -10,9 +10,9 @@ from roomvision.reports import report_paths
 from roomvision.features import cache_path
 from roomvision.human import MIN_PER_CLASS, MIN_RATINGS, TOO_FEW
 from roomvision.jobs import read_status, start, status_file
-from roomvision.labels import LabelStore
+from roomvision.labels import ROOM, LabelStore
 from roomvision.webapp import (active_weights, dataset_roots_sidebar, get_predictor, list_models, manifest_path,
-                               progress_fragment, relabels_path, show_job_result)
+                               progress_fragment, relabels_path, room_relabels_path, show_job_result)
 
 st.title("Model")
 weights_dir = settings().weights.parent
@@ -93,7 +93,14 @@ st.write(f"`{relabels_path()}` holds {good} GOOD and {bad} BAD decisions and {ra
          + ("It takes seconds." if cached else "The first run scores every manifest photo once (about 4 minutes "
             "per 10,000 photos on a CPU; it runs in the background, survives leaving this page and resumes "
             "where it stopped), then takes seconds."))
-reason = (TOO_FEW if min(good, bad) < MIN_PER_CLASS and rated < MIN_RATINGS else
+room_counts = LabelStore(room_relabels_path(), ROOM).merged()["human_label"].value_counts()
+if len(room_counts):
+    st.write(f"`{room_relabels_path()}` holds {int(room_counts.sum())} room corrections (Mistakes page): "
+             + ", ".join(f"{label} {n}" for label, n in room_counts.items())
+             + ". Learning refits the room head to the corrected training photos, anchored to the trained head, "
+               "and reports validation accuracy before → after.")
+reason = (TOO_FEW + " or correct room labels in the Mistakes page"
+          if min(good, bad) < MIN_PER_CLASS and rated < MIN_RATINGS and not len(room_counts) else
           "" if manifest_path().is_file() else f"no manifest at {manifest_path()}")
 job = status_file("learn-from-people")
 status = read_status(job)
@@ -101,7 +108,8 @@ if status and status["running"]:
     progress_fragment(job)
 elif st.button("Learn from people now", disabled=bool(reason), help=reason or None):
     start("learn-from-people", ["retrain-heads", "--weights", str(predictor.weights), "--relabels",
-                                str(relabels_path()), "--manifest", str(manifest_path()),
+                                str(relabels_path()), "--room-relabels", str(room_relabels_path()),
+                                "--manifest", str(manifest_path()),
                                 *[a for p in roots.values() for a in ("--data-root", p)]])
     st.rerun()
 if reason:

@@ -11,6 +11,7 @@ from .config import TrainConfig, settings
 
 
 MANIFEST_HELP = f"manifest CSV (default: ${config.ENV_MANIFEST} or data/manifest.csv)"
+ROOM_RELABELS_HELP = f"room corrections CSV (default: ${config.ENV_ROOM_RELABELS} or data/labels/room_relabels.csv)"
 RELABELS_HELP = f"human quality labels CSV (default: ${config.ENV_RELABELS} or data/labels/quality_relabels.csv)"
 
 
@@ -37,7 +38,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     out = train(cfg)
     manifest, relabels = cfg.manifest or settings().manifest, cfg.relabels or settings().relabels
     if any_human_labels(*human_targets(load_manifest(manifest), relabels)):
-        result = retrain_heads(out, manifest, relabels, cfg.data_roots, out=out, replace_default=True)
+        result = retrain_heads(out, manifest, relabels, cfg.data_roots, out=out, replace_default=True,
+                               room_relabels=None)  # training itself already learned the room corrections
         print(f"learned from {result['human_labels']} human labels and {result['human_ratings']} ratings")
     return 0
 
@@ -94,7 +96,8 @@ def cmd_retrain_heads(a: argparse.Namespace) -> int:
 
     try:
         result = retrain_heads(a.weights or settings().weights, a.manifest or settings().manifest,
-                               a.relabels or settings().relabels, a.data_roots, a.out, on_progress=progress)
+                               a.relabels or settings().relabels, a.data_roots, a.out, on_progress=progress,
+                               room_relabels=a.room_relabels or settings().room_relabels)
     except (FileNotFoundError, ValueError) as exc:
         write_status(a.status, state="failed", pid=os.getpid(), started=started, message=str(exc))
         raise
@@ -133,7 +136,7 @@ def cmd_fit_scope(a: argparse.Namespace) -> int:
     weights = a.weights or settings().weights
     out = a.out or Path(weights).with_name(Path(weights).stem + "-scope.pt")
     result = fit_scope(weights, a.manifest or settings().manifest, a.out_of_scope_root or settings().out_of_scope_root,
-                       out, a.data_roots)
+                       out, a.data_roots, a.room_relabels or settings().room_relabels)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
     return 0
 
@@ -246,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="only manifest rows of this source (e.g. house-rooms)")
     p.add_argument("--split", default="test")
     p.add_argument("--relabels", type=Path, default=None, help=RELABELS_HELP)
+    p.add_argument("--room-relabels", type=Path, default=None, help=ROOM_RELABELS_HELP + "; with corrections of "
+                   "the evaluated photos, metrics against the corrected labels are reported beside the original ones")
     p.add_argument("--out-dir", type=Path, default=None, help="where metrics JSON, confusion matrix and failures go")
     p.add_argument("--robustness", action="store_true",
                    help="room accuracy per source as photos are and under listing-style changes (thumbnail, "
@@ -282,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
     _add_roots(p)
     p.add_argument("--relabels", type=Path, default=None, help=RELABELS_HELP)
+    p.add_argument("--room-relabels", type=Path, default=None, help=ROOM_RELABELS_HELP)
     p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-people-<UTC time>.pt")
     p.add_argument("--status", type=Path, default=None, help="JSON file to write progress to (the Model page reads it)")
     p.set_defaults(func=cmd_retrain_heads)
@@ -292,8 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
     _add_roots(p)
     p.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
-    p.add_argument("--room-relabels", type=Path, default=None,
-                   help="room corrections CSV (default: $ROOMVISION_ROOM_RELABELS or data/labels/room_relabels.csv)")
+    p.add_argument("--room-relabels", type=Path, default=None, help=ROOM_RELABELS_HELP)
     p.add_argument("--out", type=Path, default=None, help="CSV of every ranked photo (default: the top ones on stdout)")
     p.add_argument("--top", type=int, default=30, help="rows printed without --out")
     p.set_defaults(func=cmd_label_issues)
@@ -307,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-of-scope-root", type=Path, default=None,
                    help="folder of non-room photos with a manifest.csv (default: $ROOMVISION_OUT_OF_SCOPE_ROOT or "
                         "../shared/datasets/out-of-scope)")
+    p.add_argument("--room-relabels", type=Path, default=None,
+                   help=ROOM_RELABELS_HELP + "; photos people marked not a room join the non-room examples")
     p.add_argument("--out", type=Path, default=None, help="default: <weights>-scope.pt next to the weights")
     p.set_defaults(func=cmd_fit_scope)
 

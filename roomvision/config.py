@@ -141,6 +141,8 @@ class TrainConfig:
     max_steps_per_epoch: int = _opt(0, "cap for quick runs (0 = full epoch)")
     relabels: Path | None = _opt(None, "human labels CSV that overrides proxy labels "
                                        "(default: $ROOMVISION_RELABELS or data/labels/quality_relabels.csv)")
+    room_relabels: Path | None = _opt(None, "room corrections CSV: corrected training labels replace the given ones "
+                                            "(default: $ROOMVISION_ROOM_RELABELS or data/labels/room_relabels.csv)")
     seed: int = _opt(0, "random seed")
     workers: int = _opt(1, "data-loading worker processes")
     device: str = _opt("auto", "auto, cpu or cuda")

@@ -17,7 +17,7 @@ from .calibration import best_quality_threshold, expected_calibration_error, rel
 from .config import settings
 from .data import load_manifest, manifest_roots, resolve_paths, scan_root
 from .inference import Predictor, room_probabilities
-from .labels import LabelStore
+from .labels import LabelStore, room_corrections
 from .modelinfo import HEAD_OUTPUTS
 from .reports import report_paths
 from .samples import degraded_cache_path, degraded_samples, real_samples
@@ -106,6 +106,18 @@ def evaluate(predictor: Predictor, samples: pd.DataFrame, batch_size: int = 64, 
     return m, out
 
 
+def corrected_room_metrics(out: pd.DataFrame, corrections: pd.Series, classes: list[str]) -> dict:
+    """Room metrics of the clean samples against the labels people corrected (photos they called ambiguous or not a
+    room left out), to report beside the original figures."""
+    clean = out[out["degrade"] == ""].reset_index(drop=True)
+    labels = corrections.reset_index(drop=True).fillna(pd.Series([classes[i] for i in clean["class_idx"]]))
+    keep = labels.isin(classes).to_numpy()
+    probs = clean[[f"prob_{c}" for c in classes]].to_numpy()[keep]
+    metrics = room_metrics(probs, labels[keep].map(classes.index).to_numpy(), classes)
+    metrics.update(photos_corrected=int(corrections.notna().sum()), photos_left_out=int((~keep).sum()))
+    return metrics
+
+
 def failures_frame(out: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Misclassified clean samples: path, source, true, predicted, probabilities, loss."""
     wrong = out[(out["degrade"] == "") & (out["pred_idx"] != out["class_idx"])]
@@ -177,6 +189,7 @@ def evaluate_cli(a: argparse.Namespace) -> int:
         degraded_cache = degraded_cache_path(manifest)
     df = df.reset_index(drop=True)
     real = real_samples(df, paths, relabels)
+    corrections = None if a.folder else room_corrections(df, a.room_relabels or settings().room_relabels)
     parts = [real]
     if degraded_cache is not None:
         parts.append(degraded_samples(real, degraded_cache))
@@ -185,6 +198,8 @@ def evaluate_cli(a: argparse.Namespace) -> int:
     metrics, out = evaluate(predictor, samples, a.batch_size, human)
     metrics.update(model_version=predictor.version, weights=str(predictor.weights), evaluated_on=tag,
                    sources=sorted(df["source"].unique().tolist()))
+    if corrections is not None and corrections.notna().any():
+        metrics["room_corrected_labels"] = corrected_room_metrics(out, corrections, predictor.classes)
     paths = report_paths(predictor.weights, tag, a.out_dir)
     paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
     paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
@@ -197,6 +212,11 @@ def evaluate_cli(a: argparse.Namespace) -> int:
           f"quality ROC-AUC {q.get('roc_auc', float('nan')):.4f} (n={q['n']}); "
           f"ECE {metrics['calibration']['ece_before']:.4f} -> {metrics['calibration']['ece_after']:.4f}; "
           f"aesthetic SRCC {metrics['aesthetic']['srcc']:.3f}")
+    if "room_corrected_labels" in metrics:
+        c = metrics["room_corrected_labels"]
+        print(f"{tag} against people's corrected labels ({c['photos_corrected']} corrected, {c['photos_left_out']} "
+              f"ambiguous or not a room left out): n={c['n']} accuracy {c['accuracy']:.4f} macro-F1 "
+              f"{c['macro_f1']:.4f} (original labels: {r['accuracy']:.4f} / {r['macro_f1']:.4f})")
     print(f"written: {paths['metrics']}")
     return 0
 

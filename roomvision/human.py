@@ -266,3 +266,36 @@ def active_queue(p_good: np.ndarray, threshold: float, features: np.ndarray, can
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
     return shortlist[chosen]
+
+
+ROOM_HUMAN_WEIGHT = 5.0      # a photo people relabelled counts this many times in the room head's refit
+ROOM_L2 = 1e-4               # small pull towards the trained head (conditioning)
+
+
+def refit_room_head(features: np.ndarray, labels: np.ndarray, human: np.ndarray, weight: np.ndarray,
+                    bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The room head (logits = features @ weight.T + bias) refitted to the room labels people gave.
+
+    Photos people relabelled (`human`; their `labels`) are targets weighted ROOM_HUMAN_WEIGHT; every other photo's
+    target is the trained head's own prediction (self-distillation), so with no corrections the head stays as it
+    is and photos nobody corrected keep their predictions as far as the corrections allow. Returns (weight, bias).
+    """
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax, softmax
+    xb = np.c_[np.asarray(features, np.float64), np.ones(len(features))]
+    start = np.c_[weight, bias].astype(np.float64)
+    target = softmax(xb @ start.T, axis=1)
+    target[human] = np.eye(weight.shape[0])[labels[human]]
+    w = np.where(human, ROOM_HUMAN_WEIGHT, 1.0)
+    w = w / w.sum()
+
+    def loss(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        theta = flat.reshape(start.shape)
+        logp = log_softmax(xb @ theta.T, axis=1)
+        diff = theta - start
+        grad = ((np.exp(logp) - target) * w[:, None]).T @ xb + ROOM_L2 * diff
+        return float(-(w * (target * logp).sum(1)).sum() + 0.5 * ROOM_L2 * (diff ** 2).sum()), grad.ravel()
+
+    theta = minimize(loss, start.ravel(), jac=True, method="L-BFGS-B", options={"maxiter": 300}).x
+    theta = theta.reshape(start.shape)
+    return theta[:, :-1].astype(np.float32), theta[:, -1].astype(np.float32)

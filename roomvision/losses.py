@@ -15,8 +15,9 @@ def emd_loss(pred_probs: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 
 
 def room_class_weight(class_idx, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency class weights (mean 1) from the training labels."""
-    counts = torch.bincount(torch.tensor(list(class_idx)), minlength=num_classes).float().clamp(min=1)
+    """Inverse-frequency class weights (mean 1) from the training labels (negative ones: no room target)."""
+    labels = torch.tensor(list(class_idx))
+    counts = torch.bincount(labels[labels >= 0], minlength=num_classes).float().clamp(min=1)
     return counts.sum() / (num_classes * counts)
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import DEFAULT_WEIGHTS, QUALITY_THRESHOLDS
+from .config import CLASSES, DEFAULT_WEIGHTS, QUALITY_THRESHOLDS
 from .data import load_manifest, load_out_of_scope
 from .features import build_feature_cache, cache_path, load_feature_cache, run_files
-from .human import TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules
+from .human import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules,
+                    refit_room_head)
+from .labels import NOT_A_ROOM, room_corrections
 from .inference import Predictor
 from .scope import fit_scope_head
 
@@ -39,29 +41,71 @@ def output_path(weights: Path) -> Path:
     return Path(weights).parent / f"{Path(weights).stem.split('-people-')[0]}-people-{stamp}.pt"
 
 
-def save_with_human_heads(weights: Path, out: Path, human: dict, quality_threshold: float | None,
-                          metrics: dict) -> Path:
-    """A copy of `weights` carrying the human heads (and the human threshold as its calibrated default)."""
+def room_head_from_corrections(weights: Path, df: pd.DataFrame, data: dict,
+                               corrections: pd.Series) -> tuple[dict, dict] | None:
+    """The room head refitted on the training photos' cached features with people's room corrections, and what it
+    changed on validation (accuracy against the original labels, and against corrected ones when validation photos
+    were corrected); None without corrections of training photos."""
+    from .model import Checkpoint
+    train = (df["split"] == "train").to_numpy() & ~np.isnan(data["room"][:, 0])
+    corrected = corrections.notna().to_numpy()
+    labels = corrections.fillna(df["class"])
+    usable = labels.isin(CLASSES).to_numpy()
+    if not (train & corrected & usable).any():
+        return None
+    state = Checkpoint.load(weights).state_dict
+    weight, bias = (state[f"room_head.{k}"].float().numpy() for k in ("weight", "bias"))
+    rows = train & usable
+    new_weight, new_bias = refit_room_head(data["features"][rows].astype(np.float32),
+                                           labels[rows].map(CLASSES.index).to_numpy(), corrected[rows], weight, bias)
+    val = (df["split"] == "val").to_numpy() & ~np.isnan(data["room"][:, 0])
+    feats = data["features"][val].astype(np.float32)
+    before, after = (np.asarray(CLASSES)[(feats @ w.T + b).argmax(1)] for w, b in ((weight, bias),
+                                                                                    (new_weight, new_bias)))
+    counts = corrections[corrected].value_counts()
+    report = {"room_corrections": {k: int(v) for k, v in counts.items()},
+              "room_corrections_used": int((train & corrected & usable).sum()),
+              "val_accuracy_before": float(np.mean(before == df["class"][val])),
+              "val_accuracy_after": float(np.mean(after == df["class"][val])),
+              "val_predictions_changed": float(np.mean(before != after))}
+    val_fixed = labels[val].to_numpy()
+    if (corrected & val).any():
+        keep = np.isin(val_fixed, CLASSES)
+        report.update(val_accuracy_before_corrected_labels=float(np.mean(before[keep] == val_fixed[keep])),
+                      val_accuracy_after_corrected_labels=float(np.mean(after[keep] == val_fixed[keep])))
+    return {"room_head.weight": new_weight, "room_head.bias": new_bias}, report
+
+
+def save_version(weights: Path, out: Path, human: dict, quality_threshold: float | None, metrics: dict,
+                 room_head: dict | None = None) -> Path:
+    """A copy of `weights` carrying the human heads (and the human threshold as its calibrated default) and, when
+    given, a room head refitted to people's corrections."""
+    import torch
     from .model import Checkpoint  # PyTorch writes the checkpoint
     ckpt = Checkpoint.load(weights)
     calibration = ckpt.calibration if quality_threshold is None else replace(ckpt.calibration,
                                                                              quality=quality_threshold)
-    replace(ckpt, human=human, calibration=calibration, metrics={**ckpt.metrics, "learned_from_people": metrics},
-            version=out.stem, created="").save(out)
+    state = {**ckpt.state_dict, **{k: torch.from_numpy(v) for k, v in (room_head or {}).items()}}
+    replace(ckpt, human=human or ckpt.human, calibration=calibration, state_dict=state,
+            metrics={**ckpt.metrics, "learned_from_people": metrics}, version=out.stem, created="").save(out)
     return out
 
 
 def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: list[Path] | None = None,
-                  out: Path | None = None, on_progress=None, cancel=None, replace_default: bool = False) -> dict:
-    """Learn from the human labels in `relabels`; returns what was done, before -> after, and the new file."""
+                  out: Path | None = None, on_progress=None, cancel=None, replace_default: bool = False,
+                  room_relabels: Path | None = None) -> dict:
+    """Learn from the human labels in `relabels` (quality decisions, ratings) and `room_relabels` (room
+    corrections); returns what was done, before -> after, and the new file."""
     started = time.monotonic()
     out = Path(out) if out else output_path(weights)
     if out.resolve() == DEFAULT_WEIGHTS.resolve() and not replace_default:
         raise ValueError("refusing to overwrite the default model; choose another output name")
     df = load_manifest(manifest).reset_index(drop=True)
     decision, score = human_targets(df, relabels)
-    if not any_human_labels(decision, score):
-        raise ValueError(f"no human labels for this manifest's photos in {relabels}; label some in the Relabel page")
+    corrections = room_corrections(df, room_relabels)
+    if not any_human_labels(decision, score) and corrections.isna().all():
+        raise ValueError(f"no human labels for this manifest's photos in {relabels} or {room_relabels}; label some "
+                         "in the Relabel page or correct room labels in the Mistakes page")
     predictor = Predictor(weights, device="cpu")
     cache = cache_path(predictor.weights, manifest)
     if not cache.is_file():
@@ -73,8 +117,10 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
     human_good = decision[ok][labelled] == 1
     quality = fit_human_quality(features, pool, decision[ok])
     aesthetic = fit_human_aesthetic(features, score[ok])
-    if quality is None and aesthetic is None:
-        raise ValueError(f"too few human labels to learn from: {TOO_FEW}")
+    room = room_head_from_corrections(weights, df, data, corrections)
+    if quality is None and aesthetic is None and room is None:
+        raise ValueError(f"too few human labels to learn from: {TOO_FEW}, or correct room labels of training photos "
+                         "in the Mistakes page")
     heads = {k: h.to_dict() for k, h in (("quality", quality), ("aesthetic", aesthetic)) if h is not None}
     metrics = {"human_labels": int(labelled.sum()), "human_ratings": int((~np.isnan(score)).sum()),
                "agreement_before": float(np.mean((before >= predictor.thresholds.quality) == human_good))
@@ -85,7 +131,9 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
                        balanced_accuracy_after_cv=quality.cv_balanced_accuracy, threshold=quality.threshold,
                        rules_moved=moved_rules(QUALITY_THRESHOLDS, quality.rule_thresholds),
                        learned_from_rules_too=quality.uses_rules)
-    save_with_human_heads(weights, out, heads, quality.threshold if quality else None, metrics)
+    if room is not None:
+        metrics["room"] = room[1]
+    save_version(weights, out, heads, quality.threshold if quality else None, metrics, room[0] if room else None)
     return {"out": out, "seconds": time.monotonic() - started, **metrics}
 
 
@@ -108,13 +156,12 @@ def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) 
     return pd.Series(np.arange(len(order)), index=df["sha256"].to_numpy()[ok[order]])
 
 
-def _manifest_features(predictor: Predictor, manifest: Path, data_roots: list[Path] | None, on_progress=None,
-                       cancel=None) -> tuple[pd.DataFrame, dict]:
+def _manifest_features(predictor: Predictor, manifest: Path,
+                       data_roots: list[Path] | None) -> tuple[pd.DataFrame, dict]:
     """The manifest and its feature cache (built first when missing)."""
     cache = cache_path(predictor.weights, manifest)
     if not cache.is_file():
-        build_feature_cache(predictor, manifest, data_roots, on_batch=on_progress, progress=on_progress is None,
-                            cancel=cancel)
+        build_feature_cache(predictor, manifest, data_roots)
     df = load_manifest(manifest).reset_index(drop=True)
     data = load_feature_cache(cache)
     if list(data["sha256"]) != list(df["sha256"]):
@@ -133,21 +180,26 @@ def scope_report(in_scope: np.ndarray, rooms: np.ndarray, others: np.ndarray, th
 
 
 def fit_scope(weights: Path, manifest: Path, out_of_scope_root: Path, out: Path, data_roots: list[Path] | None = None,
-              on_progress=None) -> dict:
-    """Fit the out-of-scope head of `weights` (training rooms vs training out-of-scope photos; gate and threshold
-    on validation rooms), report it on the test photos, and save the model with it as `out`."""
+              room_relabels: Path | None = None) -> dict:
+    """Fit the out-of-scope head of `weights` (training rooms vs training out-of-scope photos, with the manifest
+    photos people marked not a room; gate and threshold on validation rooms), report it on the test photos, and
+    save the model with it as `out`."""
     from .model import Checkpoint
     if Path(out).resolve() == DEFAULT_WEIGHTS.resolve():
         raise ValueError("refusing to overwrite the default model; choose another output name")
     predictor = Predictor(weights, device="cpu")
-    df, data = _manifest_features(predictor, manifest, data_roots, on_progress)
+    df, data = _manifest_features(predictor, manifest, data_roots)
     others = load_out_of_scope(out_of_scope_root)
     other_features = run_files(predictor, list(others["path"]))["features"].astype(np.float32)
+    corrections = room_corrections(df, room_relabels).to_numpy()
     readable = ~np.isnan(data["room"][:, 0])
-    rooms = {s: data["features"][readable & (df["split"].to_numpy() == s)].astype(np.float32)
+    is_room = pd.isna(corrections) | np.isin(corrections, CLASSES)
+    rooms = {s: data["features"][readable & is_room & (df["split"].to_numpy() == s)].astype(np.float32)
              for s in ("train", "val", "test")}
     other = {s: other_features[(others["split"].to_numpy() == s) & ~np.isnan(other_features[:, 0])]
              for s in ("train", "val", "test")}
+    marked = readable & (corrections == NOT_A_ROOM) & (df["split"].to_numpy() == "train")
+    other["train"] = np.r_[other["train"], data["features"][marked].astype(np.float32)]
     head, threshold = fit_scope_head(rooms["train"], other["train"], rooms["val"])
     metrics = {}
     for split in ("val", "test"):

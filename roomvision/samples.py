@@ -14,14 +14,21 @@ from tqdm import tqdm
 from .config import CLASSES, settings
 from .human import human_targets
 from .images import load_image
+from .labels import room_corrections
 from .modelinfo import file_sha256
 from .preprocess import Preprocess, decode_for_model
 from .robustness import listing_augment
 from .quality import DEGRADATIONS, aesthetic_target, compute_metrics, degrade, quality_label, score_distribution
 
 
-def real_samples(df: pd.DataFrame, paths: list[Path], relabels: Path | None) -> pd.DataFrame:
-    """One sample per manifest row; human labels and ratings from the relabel CSV override proxy targets."""
+IGNORE_ROOM = -100  # room target of a photo people called ambiguous or not a room: no room loss
+
+
+def real_samples(df: pd.DataFrame, paths: list[Path], relabels: Path | None,
+                 room_relabels: Path | None = None) -> pd.DataFrame:
+    """One sample per manifest row; human labels and ratings from the relabel CSV override proxy targets, and room
+    corrections override the room label of training photos (ambiguous and not-a-room ones train no room head).
+    Validation and test keep their original labels: `evaluate` reports corrected figures beside them."""
     s = pd.DataFrame({
         "file": [str(p) for p in paths], "path": df["path"].values, "source": df["source"].values,
         "sha256": df["sha256"].values, "split": df["split"].values,
@@ -35,6 +42,10 @@ def real_samples(df: pd.DataFrame, paths: list[Path], relabels: Path | None) -> 
     s.loc[decided, "human_quality"] = np.where(decision[decided] == 1, "GOOD", "BAD")
     s.loc[decided, "quality"] = decision[decided].astype(np.float32)
     s.loc[rated, "aesthetic"] = score[rated].astype(np.float32)
+    corrected = room_corrections(df, room_relabels).to_numpy()
+    train = (df["split"] == "train").to_numpy() & pd.notna(corrected)
+    if train.any():
+        s.loc[train, "class_idx"] = [CLASSES.index(c) if c in CLASSES else IGNORE_ROOM for c in corrected[train]]
     return s
 
 

@@ -81,7 +81,8 @@ def load_data(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
     manifest = cfg.manifest or settings().manifest
     relabels = cfg.relabels or settings().relabels
     df = load_manifest(manifest)
-    real = real_samples(df, resolve_paths(df, manifest_roots(manifest, cfg.data_roots)), relabels)
+    real = real_samples(df, resolve_paths(df, manifest_roots(manifest, cfg.data_roots)), relabels,
+                        cfg.room_relabels or settings().room_relabels)
     degraded = degraded_samples(real, degraded_cache_path(manifest), workers=2)
     print(f"degraded copies: {int((degraded.quality == 0).sum())} BAD / {len(degraded)} "
           f"(real photos BAD: {int((real.quality == 0).sum())} / {len(real)}; "

@@ -214,6 +214,7 @@ def show_job_result(status: dict) -> None:
     if status.get("state") == "done":
         r = status["result"]
         st.success(f"Saved {Path(r['out']).name} ({r['human_labels']} human labels, {r['human_ratings']} ratings, "
+                   f"{r.get('room', {}).get('room_corrections_used', 0)} room corrections, "
                    f"{r['seconds']:.0f} s). Choose it as the active model above; the previous one stays listed.")
         if r.get("balanced_accuracy_after_cv") is not None:
             st.metric("Agreement with people (balanced accuracy on held-out human labels)",
@@ -222,5 +223,11 @@ def show_job_result(status: dict) -> None:
                       f"({r['balanced_accuracy_before']:.2f})")
         if r.get("rules_moved"):
             st.write("Your labels moved these proxy rules: " + "; ".join(r["rules_moved"]))
+        if room := r.get("room"):
+            st.metric(f"Room accuracy on validation ({room['room_corrections_used']} corrected training photos)",
+                      f"{room['val_accuracy_after']:.3f}",
+                      f"{room['val_accuracy_after'] - room['val_accuracy_before']:+.3f} vs before "
+                      f"({room['val_accuracy_before']:.3f}); {room['val_predictions_changed']:.1%} of predictions "
+                      "changed", delta_color="normal")
     elif status.get("state") in ("failed", "cancelled"):
         st.warning(f"The last run {status['state']}: {status.get('message', '')}")

@@ -180,3 +180,15 @@ def test_model_page_lists_versions(app_env):
     learn = [b for b in at.button if b.label == "Learn from people now"]
     assert len(learn) == 1 and learn[0].disabled  # no human labels yet: disabled, with the reason
     assert any("label at least 3 GOOD and 3 BAD photos" in c.value for c in at.caption)
+
+
+def test_model_page_counts_room_corrections_and_enables_learning(app_env):
+    from roomvision.labels import ROOM, LabelStore
+    manifest = pd.read_csv(app_env["manifest"], keep_default_na=False)
+    store = LabelStore(app_env["relabels"].parent / "room.csv", ROOM)
+    for _, row in manifest.head(2).iterrows():
+        store.append(row["path"], "Kitchen", sha256=row["sha256"], given_label=row["class"])
+    at = run_page("pages/model.py")
+    assert any("holds 2 room corrections (Mistakes page): Kitchen 2" in m.value for m in at.markdown)
+    learn = [b for b in at.button if b.label == "Learn from people now"]
+    assert len(learn) == 1 and not learn[0].disabled

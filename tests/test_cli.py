@@ -138,3 +138,51 @@ def test_committed_default_weights_load_and_predict(make_room):
     from roomvision.inference import Predictor
     (row,) = Predictor(DEFAULT_WEIGHTS, device="cpu").predict_images([make_room(5)])
     assert row["room"] in CLASSES and abs(sum(row[f"prob_{c}"] for c in CLASSES) - 1) < 1e-5
+
+
+def test_room_corrections_reach_training_retraining_and_evaluation(tiny_dataset, tiny_checkpoint, tmp_path):
+    """Corrected training photos get the corrected label from a retrained model; ambiguous ones train no room
+    head; evaluation reports corrected-label metrics beside the original ones."""
+    import json
+    from roomvision.inference import Predictor
+    from roomvision.labels import AMBIGUOUS, ROOM, LabelStore
+    from roomvision.samples import IGNORE_ROOM, real_samples
+    manifest = tmp_path / "manifest.csv"
+    assert main(["prepare", str(tiny_dataset), "--out", str(manifest), "--workers", "1"]) == 0
+    df = pd.read_csv(manifest, keep_default_na=False)
+    predictor = Predictor(tiny_checkpoint, device="cpu")
+    train = df[df["split"] == "train"].head(3)
+    files = [tiny_dataset / p for p in train["path"]]
+    before = [r["room"] for r in predictor.predict_paths(files)]
+    wanted = [CLASSES[(CLASSES.index(b) + 2) % 5] for b in before]
+    store = LabelStore(tmp_path / "room.csv", ROOM)
+    for (_, row), label in zip(train.iterrows(), wanted):
+        store.append(row["path"], label, sha256=row["sha256"], given_label=row["class"], annotator="ana")
+    other = df[df["split"] == "train"].iloc[3]
+    store.append(other["path"], AMBIGUOUS, sha256=other["sha256"], given_label=other["class"])
+    test = df[df["split"] == "test"].iloc[0]
+    fixed = CLASSES[(CLASSES.index(test["class"]) + 1) % 5]
+    store.append(test["path"], fixed, sha256=test["sha256"], given_label=test["class"])
+
+    samples = real_samples(df, [tiny_dataset / p for p in df["path"]], None, store.path)
+    assert [CLASSES[i] for i in samples.loc[train.index, "class_idx"]] == wanted
+    assert samples.loc[other.name, "class_idx"] == IGNORE_ROOM
+    assert samples.loc[test.name, "class_idx"] == CLASSES.index(test["class"])  # test labels never change silently
+
+    out = tmp_path / "people.pt"
+    assert main(["retrain-heads", "--weights", str(tiny_checkpoint), "--manifest", str(manifest), "--data-root",
+                 str(tiny_dataset), "--room-relabels", str(store.path), "--out", str(out)]) == 0
+    assert [r["room"] for r in Predictor(out, device="cpu").predict_paths(files)] == wanted
+    room = Checkpoint.load(out).metrics["learned_from_people"]["room"]
+    assert room["room_corrections_used"] == 3 and room["room_corrections"][AMBIGUOUS] == 1
+    assert {"val_accuracy_before", "val_accuracy_after"} <= set(room)
+
+    out_dir = tmp_path / "eval"
+    assert main(["evaluate", "--weights", str(tiny_checkpoint), "--manifest", str(manifest), "--data-root",
+                 str(tiny_dataset), "--device", "cpu", "--room-relabels", str(store.path), "--out-dir",
+                 str(out_dir)]) == 0
+    metrics = json.loads(next(out_dir.glob("*test.metrics.json")).read_text())
+    corrected = metrics["room_corrected_labels"]
+    assert corrected["photos_corrected"] == 1 and corrected["n"] == metrics["room"]["n"]
+    right_before = metrics["room"]["accuracy"] * metrics["room"]["n"]
+    assert abs(corrected["accuracy"] * corrected["n"] - right_before) <= 1  # one label moved, one photo at most

@@ -97,3 +97,23 @@ def test_active_queue_picks_uncertain_and_distinct_photos():
     p = np.linspace(0.01, 0.99, 500)
     chosen = active_queue(p, 0.5, f, np.arange(500), 20)
     assert len(set(chosen)) == 20 and np.abs(p[chosen] - 0.5).max() < 0.2
+
+
+def test_room_head_refit_learns_corrections_and_keeps_the_rest():
+    from roomvision.human import refit_room_head
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 1, (5, 64))
+    truth = rng.integers(0, 5, 1500)
+    x = (centres[truth] + rng.normal(0, 1.0, (1500, 64))).astype(np.float32)
+    weight, bias = (centres * 2).astype(np.float32), np.zeros(5, np.float32)
+    unchanged = refit_room_head(x, truth, np.zeros(1500, bool), weight, bias)
+    np.testing.assert_allclose(unchanged[0], weight, atol=1e-6)  # nothing corrected: the head stays
+    before = (x @ weight.T + bias).argmax(1)
+    human = np.zeros(1500, bool)
+    human[:15] = True
+    labels = before.copy()
+    labels[:15] = (before[:15] + 1) % 5  # people say these photos are another room
+    w, b = refit_room_head(x, labels, human, weight, bias)
+    after = (x @ w.T + b).argmax(1)
+    assert (after[:15] == labels[:15]).mean() >= 0.9
+    assert (after[15:] == before[15:]).mean() > 0.9
