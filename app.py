@@ -1,6 +1,8 @@
 """roomvision: room type, photo quality and aesthetic score for listing photos (`streamlit run app.py`)."""
 import streamlit as st
 
+from roomvision.webapp import APP_NAVIGATION
+
 st.set_page_config(page_title="roomvision", page_icon=":material/home:", layout="wide")
 
 pages = [
@@ -9,4 +11,5 @@ pages = [
     st.Page("pages/relabel.py", title="Relabel", icon=":material/label:"),
     st.Page("pages/model.py", title="Model", icon=":material/monitoring:"),
 ]
+st.session_state[APP_NAVIGATION] = True
 st.navigation(pages).run()

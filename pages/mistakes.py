@@ -10,12 +10,13 @@ from roomvision.config import CLASSES, ENV_DATA_ROOT
 from roomvision.features import cache_path
 from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, LabelError, LabelStore, export_csv
 from roomvision.reports import filter_failures, report_paths
-from roomvision.webapp import (active_weights, cached_label_issues, dataset_roots_sidebar, get_predictor,
-                               manifest_path, room_relabels_path, thumbnail)
+from roomvision.webapp import (active_weights, cached_label_issues, dataset_roots_sidebar, ensure_app_navigation,
+                               get_predictor, manifest_path, room_relabels_path, thumbnail)
 
 CLASS_KEYS = {c: str(i + 1) for i, c in enumerate(CLASSES)}  # 1..5
 CORRECTION_NAMES = {AMBIGUOUS: "Ambiguous / open plan", NOT_A_ROOM: "Not one of the five rooms"}
 
+ensure_app_navigation()
 st.title("Mistakes")
 weights = active_weights()
 paths = report_paths(weights)
@@ -180,21 +181,22 @@ def label_issues_view() -> None:
         fig = go.Figure(go.Bar(x=probs, y=list(CLASSES), orientation="h", text=[f"{p:.0%}" for p in probs]))
         fig.update_layout(height=200, margin=dict(l=0, r=0, t=10, b=0), xaxis=dict(range=[0, 1]))
         right.plotly_chart(fig, key="issue-probs")
-        cols = right.columns(len(CLASSES))
-        for col, c in zip(cols, CLASSES):
+        keys = st.columns(len(CLASSES) + 3)
+        for col, c in zip(keys, CLASSES):
             col.button(c, on_click=record, args=(c, [row]), shortcut=CLASS_KEYS[c], key=f"room-{c}",
-                       disabled=bool(blocked), type="primary" if c == row["suggested"] else "secondary")
-        b1, b2, b3 = right.columns(3)
-        b1.button(CORRECTION_NAMES[AMBIGUOUS], on_click=record, args=(AMBIGUOUS, [row]), shortcut="a",
-                  key="room-ambiguous", disabled=bool(blocked))
-        b2.button(CORRECTION_NAMES[NOT_A_ROOM], on_click=record, args=(NOT_A_ROOM, [row]), shortcut="n",
-                  key="room-not-a-room", disabled=bool(blocked))
-        b3.button("Undo", on_click=record, args=("UNDO", []), shortcut="u", key="room-undo")
+                       disabled=bool(blocked), type="primary" if c == row["suggested"] else "secondary",
+                       width="stretch")
+        keys[-3].button("Ambiguous", on_click=record, args=(AMBIGUOUS, [row]), shortcut="a", key="room-ambiguous",
+                        disabled=bool(blocked), help=CORRECTION_NAMES[AMBIGUOUS], width="stretch")
+        keys[-2].button("Not a room", on_click=record, args=(NOT_A_ROOM, [row]), shortcut="n",
+                        key="room-not-a-room", disabled=bool(blocked), help=CORRECTION_NAMES[NOT_A_ROOM],
+                        width="stretch")
+        keys[-1].button("Undo", on_click=record, args=("UNDO", []), shortcut="u", key="room-undo", width="stretch")
         if blocked:
-            right.info(blocked)
-        right.caption("Keys: " + ", ".join(f"{k} = {c}" for c, k in CLASS_KEYS.items())
-                      + " (the given label too: it confirms it), a = ambiguous / open plan, n = not one of the five "
-                        "rooms, u = undo. The next photo follows each decision.")
+            st.info(blocked)
+        st.caption("Keys: " + ", ".join(f"{k} = {c}" for c, k in CLASS_KEYS.items())
+                   + " (the given label too: it confirms it), a = ambiguous / open plan, n = not one of the five "
+                     "rooms, u = undo. The next photo follows each decision.")
     merged = store.merged()
     st.download_button(f"Download room corrections ({len(merged)} photos)", export_csv(merged),
                        "room_relabels.csv", "text/csv")

@@ -11,9 +11,10 @@ from roomvision.features import cache_path
 from roomvision.human import MIN_PER_CLASS, MIN_RATINGS, TOO_FEW
 from roomvision.jobs import read_status, start, status_file
 from roomvision.labels import ROOM, LabelStore
-from roomvision.webapp import (active_weights, dataset_roots_sidebar, get_predictor, list_models, manifest_path,
-                               progress_fragment, relabels_path, room_relabels_path, show_job_result)
+from roomvision.webapp import (active_weights, dataset_roots_sidebar, ensure_app_navigation, get_predictor, list_models,
+                               manifest_path, progress_fragment, relabels_path, room_relabels_path, show_job_result)
 
+ensure_app_navigation()
 st.title("Model")
 weights_dir = settings().weights.parent
 models = list_models(weights_dir)

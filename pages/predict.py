@@ -9,8 +9,10 @@ from PIL import Image
 
 from roomvision.inference import results_frame
 from roomvision.labels import neutralise_formulas
-from roomvision.webapp import get_predictor, overlay_heatmap, score_uploads, threshold_sidebar
+from roomvision.webapp import (ensure_app_navigation, get_predictor, overlay_heatmap, score_uploads,
+                               threshold_sidebar)
 
+ensure_app_navigation()
 st.title("Predict")
 st.caption("Room type, photo quality (GOOD/BAD) and aesthetic score 1–10. The aesthetic score is a proxy learned "
            "from photo properties (exposure, contrast, colour, sharpness, level verticals) until people rate photos.")

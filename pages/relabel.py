@@ -7,9 +7,10 @@ import streamlit as st
 from roomvision.decisions import quality_decision
 from roomvision.features import build_feature_cache, cache_path
 from roomvision.labels import LabelError, LabelStore, export_csv, relabel_queue
-from roomvision.webapp import (active_priority, cached_p_good, dataset_roots_sidebar, get_predictor, manifest_path,
-                               read_manifest, relabels_path, thumbnail)
+from roomvision.webapp import (active_priority, cached_p_good, dataset_roots_sidebar, ensure_app_navigation,
+                               get_predictor, manifest_path, read_manifest, relabels_path, thumbnail)
 
+ensure_app_navigation()
 st.title("Relabel photo quality")
 predictor = get_predictor()
 manifest_file = manifest_path()

@@ -57,7 +57,7 @@ def in_sample_probabilities(features: np.ndarray, labels: np.ndarray, seed: int 
 def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(score, issue): score = 1 - self-confidence (higher = more suspect); issue = confident learning's verdict."""
     quality = get_label_quality_scores(labels, probabilities, method="self_confidence")
-    issue = find_label_issues(labels, probabilities, filter_by="prune_by_noise_rate")
+    issue = find_label_issues(labels, probabilities, filter_by="prune_by_noise_rate", n_jobs=1)
     return 1.0 - quality, issue
 
 

@@ -26,6 +26,21 @@ from .quality import compute_metrics, quality_reasons
 PREVIEW_SIDE = 640  # the Predict page shows (and overlays Grad-CAM on) a preview, not the full-size photo
 
 
+APP_NAVIGATION = "app_navigation"  # session flag app.py sets before its st.navigation runs the page
+
+
+def ensure_app_navigation() -> None:
+    """Call first on every page. When the first request after the server starts is a bookmarked page URL
+    (/relabel), Streamlit runs that file of pages/ directly in its legacy multipage mode (a sidebar of file names,
+    app.py never run) because it has not yet seen app.py call st.navigation; switch that mode off and rerun once,
+    so app.py's navigation serves the same URL."""
+    from streamlit.runtime.pages_manager import PagesManager
+    if not st.session_state.get(APP_NAVIGATION) and not st.session_state.get("left_legacy_pages"):
+        st.session_state["left_legacy_pages"] = True
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def manifest_path() -> Path:
     return settings().manifest
 

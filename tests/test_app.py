@@ -96,7 +96,9 @@ def test_label_issues_view_corrects_room_labels(app_env):
     """Keys per class, ambiguous / not a room, undo, auto-advance and grid mode, all into the room relabels CSV."""
     from roomvision.features import build_feature_cache
     from roomvision.inference import Predictor
+    from roomvision.features import cache_path
     from roomvision.labels import NOT_A_ROOM, ROOM, LabelStore
+    cache_path(app_env["weights"], app_env["manifest"]).unlink(missing_ok=True)  # another test may have built it
     at = run_page("pages/mistakes.py")
     at.segmented_control(key="mistakes_view").set_value("Label issues").run()
     assert any("python -m roomvision cache-features" in i.value for i in at.info)
@@ -106,7 +108,7 @@ def test_label_issues_view_corrects_room_labels(app_env):
     assert not at.exception, [e.message for e in at.exception]
     at.selectbox(key="issues_show").set_value("All photos, most suspect first").run()
     assert at.button(key="room-Kitchen").disabled  # no name yet
-    assert any("Enter your name" in i.value for i in at.info)
+    assert any("Enter your name" in i.value for i in at.info), [i.value for i in at.info]
     at.text_input(key="annotator").set_value("ana").run()
     first = at.metric[0].value
     at.button(key="room-Kitchen").click().run()

@@ -1,5 +1,6 @@
 """End to end in a real browser: Debian's chromium driven by Playwright against `streamlit run app.py`."""
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -8,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from roomvision.data import prepare
@@ -41,8 +43,10 @@ def server(tmp_path, tiny_dataset, tiny_checkpoint):
     prepare([tiny_dataset], manifest, workers=1)
     relabels = tmp_path / "labels" / "relabels.csv"
     port = free_port()
+    room_relabels = tmp_path / "labels" / "room_relabels.csv"
     env = {**os.environ, "ROOMVISION_WEIGHTS": str(weights), "ROOMVISION_MANIFEST": str(manifest),
-           "ROOMVISION_RELABELS": str(relabels), "ROOMVISION_DATA_ROOT": str(tiny_dataset)}
+           "ROOMVISION_RELABELS": str(relabels), "ROOMVISION_DATA_ROOT": str(tiny_dataset),
+           "ROOMVISION_ROOM_RELABELS": str(room_relabels)}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--browser.gatherUsageStats", "false"], cwd=PROJECT, env=env,
@@ -57,7 +61,8 @@ def server(tmp_path, tiny_dataset, tiny_checkpoint):
     else:
         proc.kill()
         pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
-    yield {"url": url, "relabels": relabels, "root": tiny_dataset}
+    yield {"url": url, "relabels": relabels, "root": tiny_dataset, "weights": weights, "manifest": manifest,
+           "room_relabels": room_relabels}
     proc.terminate()
     proc.wait(timeout=20)
 
@@ -116,3 +121,52 @@ def test_app_in_chromium(server, tmp_path, make_room):
         page.get_by_text("python -m roomvision evaluate").first.wait_for()
         page.screenshot(path=str(ARTIFACTS / "mistakes.png"), full_page=True)
         browser.close()
+
+
+def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path):
+    """Label issues view: a name, one key press; the correction lands in the CSV and a model retrained with it
+    predicts the corrected room for that photo."""
+    from roomvision.cli import main
+    from roomvision.config import CLASSES
+    from roomvision.features import build_feature_cache
+    from roomvision.inference import Predictor
+    from roomvision.labels import ROOM
+    build_feature_cache(Predictor(server["weights"], device="cpu"), server["manifest"], [server["root"]],
+                        progress=False)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(90_000)
+        page.goto(server["url"] + "/mistakes")  # a bookmarked page as the first URL after the server starts
+        page.get_by_role("link", name="Predict").wait_for()  # app.py's navigation, not the pages/ file list
+        page.get_by_role("link", name="mistakes", exact=True).wait_for(state="detached", timeout=20_000)
+        page.get_by_text("Label issues", exact=True).click()
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Show").click()
+        page.get_by_role("option", name="All photos, most suspect first").click()
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Split").click()
+        page.get_by_role("option", name="train", exact=True).click()  # training photos teach the room head
+        page.get_by_label("Your name").fill("ana")
+        page.get_by_label("Your name").press("Enter")
+        kitchen = page.get_by_role("button", name=re.compile("^Kitchen"))
+        for _ in range(120):
+            if kitchen.is_enabled():
+                break
+            page.wait_for_timeout(500)
+        assert kitchen.is_enabled()
+        page.screenshot(path=str(ARTIFACTS / "label-issues.png"), full_page=True)
+        page.get_by_role("heading", name="Mistakes").click()  # keyboard focus off the text box
+        page.keyboard.press(str(CLASSES.index("Kitchen") + 1))
+        store = LabelStore(server["room_relabels"], ROOM)
+        for _ in range(60):
+            if len(store.read_raw()) >= 1:
+                break
+            time.sleep(0.5)
+        browser.close()
+    rows = store.read_raw()
+    assert list(rows["human_label"]) == ["Kitchen"] and list(rows["annotator"]) == ["ana"]
+    photo = server["root"] / rows.loc[0, "path"]
+    out = tmp_path / "people.pt"
+    assert main(["retrain-heads", "--weights", str(server["weights"]), "--manifest", str(server["manifest"]),
+                 "--data-root", str(server["root"]), "--room-relabels", str(store.path), "--out", str(out)]) == 0
+    assert pd.read_csv(server["manifest"]).set_index("path").loc[rows.loc[0, "path"], "split"] == "train"
+    assert Predictor(out, device="cpu").predict_paths([photo])[0]["room"] == "Kitchen"
