@@ -134,8 +134,9 @@ def label_issues_view() -> None:
         except LabelError as exc:
             st.session_state["room_msg"] = f"Not saved: {exc}"
         except OSError as exc:
-            st.session_state["room_msg"] = (f"Not saved: cannot write {store.path} ({exc.strerror or type(exc).__name__})"
-                                            ". Check that its folder is writable, or set $ROOMVISION_ROOM_RELABELS.")
+            st.session_state["room_msg"] = (f"Not saved: cannot write {store.path} "
+                                            f"({exc.strerror or type(exc).__name__}). Check that its folder is "
+                                            "writable, or set $ROOMVISION_ROOM_RELABELS.")
 
     if msg := st.session_state.pop("room_msg", None):
         st.error(msg) if msg.startswith("Not saved") else st.toast(msg)

@@ -175,7 +175,8 @@ def scope_report(in_scope: np.ndarray, rooms: np.ndarray, others: np.ndarray, th
     p_rooms, p_others = in_scope[rooms], in_scope[others]
     return {"auroc": float(roc_auc_score(np.r_[np.ones(len(p_rooms)), np.zeros(len(p_others))],
                                          np.r_[p_rooms, p_others])),
-            "others_flagged": float(np.mean(p_others < threshold)), "rooms_flagged": float(np.mean(p_rooms < threshold)),
+            "others_flagged": float(np.mean(p_others < threshold)),
+            "rooms_flagged": float(np.mean(p_rooms < threshold)),
             "rooms": int(len(p_rooms)), "others": int(len(p_others))}
 
 

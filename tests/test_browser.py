@@ -170,3 +170,19 @@ def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path)
                  "--data-root", str(server["root"]), "--room-relabels", str(store.path), "--out", str(out)]) == 0
     assert pd.read_csv(server["manifest"]).set_index("path").loc[rows.loc[0, "path"], "split"] == "train"
     assert Predictor(out, device="cpu").predict_paths([photo])[0]["room"] == "Kitchen"
+
+
+@pytest.mark.parametrize("path,heading", [("relabel", "Relabel photo quality"), ("model", "Model"),
+                                          ("predict", "Predict")])
+def test_bookmarked_page_as_first_url_opens_in_the_app_navigation(server, path, heading):
+    """Streamlit's legacy pages/ mode must not take over when a page URL is the first request after start."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(90_000)
+        page.goto(f"{server['url']}/{path}")
+        page.get_by_role("heading", name=heading, exact=True).wait_for()
+        page.get_by_role("link", name="Mistakes", exact=True).wait_for()
+        page.get_by_role("link", name=path, exact=True).wait_for(state="detached", timeout=20_000)
+        assert page.get_by_role("link", name="app", exact=True).count() == 0
+        browser.close()
