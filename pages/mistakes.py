@@ -29,15 +29,16 @@ missing_roots = [name for name, p in roots.items() if not os.path.isdir(p)]
 
 
 def misclassified_view() -> None:
-    if not os.path.isfile(failures_file) or not roots or missing_roots:
+    if not os.path.isfile(failures_file):
         st.info(
             "This view shows the test photos that the model gets wrong. It needs the failures CSV written by the "
-            f"evaluation and the dataset folders the photos came from. Run `python -m roomvision evaluate --weights "
-            f"{weights}` (it writes `{paths['failures'].name}` next to the weights), and point the sidebar, or the "
-            f"`{ENV_DATA_ROOT}` environment variable, at the dataset root folder(s)."
-            + (f" Not found: {failures_file}." if not os.path.isfile(failures_file) else "")
-            + (f" Missing dataset folder(s): {', '.join(missing_roots)}." if missing_roots else ""))
+            f"evaluation: run `python -m roomvision evaluate --weights {weights}` (it writes "
+            f"`{paths['failures'].name}` next to the weights). Not found: {failures_file}.")
         return
+    if not roots or missing_roots:
+        st.info("Photos are listed without thumbnails: point the sidebar, or the "
+                f"`{ENV_DATA_ROOT}` environment variable, at the dataset root folder(s)"
+                + (f" (missing: {', '.join(missing_roots)})." if missing_roots else "."))
     failures = pd.read_csv(failures_file, keep_default_na=False)
     classes = [c[len("prob_"):] for c in failures.columns if c.startswith("prob_")]
     if paths["metrics"].is_file():
@@ -70,11 +71,11 @@ def misclassified_view() -> None:
     for i, row in enumerate(shown.iloc[(page - 1) * page_size: page * page_size].to_dict("records")):
         with grid[i % 4].container(border=True):
             root = roots.get(row["source"])
-            thumb = thumbnail(os.path.join(root, row["path"])) if root else None
+            thumb = thumbnail(os.path.join(root, row["path"])) if root and os.path.isdir(root) else None
             if thumb:
                 st.image(thumb)
             else:
-                st.warning(f"Image not found: {row['source']}/{row['path']}")
+                st.caption(f"{row['source']}/{row['path']} (no thumbnail)")
             st.markdown(f"**true** {row['true']} → **predicted** {row['predicted']}")
             st.caption(" · ".join(f"{c} {row[f'prob_{c}']:.0%}" for c in classes) + f" · loss {row['loss']:.2f}")
 

@@ -7,10 +7,19 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
+from roomvision.decisions import OUT_OF_SCOPE, UNCERTAIN
 from roomvision.inference import results_frame
 from roomvision.labels import neutralise_formulas
 from roomvision.webapp import (ensure_app_navigation, get_predictor, overlay_heatmap, score_uploads,
                                threshold_sidebar)
+
+FILTERS = {  # what a team screens a batch for; each reads the decisions of the results table
+    "BAD": lambda d: d["quality_decision"] == "BAD",
+    "not listing-ready": lambda d: not d["error"] and not d["listing_ready"],
+    "room uncertain": lambda d: d["room_decision"] == UNCERTAIN,
+    "not one of the five rooms": lambda d: d["room_decision"] == OUT_OF_SCOPE,
+    "unreadable": lambda d: bool(d["error"]),
+}
 
 ensure_app_navigation()
 st.title("Predict")
@@ -34,9 +43,13 @@ results = score_uploads(predictor, [(f.name, f.getvalue()) for f in files],
                         progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Scored {done}/{total}"))
 bar.empty()
 table = results_frame(results, predictor.classes, thresholds)
+only = st.pills("Show only", list(FILTERS), selection_mode="multi", key="show_only",
+                help="Photos matching any of the chosen decisions; none chosen shows every photo")
 
 for i, (row, dec) in enumerate(zip(results, table.to_dict("records"))):
     name = row["path"]
+    if only and not any(FILTERS[f](dec) for f in only):
+        continue
     with st.container(border=True):
         if row.get("error"):
             st.error(f"**{name}**: {row['error']}")

@@ -82,6 +82,13 @@ def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, monke
     assert decisions("Room") == {row["room"]}
     at.slider(key="thr_room").set_value(math.ceil(conf * 100) / 100).run()
     assert decisions("Room") == {"uncertain"}
+    at.pills(key="show_only").set_value(["not one of the five rooms"]).run()  # in scope at this threshold
+    assert decisions("Room") == set() and not any("junk.jpg" in e.value for e in at.error)
+    at.pills(key="show_only").set_value(["room uncertain"]).run()
+    assert decisions("Room") == {"uncertain"}
+    at.pills(key="show_only").set_value(["unreadable"]).run()
+    assert decisions("Quality") == set() and any("junk.jpg" in e.value for e in at.error)
+    at.pills(key="show_only").set_value([]).run()
     at.button[0].click().run()  # reset to defaults
     calibrated = Predictor(DEFAULT_WEIGHTS, device="cpu").thresholds.quality
     assert at.slider(key="thr_quality").value == pytest.approx(calibrated)
@@ -151,6 +158,17 @@ def test_mistakes_page_filters_failures(app_env):
     assert any("1 of 3" in c.value for c in at.caption)
 
 
+def test_mistakes_page_lists_failures_without_the_dataset_folders(app_env, monkeypatch, tmp_path):
+    paths = report_paths(app_env["weights"])
+    pd.DataFrame({"path": ["Kitchen/a.jpg"], "source": ["rooms"], "true": ["Kitchen"], "predicted": ["Dining"],
+                  **{f"prob_{c}": 0.2 for c in ["Bathroom", "Bedroom", "Dining", "Kitchen", "Livingroom"]},
+                  "confidence": [0.9], "loss": [2.0]}).to_csv(paths["failures"], index=False)
+    monkeypatch.setenv("ROOMVISION_DATA_ROOT", str(tmp_path / "not-here"))
+    at = run_page("pages/mistakes.py")
+    assert any("without thumbnails" in i.value and "not-here" in i.value for i in at.info)
+    assert any("1 of 1" in c.value for c in at.caption) and any("(no thumbnail)" in c.value for c in at.caption)
+
+
 def test_relabel_page_writes_a_row_and_undo_appends(app_env):
     at = run_page("pages/relabel.py")
     at.text_input(key="annotator").set_value("ana").run()
@@ -194,3 +212,11 @@ def test_model_page_counts_room_corrections_and_enables_learning(app_env):
     assert any("holds 2 room corrections (Mistakes page): Kitchen 2" in m.value for m in at.markdown)
     learn = [b for b in at.button if b.label == "Learn from people now"]
     assert len(learn) == 1 and not learn[0].disabled
+
+
+def test_streamlit_upload_limit_matches_the_decoder():
+    import tomllib
+    from roomvision.config import MAX_UPLOAD_BYTES
+    config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] * 1024 * 1024 == MAX_UPLOAD_BYTES
+    assert config["client"]["showErrorLinks"] is False
