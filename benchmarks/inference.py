@@ -1,10 +1,14 @@
-"""Inference speed: our predictor end to end vs the usual ResNet-18 baseline, same images, same run.
+"""Inference speed: our predictor end to end against what a team would pick instead, same images, same run.
 
 python benchmarks/inference.py [--images N] [--repeats R]
 
-Each engine runs in its own subprocess (so peak RSS and cold load are its own); figures are medians
-over the repeats. Ours runs as shipped (`python -m roomvision app` preloads jemalloc when installed); the
-baseline runs with the default allocator, as the usual approach does.
+Pipelines: ours (`Predictor`: EfficientNet-Lite0 multi-task graph in ONNX Runtime, every output a prediction
+needs), MobileNetV3-Large and ResNet-18 room classifiers exported to ONNX Runtime and run the way a speed-minded
+team would (batches of 64, PIL draft-mode JPEG decoding at the needed scale in two threads overlapping the model,
+one image at a time for latency), and the seed-style reference (ResNet-18 in eager PyTorch, one image at a time).
+Peers have random weights: same cost. Each pipeline runs in its own subprocess (peak RSS and cold load are its
+own) under the same allocator (jemalloc when installed, as `python -m roomvision app` runs), except the seed-style
+reference, which keeps the default allocator as seed projects do; figures are medians over the repeats.
 """
 from __future__ import annotations
 
@@ -98,11 +102,80 @@ def run_baseline(paths: list[str]) -> dict:
             "b1_median_ms": 1000 * statistics.median(lat), "b64_ips": batch}
 
 
+PEERS = {"mobilenetv3-large-ort": "mobilenet_v3_large", "resnet18-ort": "resnet18"}
+
+
+def export_peer(arch: str, out: Path) -> Path:
+    """A torchvision classifier with five outputs (random weights), exported once for ONNX Runtime."""
+    import torch
+    import torchvision
+    model = getattr(torchvision.models, arch)(num_classes=5).eval()
+    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(out), input_names=["x"], output_names=["room"],
+                      dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
+    return out
+
+
+def run_peer(paths: list[str], model_file: str) -> dict:
+    """An ONNX Runtime classifier fed by PIL draft-mode decoding (resize 256, centre crop 224), batched."""
+    from concurrent.futures import ThreadPoolExecutor
+    t0 = time.perf_counter()
+    import numpy as np
+    import onnxruntime as ort
+    from PIL import Image
+    t_import = time.perf_counter() - t0
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+
+    def prepare(p):
+        img = Image.open(p)
+        img.draft("RGB", (256, 256))
+        img = img.convert("RGB")
+        w, h = img.size
+        scale = 256 / min(w, h)
+        img = img.resize((max(224, round(w * scale)), max(224, round(h * scale))), Image.BILINEAR)
+        left, top = (img.width - 224) // 2, (img.height - 224) // 2
+        x = np.asarray(img.crop((left, top, left + 224, top + 224)), np.float32) / 255
+        return ((x - mean) / std).transpose(2, 0, 1)
+
+    t0 = time.perf_counter()
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
+    load = time.perf_counter() - t0
+
+    def scores(batch):
+        logits = session.run(["room"], {"x": np.stack(batch)})[0]
+        return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+    scores([prepare(paths[0])])
+    lat = []
+    for p in paths:
+        t = time.perf_counter()
+        scores([prepare(p)])
+        lat.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        chunks = [paths[i:i + 64] for i in range(0, len(paths), 64)]
+        upcoming = [pool.submit(prepare, p) for p in chunks[0]]
+        for i in range(len(chunks)):
+            current = upcoming
+            upcoming = [pool.submit(prepare, p) for p in chunks[i + 1]] if i + 1 < len(chunks) else []
+            scores([f.result() for f in current])
+    batch = len(paths) / (time.perf_counter() - t)
+    return {"import_s": t_import, "load_s": load, "b1_ips": len(paths) / sum(lat),
+            "b1_median_ms": 1000 * statistics.median(lat), "b64_ips": batch}
+
+
 def child(engine: str, paths_file: str, weights: str) -> None:
-    import resource
     paths = json.loads(Path(paths_file).read_text())
-    res = run_ours(paths, weights) if engine == "ours" else run_baseline(paths)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if engine == "ours":
+        res = run_ours(paths, weights)
+    elif engine == "baseline":
+        res = run_baseline(paths)
+    else:
+        res = run_peer(paths, str(Path(paths_file).parent / f"{engine}.onnx"))
+    # VmHWM: this process image's own peak (ru_maxrss would carry over the parent's peak across fork and exec)
+    status = Path("/proc/self/status").read_text()
+    res["peak_rss_mb"] = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
     print(json.dumps(res))
 
 
@@ -120,28 +193,35 @@ def main() -> None:
         paths = benchmark_images(args.images, Path(tmp))
         paths_file = Path(tmp) / "paths.json"
         paths_file.write_text(json.dumps(paths))
-        runs: dict[str, list[dict]] = {"ours": [], "baseline": []}
-        envs = {"baseline": {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")},
-                "ours": dict(os.environ)}
+        for engine, arch in PEERS.items():
+            export_peer(arch, Path(tmp) / f"{engine}.onnx")
+        engines = ["ours", *PEERS, "baseline"]
+        runs: dict[str, list[dict]] = {e: [] for e in engines}
+        plain = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+        tuned = dict(plain)
         if os.path.exists(JEMALLOC):
-            envs["ours"].update(LD_PRELOAD=JEMALLOC, MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1")
+            tuned.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF="dirty_decay_ms:-1,muzzy_decay_ms:-1")
         for _ in range(args.repeats):
-            for engine in runs:
+            for engine in engines:
                 out = subprocess.run([sys.executable, __file__, "--weights", args.weights, "--child", engine,
-                                      str(paths_file)], capture_output=True, text=True, check=True, env=envs[engine])
+                                      str(paths_file)], capture_output=True, text=True, check=True,
+                                     env=plain if engine == "baseline" else tuned)
                 runs[engine].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {e: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for e, rs in runs.items()}
     print(f"images: {len(paths)} ({'house-rooms test split' if 'house-rooms' in paths[0] else 'generated'}), "
-          f"repeats: {args.repeats}, threads: {os.cpu_count()}, "
-          f"allocator: ours {'jemalloc' if 'jemalloc' in envs['ours'].get('LD_PRELOAD', '') else 'glibc'}, "
-          f"baseline glibc")
-    print(f"{'figure':<32}{'ours':>12}{'baseline':>12}{'ours/base':>12}")
-    rows = [("batch 1, images/s", "b1_ips", True), ("batch 64, images/s", "b64_ips", True),
-            ("median latency, ms", "b1_median_ms", False), ("peak RSS, MB", "peak_rss_mb", False),
-            ("cold model load, s", "load_s", False), ("imports (ours: no PyTorch), s", "import_s", False)]
-    for label, key, _ in rows:
-        o, b = med["ours"][key], med["baseline"][key]
-        print(f"{label:<32}{o:>12.2f}{b:>12.2f}{o / b:>12.2f}")
+          f"repeats: {args.repeats}, cores: {os.cpu_count()}, allocator: "
+          f"{'jemalloc' if 'LD_PRELOAD' in tuned else 'glibc'} (seed-style reference: glibc)\n")
+    names = {"ours": "ours (Predictor)", "mobilenetv3-large-ort": "MobileNetV3-L, ORT",
+             "resnet18-ort": "ResNet-18, ORT", "baseline": "ResNet-18 eager, seed-style"}
+    rows = [("batch 64, images/s", "b64_ips"), ("batch 1, images/s", "b1_ips"),
+            ("median latency, ms", "b1_median_ms"), ("peak RSS, MB", "peak_rss_mb"),
+            ("cold model load, s", "load_s"), ("imports, s", "import_s")]
+    print("| figure | " + " | ".join(names[e] for e in engines) + " |")
+    print("|" + " --- |" * (len(engines) + 1))
+    for label, key in rows:
+        print(f"| {label} | " + " | ".join(f"{med[e][key]:.2f}" for e in engines) + " |")
+    print("\nours / peer, batch-64 throughput: " + ", ".join(
+        f"{names[e]} {med['ours']['b64_ips'] / med[e]['b64_ips']:.2f}" for e in engines[1:]))
 
 
 if __name__ == "__main__":
