@@ -6,7 +6,8 @@ import streamlit as st
 
 from roomvision.decisions import quality_decision
 from roomvision.features import build_feature_cache, cache_path
-from roomvision.labels import LabelError, LabelStore, export_csv, relabel_queue
+from roomvision.labels import (ClaimBoard, LabelError, LabelStore, annotator_agreement, export_csv, photo_history,
+                               relabel_queue)
 from roomvision.webapp import (active_priority, cached_p_good, dataset_roots_sidebar, ensure_app_navigation,
                                get_predictor, manifest_path, read_manifest, relabels_path, thumbnail)
 
@@ -28,6 +29,7 @@ order = st.sidebar.selectbox("Queue order", ["informative", "random", "file"],
                                   "fitted on your labels is least sure of (spread out); before that, model and proxy "
                                   "disagree first, then P(GOOD) nearest the threshold")
 include_labelled = st.sidebar.checkbox("Include photos already labelled")
+grid_mode = st.sidebar.toggle("Grid mode (label many at once)", key="relabel_grid")
 split = st.sidebar.selectbox("Split", ["all", "train", "val", "test"])
 roots = dataset_roots_sidebar()
 
@@ -55,6 +57,9 @@ else:
 
 queue = relabel_queue(manifest, p_good, predictor.thresholds.quality, decided, order, include_labelled,
                       priority=priority)
+claims = ClaimBoard(store.path)
+if annotator.strip():  # photos on someone else's screen right now are left to them
+    queue = queue[~queue["sha256"].isin(claims.held_by_others(annotator.strip()))].reset_index(drop=True)
 labelled = int(manifest["sha256"].isin(decided).sum())
 st.progress(labelled / max(len(manifest), 1), text=f"{labelled} / {len(manifest)} photos labelled")
 
@@ -62,25 +67,27 @@ history = st.session_state.setdefault("relabel_history", [])
 pos = st.session_state.setdefault("relabel_pos", 0) if include_labelled else 0
 
 
-def record(label: str, row: dict) -> None:
-    """Append one decision (or an undo of this session's last one) to the store."""
+def record(label: str, rows: list[dict]) -> None:
+    """Append one decision per photo (or undo this session's last decision, a grid action as a whole)."""
     try:
         if label == "UNDO":
             if not history:
                 st.session_state["relabel_msg"] = "Nothing to undo in this session."
                 return
             last = history.pop()
-            store.append(last["path"], "UNDO", sha256=last["sha256"], annotator=annotator,
-                         model_version=predictor.version)
-            st.session_state["relabel_msg"] = f"Undid the decision on {last['path']}."
+            for row in last:
+                store.append(row["path"], "UNDO", sha256=row["sha256"], annotator=annotator,
+                             model_version=predictor.version)
+            st.session_state["relabel_msg"] = f"Undid the decision on {', '.join(r['path'] for r in last)}."
             return
-        rating = st.session_state.get(f"rating-{row['sha256']}")
-        store.append(row["path"], label, sha256=row["sha256"], proxy_label=row["quality_label"], rating=rating,
-                     annotator=annotator, model_version=predictor.version)
-        history.append({"path": row["path"], "sha256": row["sha256"]})
-        st.session_state["relabel_msg"] = f"Saved {label} for {row['path']}."
+        for row in rows:
+            rating = st.session_state.get(f"rating-{row['sha256']}")
+            store.append(row["path"], label, sha256=row["sha256"], proxy_label=row["quality_label"], rating=rating,
+                         annotator=annotator, model_version=predictor.version)
+        history.append([{"path": r["path"], "sha256": r["sha256"]} for r in rows])
+        st.session_state["relabel_msg"] = f"Saved {label} for {', '.join(r['path'] for r in rows)}."
         if include_labelled:
-            st.session_state["relabel_pos"] += 1
+            st.session_state["relabel_pos"] += len(rows)
     except LabelError as exc:
         st.session_state["relabel_msg"] = f"Not saved: {exc}"
     except OSError as exc:
@@ -93,7 +100,30 @@ if msg := st.session_state.pop("relabel_msg", None):
     st.error(msg) if msg.startswith("Not saved") else st.toast(msg)
 if queue.empty or pos >= len(queue):
     st.success("Queue done: every photo in this selection has a decision.")
-    st.button("Undo last decision", on_click=record, args=("UNDO", {}), shortcut="u")
+    st.button("Undo last decision", on_click=record, args=("UNDO", []), shortcut="u")
+elif grid_mode:
+    rows = queue.iloc[pos:pos + 12].to_dict("records")
+    grid = st.columns(4)
+    picked = []
+    for i, row in enumerate(rows):
+        with grid[i % 4].container(border=True):
+            thumb = thumbnail(os.path.join(roots.get(row["source"], ""), row["path"])) \
+                if row["source"] in roots else None
+            if thumb:
+                st.image(thumb)
+                if st.checkbox(f"proxy {row['quality_label']}", key=f"pick-{row['sha256']}"):
+                    picked.append(row)
+            else:
+                st.warning(f"Image not found: {row['source']}/{row['path']}")
+    blocked = "Enter your name in the sidebar to start labelling." if not annotator.strip() else ""
+    g1, g2, g3 = st.columns(3)
+    g1.button(f"GOOD for {len(picked)} selected", on_click=record, args=("GOOD", picked), type="primary",
+              key="grid-good", disabled=bool(blocked) or not picked)
+    g2.button(f"BAD for {len(picked)} selected", on_click=record, args=("BAD", picked), key="grid-bad",
+              disabled=bool(blocked) or not picked)
+    g3.button("Undo", on_click=record, args=("UNDO", []), shortcut="u", key="grid-undo")
+    if blocked:
+        st.info(blocked)
 else:
     row = queue.iloc[pos].to_dict()
     image_file = os.path.join(roots.get(row["source"], ""), row["path"])
@@ -127,15 +157,26 @@ else:
         blocked = ("Enter your name in the sidebar to start labelling." if not annotator.strip() else
                    "The photo is not shown, so it cannot be labelled." if not thumb else "")
         b1, b2, b3, b4 = right.columns(4)
-        b1.button("GOOD", on_click=record, args=("GOOD", row), type="primary", shortcut="g", key="btn-good",
+        b1.button("GOOD", on_click=record, args=("GOOD", [row]), type="primary", shortcut="g", key="btn-good",
                   disabled=bool(blocked))
-        b2.button("BAD", on_click=record, args=("BAD", row), shortcut="b", key="btn-bad", disabled=bool(blocked))
-        b3.button("Skip", on_click=record, args=("SKIP", row), shortcut="s", key="btn-skip", disabled=bool(blocked))
-        b4.button("Undo", on_click=record, args=("UNDO", row), shortcut="u", key="btn-undo")
+        b2.button("BAD", on_click=record, args=("BAD", [row]), shortcut="b", key="btn-bad", disabled=bool(blocked))
+        b3.button("Skip", on_click=record, args=("SKIP", [row]), shortcut="s", key="btn-skip", disabled=bool(blocked))
+        b4.button("Undo", on_click=record, args=("UNDO", []), shortcut="u", key="btn-undo")
         if blocked:
             right.info(blocked)
+        elif not claims.claim(row["sha256"], annotator.strip()):
+            st.rerun()  # taken by someone else a moment ago: show the next photo
         right.caption("Keys: g = GOOD, b = BAD, s = skip, u = undo")
+        past = photo_history(store.read_raw(), row["sha256"], row["path"])
+        if len(past):
+            with right.expander(f"History of this photo ({len(past)} decisions)"):
+                st.dataframe(past, hide_index=True)
 
+agreement = annotator_agreement(store.read_raw())
+if len(agreement):
+    st.subheader("Agreement between annotators")
+    st.caption("Cohen's kappa over the photos both people decided GOOD/BAD (each one's latest decision).")
+    st.dataframe(agreement.round(3), hide_index=True)
 merged = store.merged()
 st.download_button(f"Download merged labels ({len(merged)} photos)", export_csv(merged), "quality_labels.csv",
                    "text/csv")

@@ -159,15 +159,7 @@ class LabelStore:
         return pd.DataFrame(rows, columns=columns)
 
     def _standing(self) -> dict[str, dict]:
-        """Per image (sha256, else path) the decision still standing after undos."""
-        stacks: dict[str, list[dict]] = {}
-        for row in self.read_raw().to_dict("records"):
-            stack = stacks.setdefault(row["sha256"] or row["path"], [])
-            if row["human_label"] != "UNDO":
-                stack.append(row)
-            elif stack:
-                stack.pop()
-        return {k: s[-1] for k, s in stacks.items() if s}
+        return standing(self.read_raw())
 
     def merged(self) -> pd.DataFrame:
         """Latest label per image (GOOD/BAD; a room correction) with undo honoured: what training reads."""
@@ -180,6 +172,104 @@ class LabelStore:
     def decided_keys(self) -> set[str]:
         """Images (sha256, else path) with a standing decision, skips included."""
         return set(self._standing())
+
+
+CLAIM_SECONDS = 120  # how long a photo shown to one annotator is kept from the others
+
+
+class ClaimBoard:
+    """Short claims on photos, so that two people labelling at once are not shown the same photo: a JSON file
+    of key -> (annotator, expiry) next to the label file, changed under its lock; expired claims are dropped."""
+
+    def __init__(self, label_file: str | Path, seconds: float = CLAIM_SECONDS):
+        self.path = Path(str(label_file) + ".claims.json")
+        self.lock = FileLock(str(self.path) + ".lock")
+        self.seconds = seconds
+
+    def _live(self, now: float) -> dict[str, dict]:
+        import json
+        try:
+            claims = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: c for k, c in claims.items() if isinstance(c, dict) and c.get("until", 0) > now}
+
+    def claim(self, key: str, annotator: str) -> bool:
+        """Claim a photo for `annotator` (renewing their own claim); False when someone else holds it. Claims are
+        best effort: where the claims file cannot be written, nobody is kept from a photo (saving a decision there
+        reports the error)."""
+        try:
+            return self._claim(key, annotator)
+        except OSError:
+            return True
+
+    def _claim(self, key: str, annotator: str) -> bool:
+        import json
+        import time
+        now = time.time()
+        with self.lock:
+            claims = self._live(now)
+            holder = claims.get(key)
+            if holder and holder["annotator"] != annotator:
+                return False
+            claims = {k: c for k, c in claims.items() if c["annotator"] != annotator}  # one photo per person
+            claims[key] = {"annotator": annotator, "until": now + self.seconds}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(claims))
+            tmp.replace(self.path)
+        return True
+
+    def held_by_others(self, annotator: str) -> set[str]:
+        import time
+        return {k for k, c in self._live(time.time()).items() if c["annotator"] != annotator}
+
+
+def standing(raw: pd.DataFrame) -> dict[str, dict]:
+    """Per image (sha256, else path) the decision still standing after undos, from rows in file order."""
+    stacks: dict[str, list[dict]] = {}
+    for row in raw.to_dict("records"):
+        stack = stacks.setdefault(row["sha256"] or row["path"], [])
+        if row["human_label"] != "UNDO":
+            stack.append(row)
+        elif stack:
+            stack.pop()
+    return {k: s[-1] for k, s in stacks.items() if s}
+
+
+def photo_history(raw: pd.DataFrame, sha256: str, path: str) -> pd.DataFrame:
+    """Every decision recorded for one photo, oldest first: when, who, the label standing before (the proxy or
+    given label at first) and after it (an undo restores the one before)."""
+    rows = raw[(raw["sha256"] == sha256) if sha256 else (raw["path"] == path)].to_dict("records")
+    given = "given_label" if "given_label" in raw else "proxy_label"
+    stack, out = [], []
+    for row in rows:
+        before = stack[-1] if stack else row[given] or "(none)"
+        if row["human_label"] != "UNDO":
+            stack.append(row["human_label"])
+        elif stack:
+            stack.pop()
+        out.append({"when": row["timestamp"], "who": row["annotator"], "before": before,
+                    "after": stack[-1] if stack else row[given] or "(none)", "decision": row["human_label"]})
+    return pd.DataFrame(out, columns=["when", "who", "before", "after", "decision"])
+
+
+def annotator_agreement(raw: pd.DataFrame, labels: tuple[str, ...] = ("GOOD", "BAD")) -> pd.DataFrame:
+    """Cohen's kappa for each pair of annotators over the photos both decided (each one's latest decision, undo
+    honoured); one row per pair with the number of shared photos."""
+    from itertools import combinations
+    from sklearn.metrics import cohen_kappa_score
+    latest = {annotator: {k: r["human_label"] for k, r in standing(rows).items() if r["human_label"] in labels}
+              for annotator, rows in raw.groupby("annotator", sort=True)}
+    out = []
+    for a, b in combinations(sorted(latest), 2):
+        shared = sorted(set(latest[a]) & set(latest[b]))
+        x, y = [latest[a][k] for k in shared], [latest[b][k] for k in shared]
+        kappa = float(cohen_kappa_score(x, y, labels=list(labels))) if shared and len(set(x + y)) > 1 else (
+            1.0 if shared else float("nan"))
+        out.append({"annotators": f"{a} / {b}", "photos": len(shared), "agreement": float(np.mean(
+            [u == v for u, v in zip(x, y)])) if shared else float("nan"), "kappa": kappa})
+    return pd.DataFrame(out, columns=["annotators", "photos", "agreement", "kappa"])
 
 
 def room_corrections(manifest: pd.DataFrame, room_relabels: Path | str | None) -> pd.Series:

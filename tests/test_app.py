@@ -182,6 +182,26 @@ def test_relabel_page_writes_a_row_and_undo_appends(app_env):
     assert list(rows["human_label"]) == ["BAD", "UNDO"]
 
 
+def test_relabel_grid_mode_and_two_annotators_get_different_photos(app_env):
+    ana = run_page("pages/relabel.py")
+    ana.text_input(key="annotator").set_value("ana").run()
+    ben = run_page("pages/relabel.py")
+    ben.text_input(key="annotator").set_value("ben").run()
+    shown = [at.image[0].proto.imgs[0].caption for at in (ana, ben)]
+    assert shown[0] != shown[1]  # ana's photo is claimed while she looks at it
+    ana.toggle(key="relabel_grid").set_value(True).run()
+    for box in [c for c in ana.checkbox if c.key and c.key.startswith("pick-")][:3]:
+        box.check()
+    ana.run()
+    ana.button(key="grid-bad").click().run()
+    assert not ana.exception, [e.message for e in ana.exception]
+    rows = pd.read_csv(app_env["relabels"], keep_default_na=False)
+    assert list(rows["human_label"]) == ["BAD"] * 3 and set(rows["annotator"]) == {"ana"}
+    ana.button(key="grid-undo").click().run()
+    rows = pd.read_csv(app_env["relabels"], keep_default_na=False)
+    assert list(rows["human_label"]) == ["BAD"] * 3 + ["UNDO"] * 3
+
+
 def test_relabel_page_says_clearly_when_the_label_file_cannot_be_written(app_env, monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -161,3 +161,32 @@ def test_formulas_behind_invisible_characters_are_neutralised(lead):
     out = export_csv(df).decode()
     assert f"'{lead}=HYPERLINK" in out
     assert "kitchen/=1.jpg" in out and "-1.5" in out  # plain text and numbers untouched
+
+
+def test_history_agreement_and_claims(tmp_path):
+    import time
+    from roomvision.labels import ClaimBoard, annotator_agreement, photo_history
+    store = LabelStore(tmp_path / "q.csv")
+    ana, ben = ["GOOD", "BAD", "GOOD", "BAD", "GOOD"], ["GOOD", "BAD", "BAD", "BAD", "GOOD"]
+    for i, (a, b) in enumerate(zip(ana, ben)):
+        store.append(f"x/{i}.jpg", a, sha256=f"{i:064d}", annotator="ana", proxy_label="GOOD")
+        store.append(f"x/{i}.jpg", b, sha256=f"{i:064d}", annotator="ben", proxy_label="GOOD")
+    store.append("x/5.jpg", "GOOD", sha256=f"{5:064d}", annotator="ana", proxy_label="GOOD")  # ana alone
+    agreement = annotator_agreement(store.read_raw()).iloc[0]
+    # observed 4/5; by chance 0.6 x 0.4 + 0.4 x 0.6 = 0.48; kappa (0.8 - 0.48) / (1 - 0.48)
+    assert agreement["annotators"] == "ana / ben" and agreement["photos"] == 5
+    assert agreement["agreement"] == pytest.approx(0.8) and agreement["kappa"] == pytest.approx(0.32 / 0.52)
+    store.append("x/2.jpg", "UNDO", sha256=f"{2:064d}", annotator="ben")
+    past = photo_history(store.read_raw(), f"{2:064d}", "x/2.jpg")
+    assert past[["who", "before", "after", "decision"]].values.tolist() == [
+        ["ana", "GOOD", "GOOD", "GOOD"], ["ben", "GOOD", "BAD", "BAD"], ["ben", "BAD", "GOOD", "UNDO"]]
+
+    board = ClaimBoard(store.path, seconds=0.5)
+    assert board.claim("p1", "ana") and not board.claim("p1", "ben")
+    assert board.held_by_others("ben") == {"p1"} and board.held_by_others("ana") == set()
+    assert board.claim("p2", "ana") and board.held_by_others("ben") == {"p2"}  # one photo per person
+    time.sleep(0.6)
+    assert board.claim("p2", "ben")  # expired
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert ClaimBoard(blocker / "q.csv").claim("p1", "ana")  # best effort: an unwritable place keeps nobody out
