@@ -64,7 +64,27 @@ labelled = int(manifest["sha256"].isin(decided).sum())
 st.progress(labelled / max(len(manifest), 1), text=f"{labelled} / {len(manifest)} photos labelled")
 
 history = st.session_state.setdefault("relabel_history", [])
-pos = st.session_state.setdefault("relabel_pos", 0) if include_labelled else 0
+pos = st.session_state.setdefault("relabel_pos", 0)
+revisit = st.session_state.get("relabel_revisit")  # a photo decided earlier, shown again to change its decision
+if revisit is not None and not (manifest["sha256"] == revisit).any():  # not in this split selection
+    st.session_state.pop("relabel_revisit")
+    revisit = None
+
+
+def move(step: int) -> None:
+    """Next (+1) skips the photo without a decision; previous (-1) goes back in the queue, and from its start to
+    the photos decided in this session, newest first, so a decision can be changed (the latest one counts)."""
+    if step > 0:
+        if st.session_state.pop("relabel_revisit", None) is None:
+            st.session_state["relabel_pos"] += 1
+    elif st.session_state["relabel_pos"] > 0 and "relabel_revisit" not in st.session_state:
+        st.session_state["relabel_pos"] -= 1
+    else:
+        decided_here = [r for action in history for r in action]
+        back = st.session_state.get("relabel_back", 0) + 1
+        if back <= len(decided_here):
+            st.session_state["relabel_back"] = back
+            st.session_state["relabel_revisit"] = decided_here[-back]["sha256"]
 
 
 def record(label: str, rows: list[dict]) -> None:
@@ -86,7 +106,9 @@ def record(label: str, rows: list[dict]) -> None:
                          annotator=annotator, model_version=predictor.version)
         history.append([{"path": r["path"], "sha256": r["sha256"]} for r in rows])
         st.session_state["relabel_msg"] = f"Saved {label} for {', '.join(r['path'] for r in rows)}."
-        if include_labelled:
+        if st.session_state.pop("relabel_revisit", None) is not None:
+            st.session_state.pop("relabel_back", None)
+        elif include_labelled:
             st.session_state["relabel_pos"] += len(rows)
     except LabelError as exc:
         st.session_state["relabel_msg"] = f"Not saved: {exc}"
@@ -98,7 +120,7 @@ def record(label: str, rows: list[dict]) -> None:
 
 if msg := st.session_state.pop("relabel_msg", None):
     st.error(msg) if msg.startswith("Not saved") else st.toast(msg)
-if queue.empty or pos >= len(queue):
+if (queue.empty or pos >= len(queue)) and revisit is None:
     st.success("Queue done: every photo in this selection has a decision.")
     st.button("Undo last decision", on_click=record, args=("UNDO", []), shortcut="u")
 elif grid_mode:
@@ -125,7 +147,12 @@ elif grid_mode:
     if blocked:
         st.info(blocked)
 else:
-    row = queue.iloc[pos].to_dict()
+    if revisit is not None:
+        row = manifest[manifest["sha256"] == revisit].iloc[0].to_dict()
+        row["p_good"] = p_good.get(row["sha256"], float("nan")) if p_good is not None else float("nan")
+        st.info("A photo you decided earlier: a new decision replaces the old one (next returns to the queue).")
+    else:
+        row = queue.iloc[pos].to_dict()
     image_file = os.path.join(roots.get(row["source"], ""), row["path"])
     with st.container(border=True):
         left, right = st.columns([1.4, 1])
@@ -162,11 +189,14 @@ else:
         b2.button("BAD", on_click=record, args=("BAD", [row]), shortcut="b", key="btn-bad", disabled=bool(blocked))
         b3.button("Skip", on_click=record, args=("SKIP", [row]), shortcut="s", key="btn-skip", disabled=bool(blocked))
         b4.button("Undo", on_click=record, args=("UNDO", []), shortcut="u", key="btn-undo")
+        n1, n2 = right.columns(2)
+        n1.button("Previous", on_click=move, args=(-1,), shortcut="p", key="btn-previous")
+        n2.button("Next (no decision)", on_click=move, args=(1,), shortcut="n", key="btn-next")
         if blocked:
             right.info(blocked)
         elif not claims.claim(row["sha256"], annotator.strip()):
             st.rerun()  # taken by someone else a moment ago: show the next photo
-        right.caption("Keys: g = GOOD, b = BAD, s = skip, u = undo")
+        right.caption("Keys: g = GOOD, b = BAD, s = skip, u = undo, p = previous, n = next")
         past = photo_history(store.read_raw(), row["sha256"], row["path"])
         if len(past):
             with right.expander(f"History of this photo ({len(past)} decisions)"):

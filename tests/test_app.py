@@ -182,6 +182,31 @@ def test_relabel_page_writes_a_row_and_undo_appends(app_env):
     assert list(rows["human_label"]) == ["BAD", "UNDO"]
 
 
+def test_relabel_previous_and_next(app_env):
+    from roomvision.labels import LabelStore
+    at = run_page("pages/relabel.py")
+    at.text_input(key="annotator").set_value("ana").run()
+
+    def shown():
+        return at.image[0].proto.imgs[0].caption
+
+    a = shown()
+    at.button(key="btn-bad").click().run()
+    b = shown()
+    assert b != a
+    at.button(key="btn-previous").click().run()  # back to the photo just decided
+    assert not at.exception, [e.message for e in at.exception]
+    assert shown() == a and any("decided earlier" in i.value for i in at.info)
+    at.button(key="btn-good").click().run()  # change the decision
+    assert shown() == b
+    assert LabelStore(app_env["relabels"]).merged().set_index("path")["human_label"].tolist() == ["GOOD"]
+    at.button(key="btn-next").click().run()  # skip without a decision
+    c = shown()
+    assert c not in (a, b) and len(LabelStore(app_env["relabels"]).read_raw()) == 2
+    at.button(key="btn-previous").click().run()
+    assert shown() == b
+
+
 def test_relabel_grid_mode_and_two_annotators_get_different_photos(app_env):
     ana = run_page("pages/relabel.py")
     ana.text_input(key="annotator").set_value("ana").run()
