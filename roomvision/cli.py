@@ -142,10 +142,15 @@ def cmd_fit_scope(a: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(a: argparse.Namespace) -> int:
+    import json
     from .engine import export_onnx
-    from .inference import onnx_path
+    from .inference import ONNX_GRAPH_VERSION, onnx_path
+    from .modelinfo import file_sha256
     weights = a.weights or settings().weights
     out = export_onnx(weights, a.out or onnx_path(weights))
+    if a.out:  # an export to ship: the sidecar lets installs without PyTorch trust it for these weights only
+        Path(str(out) + ".json").write_text(json.dumps({"weights_sha256": file_sha256(weights),
+                                                        "graph_version": ONNX_GRAPH_VERSION}) + "\n")
     print(f"written: {out}")
     return 0
 
@@ -319,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-onnx", help="export a checkpoint for ONNX Runtime (done automatically on first use)")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the default model)")
-    p.add_argument("--out", type=Path, default=None, help="ONNX file (default: the cache the predictor reads)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="ONNX file to ship, with a .json sidecar naming the weights it was made from (default: the "
+                        "cache the predictor reads); weights/NAME.onnx beside weights/NAME.pt is served without "
+                        "PyTorch")
     p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("app", help="start the Streamlit app (uses jemalloc when installed)")

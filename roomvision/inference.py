@@ -56,12 +56,27 @@ def onnx_path(weights: str | Path) -> Path:
     return settings().cache_dir / "onnx" / f"{file_sha256(weights)[:16]}-v{ONNX_GRAPH_VERSION}.onnx"
 
 
+def shipped_onnx(weights: str | Path) -> Path | None:
+    """The ONNX export shipped next to a weights file (`<name>.onnx` with its `.json` sidecar), when it was made
+    from exactly these weights with the current graph version; installs without PyTorch serve from it."""
+    path = Path(weights).with_suffix(".onnx")
+    sidecar = path.with_suffix(".onnx.json")
+    if not (path.is_file() and sidecar.is_file()):
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except ValueError:
+        return None
+    fresh = meta.get("weights_sha256") == file_sha256(weights) and meta.get("graph_version") == ONNX_GRAPH_VERSION
+    return path if fresh else None
+
+
 def ensure_onnx(weights: str | Path) -> Path:
-    """The cached ONNX export of `weights`, exported first if needed.
+    """The ONNX export of `weights`: the one shipped beside it, else the cached one, exported first if needed.
 
     A process that has not imported PyTorch exports in a child process, so that it never pays PyTorch's memory.
     """
-    path = onnx_path(weights)
+    path = shipped_onnx(weights) or onnx_path(weights)
     if path.is_file():
         return path
     print(f"Preparing {Path(weights).name} for ONNX Runtime (once per weights file)…", file=sys.stderr)
@@ -72,7 +87,9 @@ def ensure_onnx(weights: str | Path) -> Path:
                            "--out", str(path.resolve())], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parent.parent)  # finds this package from any directory
     if done.returncode != 0 or not path.is_file():
-        raise RuntimeError(f"ONNX export of {weights} failed: {done.stderr.strip()[-500:]}")
+        hint = (" (exporting needs PyTorch: pip install -e '.[train]')" if "No module named 'torch'" in done.stderr
+                else "")
+        raise RuntimeError(f"ONNX export of {weights} failed{hint}: {done.stderr.strip()[-500:]}")
     return path
 
 
