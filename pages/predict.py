@@ -32,10 +32,11 @@ if predictor is None:
 thresholds = threshold_sidebar(predictor)
 show_cam = st.sidebar.toggle("Grad-CAM overlay for the room", value=False)
 
-files = st.file_uploader("Listing photos", type=["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"],
+files = st.file_uploader("Listing photos",
+                         type=["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "heic", "heif"],
                          accept_multiple_files=True)
 if not files:
-    st.info("Upload one or more photos (jpg, png, webp, bmp, tiff) to score them.")
+    st.info("Upload one or more photos (jpg, png, webp, bmp, tiff, heic) to score them.")
     st.stop()
 
 bar = st.progress(0.0, text=f"Scoring {len(files)} photo(s)…")

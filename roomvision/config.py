@@ -76,7 +76,8 @@ DEFAULT_IN_SCOPE_THRESHOLD = 0.5    # below this P(one of the five rooms) the ph
 MAX_IMAGE_PIXELS = 80_000_000       # decompression-bomb limit
 MAX_UPLOAD_BYTES = 40 * 1024 * 1024
 MAX_ASPECT_RATIO = 10.0             # long side / short side; beyond it the resized copy's size is unbounded
-DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # what uploads may be (JPEG includes MPO); nothing else is parsed
+# what uploads may be (JPEG includes MPO; HEIF: iPhone photos, via pillow-heif); nothing else is parsed
+DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF")
 
 
 def normalise_class_name(folder_name: str) -> str | None:

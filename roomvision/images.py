@@ -6,11 +6,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from pillow_heif import register_heif_opener
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import DECODE_FORMATS, MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
+register_heif_opener()  # PIL opens HEIF only when asked for it by name (DECODE_FORMATS)
 
 
 class ImageDecodeError(ValueError):

@@ -84,3 +84,19 @@ def test_large_jpeg_decodes_at_reduced_scale_for_the_model():
     full, small = load_image(buf.getvalue()), load_image(buf.getvalue(), min_side=256)
     assert full.size == (2000, 1500)
     assert min(small.size) >= 256 and small.width < 2000 / 2
+
+
+def test_iphone_heic_photos_decode_like_their_jpeg(make_room, tmp_path):
+    """HEIC (what iPhones save) is read through pillow-heif and scores like the same photo as a JPEG."""
+    from roomvision.config import DEFAULT_WEIGHTS
+    photo = make_room(5, (640, 480))
+    heic, jpeg = tmp_path / "room.heic", tmp_path / "room.jpg"
+    photo.save(heic, quality=95)
+    photo.save(jpeg, quality=95)
+    img = load_image(heic)
+    assert img.mode == "RGB" and img.size == (640, 480) and img.info["original_size"] == (640, 480)
+    a, b = Predictor(DEFAULT_WEIGHTS, device="cpu").predict_paths([heic, jpeg])
+    assert not a["error"] and a["room"] == b["room"]
+    assert a[f"prob_{a['room']}"] == pytest.approx(b[f"prob_{b['room']}"], abs=0.05)
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated|not an image"):
+        load_image(heic.read_bytes()[:200])
