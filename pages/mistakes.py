@@ -6,12 +6,13 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from roomvision.config import CLASSES, ENV_DATA_ROOT
+from roomvision.config import CLASSES, ENV_DATA_ROOT, ENV_ROOM_RELABELS
 from roomvision.features import cache_path
-from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, LabelError, LabelStore, export_csv
+from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, LabelStore, export_csv
 from roomvision.reports import filter_failures, report_paths
 from roomvision.webapp import (active_weights, cached_label_issues, dataset_roots_sidebar, ensure_app_navigation,
-                               get_predictor, manifest_path, room_relabels_path, thumbnail)
+                               get_predictor, manifest_path, pick_from_grid, room_relabels_path, save_decisions,
+                               thumbnail)
 
 CLASS_KEYS = {c: str(i + 1) for i, c in enumerate(CLASSES)}  # 1..5
 CORRECTION_NAMES = {AMBIGUOUS: "Ambiguous / open plan", NOT_A_ROOM: "Not one of the five rooms"}
@@ -116,28 +117,8 @@ def label_issues_view() -> None:
     history = st.session_state.setdefault("room_history", [])
 
     def record(label: str, rows: list[dict]) -> None:
-        try:
-            if label == "UNDO":
-                if not history:
-                    st.session_state["room_msg"] = "Nothing to undo in this session."
-                    return
-                last = history.pop()
-                for row in last:
-                    store.append(row["path"], "UNDO", sha256=row["sha256"], annotator=annotator,
-                                 model_version=predictor.version)
-                st.session_state["room_msg"] = f"Undid the last correction ({len(last)} photo(s))."
-                return
-            for row in rows:
-                store.append(row["path"], label, sha256=row["sha256"], given_label=row["given"],
-                             annotator=annotator, model_version=predictor.version)
-            history.append(rows)
-            st.session_state["room_msg"] = f"Saved {CORRECTION_NAMES.get(label, label)} for {len(rows)} photo(s)."
-        except LabelError as exc:
-            st.session_state["room_msg"] = f"Not saved: {exc}"
-        except OSError as exc:
-            st.session_state["room_msg"] = (f"Not saved: cannot write {store.path} "
-                                            f"({exc.strerror or type(exc).__name__}). Check that its folder is "
-                                            "writable, or set $ROOMVISION_ROOM_RELABELS.")
+        st.session_state["room_msg"] = save_decisions(store, history, label, rows, annotator, predictor.version,
+                                                      ENV_ROOM_RELABELS, lambda row: {"given_label": row["given"]})
 
     if msg := st.session_state.pop("room_msg", None):
         st.error(msg) if msg.startswith("Not saved") else st.toast(msg)
@@ -146,19 +127,8 @@ def label_issues_view() -> None:
         st.success("Nothing left to review in this selection.")
         st.button("Undo last correction", on_click=record, args=("UNDO", []), shortcut="u", key="room-undo-done")
     elif grid_mode:
-        rows = todo.head(12).to_dict("records")
-        grid = st.columns(4)
-        shown = []
-        for i, row in enumerate(rows):
-            with grid[i % 4].container(border=True):
-                thumb = thumbnail(os.path.join(roots.get(row["source"], ""), row["path"])) \
-                    if row["source"] in roots else None
-                if thumb:
-                    st.image(thumb)
-                    if st.checkbox(f"given {row['given']} · suggested {row['suggested']}", key=f"pick-{row['sha256']}"):
-                        shown.append(row)
-                else:
-                    st.warning(f"Image not found: {row['source']}/{row['path']}")
+        shown = pick_from_grid(todo.head(12).to_dict("records"), roots,
+                               lambda row: f"given {row['given']} · suggested {row['suggested']}")
         target = st.selectbox("Label for the selected photos", [*CLASSES, AMBIGUOUS, NOT_A_ROOM],
                               format_func=lambda v: CORRECTION_NAMES.get(v, v), key="grid_target")
         c1, c2 = st.columns(2)

@@ -6,10 +6,11 @@ import streamlit as st
 
 from roomvision.decisions import quality_decision
 from roomvision.features import build_feature_cache, cache_path
-from roomvision.labels import (ClaimBoard, LabelError, LabelStore, annotator_agreement, export_csv, photo_history,
-                               relabel_queue)
+from roomvision.config import ENV_RELABELS
+from roomvision.labels import ClaimBoard, LabelStore, annotator_agreement, export_csv, photo_history, relabel_queue
 from roomvision.webapp import (active_priority, cached_p_good, dataset_roots_sidebar, ensure_app_navigation,
-                               get_predictor, manifest_path, read_manifest, relabels_path, thumbnail)
+                               get_predictor, manifest_path, pick_from_grid, read_manifest, relabels_path,
+                               save_decisions, thumbnail)
 
 ensure_app_navigation()
 st.title("Relabel photo quality")
@@ -88,34 +89,16 @@ def move(step: int) -> None:
 
 
 def record(label: str, rows: list[dict]) -> None:
-    """Append one decision per photo (or undo this session's last decision, a grid action as a whole)."""
-    try:
-        if label == "UNDO":
-            if not history:
-                st.session_state["relabel_msg"] = "Nothing to undo in this session."
-                return
-            last = history.pop()
-            for row in last:
-                store.append(row["path"], "UNDO", sha256=row["sha256"], annotator=annotator,
-                             model_version=predictor.version)
-            st.session_state["relabel_msg"] = f"Undid the decision on {', '.join(r['path'] for r in last)}."
-            return
-        for row in rows:
-            rating = st.session_state.get(f"rating-{row['sha256']}")
-            store.append(row["path"], label, sha256=row["sha256"], proxy_label=row["quality_label"], rating=rating,
-                         annotator=annotator, model_version=predictor.version)
-        history.append([{"path": r["path"], "sha256": r["sha256"]} for r in rows])
-        st.session_state["relabel_msg"] = f"Saved {label} for {', '.join(r['path'] for r in rows)}."
-        if st.session_state.pop("relabel_revisit", None) is not None:
-            st.session_state.pop("relabel_back", None)
-        elif include_labelled:
-            st.session_state["relabel_pos"] += len(rows)
-    except LabelError as exc:
-        st.session_state["relabel_msg"] = f"Not saved: {exc}"
-    except OSError as exc:
-        st.session_state["relabel_msg"] = (f"Not saved: cannot write the label file {store.path} "
-                                           f"({exc.strerror or type(exc).__name__}). Check that its folder exists "
-                                           f"and is writable, or set $ROOMVISION_RELABELS to another file.")
+    """Save one decision per photo, or undo this session's last action."""
+    st.session_state["relabel_msg"] = save_decisions(
+        store, history, label, rows, annotator, predictor.version, ENV_RELABELS,
+        lambda row: {"proxy_label": row["quality_label"], "rating": st.session_state.get(f"rating-{row['sha256']}")})
+    if label == "UNDO" or st.session_state["relabel_msg"].startswith("Not saved"):
+        return
+    if st.session_state.pop("relabel_revisit", None) is not None:
+        st.session_state.pop("relabel_back", None)
+    elif include_labelled:
+        st.session_state["relabel_pos"] += len(rows)
 
 
 if msg := st.session_state.pop("relabel_msg", None):
@@ -124,19 +107,8 @@ if (queue.empty or pos >= len(queue)) and revisit is None:
     st.success("Queue done: every photo in this selection has a decision.")
     st.button("Undo last decision", on_click=record, args=("UNDO", []), shortcut="u")
 elif grid_mode:
-    rows = queue.iloc[pos:pos + 12].to_dict("records")
-    grid = st.columns(4)
-    picked = []
-    for i, row in enumerate(rows):
-        with grid[i % 4].container(border=True):
-            thumb = thumbnail(os.path.join(roots.get(row["source"], ""), row["path"])) \
-                if row["source"] in roots else None
-            if thumb:
-                st.image(thumb)
-                if st.checkbox(f"proxy {row['quality_label']}", key=f"pick-{row['sha256']}"):
-                    picked.append(row)
-            else:
-                st.warning(f"Image not found: {row['source']}/{row['path']}")
+    picked = pick_from_grid(queue.iloc[pos:pos + 12].to_dict("records"), roots,
+                            lambda row: f"proxy {row['quality_label']}")
     blocked = "Enter your name in the sidebar to start labelling." if not annotator.strip() else ""
     g1, g2, g3 = st.columns(3)
     g1.button(f"GOOD for {len(picked)} selected", on_click=record, args=("GOOD", picked), type="primary",
@@ -177,7 +149,8 @@ else:
             side = ">=" if model_label == "GOOD" else "<"
             right.metric("Model P(GOOD)", f"{model_p:.3f}",
                          f"{side} {predictor.thresholds.quality:.3f}: {model_label}, "
-                         + ("agrees with the proxy" if model_label == row["quality_label"] else "disagrees with the proxy"),
+                         + ("agrees with the proxy" if model_label == row["quality_label"]
+                            else "disagrees with the proxy"),
                          delta_color="off", delta_arrow="off")
         right.segmented_control("Aesthetic rating (optional, 1–5)", [1, 2, 3, 4, 5], key=f"rating-{row['sha256']}")
         # a decision needs a name and a photo on screen: nothing is recorded for a photo nobody saw

@@ -214,6 +214,12 @@ def _add_dataclass_options(p: argparse.ArgumentParser, cls) -> None:
                        help=f.metadata["help"] + ("" if f.default is None else " (default: %(default)s)"))
 
 
+def _add_model_and_manifest(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
+    _add_roots(p)
+
+
 def _add_threshold_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality-threshold", type=float, default=None,
                    help="P(GOOD) at or above which a photo is GOOD (default: the model's calibrated threshold)")
@@ -288,9 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retrain-heads", help="learn GOOD/BAD and aesthetic scores from the human labels (refitted "
                                              "rules, heads on cached quality features, threshold calibrated on "
                                              "held-out human labels); saves a new version, never the default file")
-    p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
-    _add_roots(p)
+    _add_model_and_manifest(p)
     p.add_argument("--relabels", type=Path, default=None, help=RELABELS_HELP)
     p.add_argument("--room-relabels", type=Path, default=None, help=ROOM_RELABELS_HELP)
     p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-people-<UTC time>.pt")
@@ -299,9 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("label-issues", help="rank manifest photos by how likely their room label is wrong "
                                             "(confident learning on out-of-fold probabilities from cached features)")
-    p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
-    _add_roots(p)
+    _add_model_and_manifest(p)
     p.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
     p.add_argument("--room-relabels", type=Path, default=None, help=ROOM_RELABELS_HELP)
     p.add_argument("--out", type=Path, default=None, help="CSV of every ranked photo (default: the top ones on stdout)")
@@ -311,9 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit-scope", help="fit the 'not one of the five rooms' decision on cached features "
                                          "(training rooms vs photos of none of them, plus a training-free "
                                          "distance to the rooms) and save the model with it")
-    p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
-    _add_roots(p)
+    _add_model_and_manifest(p)
     p.add_argument("--out-of-scope-root", type=Path, default=None,
                    help="folder of non-room photos with a manifest.csv (default: $ROOMVISION_OUT_OF_SCOPE_ROOT or "
                         "../shared/datasets/out-of-scope)")

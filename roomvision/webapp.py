@@ -176,6 +176,50 @@ def dataset_roots_sidebar() -> dict[str, str]:
     return {os.path.basename(p.rstrip("/")): p for p in text.split(os.pathsep) if p}
 
 
+def pick_from_grid(rows: list[dict], roots: dict[str, str], caption) -> list[dict]:
+    """Thumbnails of `rows` in four columns, each with a checkbox labelled `caption(row)`; the rows ticked. A photo
+    that cannot be shown has no checkbox: nothing is decided for a photo nobody saw."""
+    grid = st.columns(4)
+    picked = []
+    for i, row in enumerate(rows):
+        with grid[i % 4].container(border=True):
+            thumb = thumbnail(os.path.join(roots[row["source"]], row["path"])) if row["source"] in roots else None
+            if thumb:
+                st.image(thumb)
+                if st.checkbox(caption(row), key=f"pick-{row['sha256']}"):
+                    picked.append(row)
+            else:
+                st.warning(f"Image not found: {row['source']}/{row['path']}")
+    return picked
+
+
+def save_decisions(store, history: list, label: str, rows: list[dict], annotator: str, model_version: str,
+                   env_var: str, fields=lambda row: {}) -> str:
+    """Append one decision per photo (`fields(row)` adds the store's own columns), or with label UNDO take the
+    session's last action back, all its photos; `history` holds this session's actions. Returns what happened
+    for the page to show, 'Not saved: …' when nothing could be written."""
+    from .labels import LabelError
+    try:
+        if label == "UNDO":
+            if not history:
+                return "Nothing to undo in this session."
+            last = history.pop()
+            for row in last:
+                store.append(row["path"], "UNDO", sha256=row["sha256"], annotator=annotator,
+                             model_version=model_version)
+            return f"Undid the decision on {', '.join(r['path'] for r in last)}."
+        for row in rows:
+            store.append(row["path"], label, sha256=row["sha256"], annotator=annotator, model_version=model_version,
+                         **fields(row))
+        history.append([{"path": r["path"], "sha256": r["sha256"]} for r in rows])
+        return f"Saved {label} for {', '.join(r['path'] for r in rows)}."
+    except LabelError as exc:
+        return f"Not saved: {exc}"
+    except OSError as exc:
+        return (f"Not saved: cannot write the label file {store.path} ({exc.strerror or type(exc).__name__}). "
+                f"Check that its folder exists and is writable, or set ${env_var} to another file.")
+
+
 @st.cache_data(show_spinner=False)
 def read_manifest(path: str, mtime: float) -> pd.DataFrame:
     from .data import load_manifest

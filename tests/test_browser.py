@@ -1,4 +1,5 @@
 """End to end in a real browser: Debian's chromium driven by Playwright against `streamlit run app.py`."""
+import contextlib
 import os
 import re
 import shutil
@@ -26,6 +27,28 @@ if not os.path.exists(CHROMIUM):
         pytest.fail(f"{CHROMIUM} missing but ROOMVISION_REQUIRE_BROWSER is set")
     pytest.skip("Debian chromium not installed (apt-get install chromium chromium-driver)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@contextlib.contextmanager
+def chromium_page():
+    """A page of Debian's Chromium (headless, no network extras), patient with a slow first model load."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(90_000)
+        yield page
+        browser.close()
+
+
+def sign_in(page, button) -> None:
+    """Type the annotator name and wait until `button` (disabled without a name) is enabled."""
+    page.get_by_label("Your name").fill("ana")
+    page.get_by_label("Your name").press("Enter")
+    for _ in range(120):
+        if button.is_enabled():
+            break
+        page.wait_for_timeout(500)
+    assert button.is_enabled()
 
 
 def free_port() -> int:
@@ -71,10 +94,7 @@ def test_app_in_chromium(server, tmp_path, make_room):
     ARTIFACTS.mkdir(exist_ok=True)
     photo = tmp_path / "living.jpg"
     make_room(7, (640, 480)).save(photo)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(90_000)
+    with chromium_page() as page:
         page.goto(server["url"])
         page.get_by_text("Listing photos").wait_for()
         page.locator("input[type=file]").set_input_files(str(photo))
@@ -96,14 +116,7 @@ def test_app_in_chromium(server, tmp_path, make_room):
         page.goto(server["url"] + "/relabel")
         page.get_by_role("button", name="GOOD").wait_for()
         assert page.get_by_role("button", name="GOOD").is_disabled()  # no decisions without a name
-        page.get_by_label("Your name").fill("ana")
-        page.get_by_label("Your name").press("Enter")
-        good = page.get_by_role("button", name="GOOD")
-        for _ in range(120):
-            if good.is_enabled():
-                break
-            page.wait_for_timeout(500)
-        assert good.is_enabled()
+        sign_in(page, page.get_by_role("button", name="GOOD"))
         page.screenshot(path=str(ARTIFACTS / "relabel-named.png"), full_page=True)
         page.get_by_role("heading", name="Relabel photo quality").click()  # keyboard focus off the text box
         page.keyboard.press("b")
@@ -120,7 +133,6 @@ def test_app_in_chromium(server, tmp_path, make_room):
         page.goto(server["url"] + "/mistakes")
         page.get_by_text("python -m roomvision evaluate").first.wait_for()
         page.screenshot(path=str(ARTIFACTS / "mistakes.png"), full_page=True)
-        browser.close()
 
 
 def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path):
@@ -133,10 +145,7 @@ def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path)
     from roomvision.labels import ROOM
     build_feature_cache(Predictor(server["weights"], device="cpu"), server["manifest"], [server["root"]],
                         progress=False)
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(90_000)
+    with chromium_page() as page:
         page.goto(server["url"] + "/mistakes")  # a bookmarked page as the first URL after the server starts
         page.get_by_role("link", name="Predict").wait_for()  # app.py's navigation, not the pages/ file list
         page.get_by_role("link", name="mistakes", exact=True).wait_for(state="detached", timeout=20_000)
@@ -145,14 +154,7 @@ def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path)
         page.get_by_role("option", name="All photos, most suspect first").click()
         page.locator('[data-testid="stSelectbox"]').filter(has_text="Split").click()
         page.get_by_role("option", name="train", exact=True).click()  # training photos teach the room head
-        page.get_by_label("Your name").fill("ana")
-        page.get_by_label("Your name").press("Enter")
-        kitchen = page.get_by_role("button", name=re.compile("^Kitchen"))
-        for _ in range(120):
-            if kitchen.is_enabled():
-                break
-            page.wait_for_timeout(500)
-        assert kitchen.is_enabled()
+        sign_in(page, page.get_by_role("button", name=re.compile("^Kitchen")))
         page.screenshot(path=str(ARTIFACTS / "label-issues.png"), full_page=True)
         page.get_by_role("heading", name="Mistakes").click()  # keyboard focus off the text box
         page.keyboard.press(str(CLASSES.index("Kitchen") + 1))
@@ -161,7 +163,6 @@ def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path)
             if len(store.read_raw()) >= 1:
                 break
             time.sleep(0.5)
-        browser.close()
     rows = store.read_raw()
     assert list(rows["human_label"]) == ["Kitchen"] and list(rows["annotator"]) == ["ana"]
     photo = server["root"] / rows.loc[0, "path"]
@@ -176,13 +177,9 @@ def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path)
                                           ("predict", "Predict")])
 def test_bookmarked_page_as_first_url_opens_in_the_app_navigation(server, path, heading):
     """Streamlit's legacy pages/ mode must not take over when a page URL is the first request after start."""
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(90_000)
+    with chromium_page() as page:
         page.goto(f"{server['url']}/{path}")
         page.get_by_role("heading", name=heading, exact=True).wait_for()
         page.get_by_role("link", name="Mistakes", exact=True).wait_for()
         page.get_by_role("link", name=path, exact=True).wait_for(state="detached", timeout=20_000)
         assert page.get_by_role("link", name="app", exact=True).count() == 0
-        browser.close()
