@@ -37,7 +37,15 @@ st.caption(f"**{ckpt.version}** · backbone {ckpt.backbone} · input {ckpt.prepr
            f"temperature {ckpt.calibration.temperature:.2f} · quality threshold {ckpt.calibration.quality:.2f} · "
            f"created {ckpt.created}")
 
-metrics_file = report_paths(predictor.weights)["metrics"]
+TEST_SETS = {"All test photos": "test", "House Rooms": "test-house-rooms", "Places365 rooms": "test-places365-rooms"}
+available = {name: tag for name, tag in TEST_SETS.items() if report_paths(predictor.weights, tag)["metrics"].is_file()}
+test_set = st.segmented_control("Test set", list(available), default=next(iter(available), None),
+                                key="model_test_set") if available else None
+metrics_file = report_paths(predictor.weights, available.get(test_set, "test"))["metrics"]
+if scope := ckpt.metrics.get("out_of_scope", {}).get("test"):
+    st.caption(f"Not one of the five rooms (held-out entrance halls vs test rooms): AUROC {scope['auroc']:.3f}; at "
+               f"the threshold {ckpt.calibration.in_scope:.3f}, {scope['others_flagged']:.1%} of {scope['others']} "
+               f"non-room photos flagged and {scope['rooms_flagged']:.1%} of {scope['rooms']} room photos.")
 if not metrics_file.is_file():
     st.info(f"No test metrics yet for this model. Run `python -m roomvision evaluate --weights {predictor.weights}`. "
             "Validation figures from training:")
@@ -49,9 +57,16 @@ else:
     cols[0].metric("Room accuracy", f"{r['accuracy']:.3f}")
     cols[1].metric("Room macro-F1", f"{r['macro_f1']:.3f}")
     cols[2].metric("Quality ROC-AUC", f"{q.get('roc_auc', float('nan')):.3f}")
-    cols[3].metric("ECE after scaling", f"{cal['ece_after']:.3f}", f"before {cal['ece_before']:.3f}", delta_color="off")
+    cols[3].metric("ECE after scaling (lower is better)", f"{cal['ece_after']:.3f}",
+                   f"{cal['ece_after'] - cal['ece_before']:+.3f} vs {cal['ece_before']:.3f} before",
+                   delta_color="inverse")
     cols[4].metric("Aesthetic SRCC (proxy)", f"{aes['srcc']:.3f}")
     st.caption(f"Evaluated on {m['evaluated_on']} ({', '.join(m['sources'])}), n = {r['n']} photos.")
+    if fixed := m.get("room_corrected_labels"):
+        st.caption(f"Against people's corrected labels ({fixed['photos_corrected']} corrected, "
+                   f"{fixed['photos_left_out']} ambiguous or not a room left out): accuracy {fixed['accuracy']:.3f}, "
+                   f"macro-F1 {fixed['macro_f1']:.3f} — beside the original labels' {r['accuracy']:.3f} / "
+                   f"{r['macro_f1']:.3f}.")
     st.dataframe(pd.DataFrame(r["per_class"]).T, column_config={"support": st.column_config.NumberColumn(format="%d")})
     classes = list(r["per_class"])
     left, right = st.columns(2)

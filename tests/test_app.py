@@ -265,3 +265,18 @@ def test_streamlit_upload_limit_matches_the_decoder():
     config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text())
     assert config["server"]["maxUploadSize"] * 1024 * 1024 == MAX_UPLOAD_BYTES
     assert config["client"]["showErrorLinks"] is False
+
+
+def test_model_page_shows_the_committed_model_per_test_set(app_env, monkeypatch):
+    import json
+    from roomvision.config import DEFAULT_WEIGHTS
+    monkeypatch.setenv("ROOMVISION_WEIGHTS", str(DEFAULT_WEIGHTS))
+    at = run_page("pages/model.py")
+    assert any("Not one of the five rooms" in c.value and "AUROC" in c.value for c in at.caption)
+    for name, tag in (("House Rooms", "test-house-rooms"), ("Places365 rooms", "test-places365-rooms")):
+        at.segmented_control(key="model_test_set").set_value(name).run()
+        expected = json.loads(report_paths(DEFAULT_WEIGHTS, tag)["metrics"].read_text())
+        shown = {m.label: m for m in at.metric}
+        assert shown["Room accuracy"].value == f"{expected['room']['accuracy']:.3f}"
+        ece = shown["ECE after scaling (lower is better)"]
+        assert ece.delta.startswith("-")  # scaling lowered the error, shown in green (inverse colours)
