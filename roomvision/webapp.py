@@ -274,7 +274,16 @@ def show_job_result(status: dict) -> None:
         r = status["result"]
         st.success(f"Saved {Path(r['out']).name} ({r['human_labels']} human labels, {r['human_ratings']} ratings, "
                    f"{r.get('room', {}).get('room_corrections_used', 0)} room corrections, "
-                   f"{r['seconds']:.0f} s). Choose it as the active model above; the previous one stays listed.")
+                   f"{r['seconds']:.0f} s). The previous version stays listed above.")
+        new, previous = Path(r["out"]), active_weights()
+        if previous != new and st.button(f"Use {new.name} now", type="primary", key="use-new-version"):
+            st.session_state["previous_weights"] = str(previous)
+            st.session_state["active_weights"] = str(new)
+            st.rerun()
+        if (back := st.session_state.get("previous_weights")) and active_weights() == new:
+            if st.button(f"Restore {Path(back).name}", key="restore-previous-version"):
+                st.session_state["active_weights"] = st.session_state.pop("previous_weights")
+                st.rerun()
         if r.get("balanced_accuracy_after_cv") is not None:
             st.metric("Agreement with people (balanced accuracy on held-out human labels)",
                       f"{r['balanced_accuracy_after_cv']:.2f}",

@@ -280,3 +280,27 @@ def test_model_page_shows_the_committed_model_per_test_set(app_env, monkeypatch)
         assert shown["Room accuracy"].value == f"{expected['room']['accuracy']:.3f}"
         ece = shown["ECE after scaling (lower is better)"]
         assert ece.delta.startswith("-")  # scaling lowered the error, shown in green (inverse colours)
+
+
+def test_model_page_switches_to_the_learned_version_and_back(app_env):
+    from roomvision.jobs import status_file, write_status
+    from roomvision.retrain import save_version
+    new = app_env["weights"].with_name("tiny-people-1.pt")
+    save_version(app_env["weights"], new, {}, None, {"human_labels": 0})
+    job = status_file("learn-from-people")
+    write_status(job, state="done", pid=0, started=0, message="done",
+                 result={"out": str(new), "human_labels": 0, "human_ratings": 0, "seconds": 1.0})
+    try:
+        at = run_page("pages/model.py")
+
+        def version():
+            return next(c.value.split("**")[1] for c in at.caption if c.value.startswith("**"))
+
+        before = version()
+        at.button(key="use-new-version").click().run()
+        assert not at.exception, [e.message for e in at.exception]
+        assert version() == "tiny-people-1" != before
+        at.button(key="restore-previous-version").click().run()
+        assert version() == before
+    finally:
+        job.unlink(missing_ok=True)
