@@ -146,6 +146,8 @@ class TrainConfig:
                                        "(default: $ROOMVISION_RELABELS or data/labels/quality_relabels.csv)")
     room_relabels: Path | None = _opt(None, "room corrections CSV: corrected training labels replace the given ones "
                                             "(default: $ROOMVISION_ROOM_RELABELS or data/labels/room_relabels.csv)")
+    drop_label_issues: Path | None = _opt(None, "`label-issues --out` CSV: training photos it flags as issues train "
+                                                "no room head (they still train quality and aesthetics)")
     seed: int = _opt(0, "random seed")
     workers: int = _opt(1, "data-loading worker processes")
     device: str = _opt("auto", "auto, cpu or cuda")

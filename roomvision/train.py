@@ -30,7 +30,7 @@ from .losses import multitask_loss, room_class_weight
 from .model import Checkpoint, RoomVisionNet, preprocess_for_backbone
 from .modelinfo import HEAD_OUTPUTS, file_sha256
 from .preprocess import Preprocess
-from .samples import SampleDataset, degraded_cache_path, degraded_samples, real_samples
+from .samples import IGNORE_ROOM, SampleDataset, degraded_cache_path, degraded_samples, real_samples
 from .transforms import eval_transform, train_transform
 
 
@@ -76,6 +76,18 @@ def _set_trainable(model: RoomVisionNet, freeze_stages: int) -> list[torch.nn.Mo
 
 
 
+def flagged_label_issues(samples: pd.DataFrame, issues_csv: Path) -> np.ndarray:
+    """Training samples that a `label-issues` CSV flags as label issues (matched by source and path)."""
+    issues = pd.read_csv(issues_csv, keep_default_na=False)
+    missing = {"source", "path", "issue"} - set(issues.columns)
+    if missing:
+        raise ValueError(f"{issues_csv} is not a label-issues CSV (missing {', '.join(sorted(missing))})")
+    marked = issues[issues["issue"].astype(str) == "True"]
+    flagged = set(zip(marked["source"], marked["path"]))
+    listed = np.array([(s, p) in flagged for s, p in zip(samples["source"], samples["path"])], dtype=bool)
+    return (samples["split"] == "train").to_numpy() & listed
+
+
 def load_data(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:
     """Real training photos, their degraded copies, and validation (real + degraded); the manifest hash."""
     manifest = cfg.manifest or settings().manifest
@@ -83,6 +95,8 @@ def load_data(cfg: TrainConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
     df = load_manifest(manifest)
     real = real_samples(df, resolve_paths(df, manifest_roots(manifest, cfg.data_roots)), relabels,
                         cfg.room_relabels or settings().room_relabels)
+    if cfg.drop_label_issues:
+        real.loc[flagged_label_issues(real, cfg.drop_label_issues), "class_idx"] = IGNORE_ROOM
     degraded = degraded_samples(real, degraded_cache_path(manifest), workers=2)
     print(f"degraded copies: {int((degraded.quality == 0).sum())} BAD / {len(degraded)} "
           f"(real photos BAD: {int((real.quality == 0).sum())} / {len(real)}; "

@@ -186,3 +186,23 @@ def test_room_corrections_reach_training_retraining_and_evaluation(tiny_dataset,
     assert corrected["photos_corrected"] == 1 and corrected["n"] == metrics["room"]["n"]
     right_before = metrics["room"]["accuracy"] * metrics["room"]["n"]
     assert abs(corrected["accuracy"] * corrected["n"] - right_before) <= 1  # one label moved, one photo at most
+
+
+def test_training_can_leave_flagged_label_issues_out_of_the_room_head(tiny_dataset, tmp_path):
+    from roomvision.samples import real_samples
+    from roomvision.train import flagged_label_issues
+    manifest = tmp_path / "manifest.csv"
+    assert main(["prepare", str(tiny_dataset), "--out", str(manifest), "--workers", "1"]) == 0
+    df = pd.read_csv(manifest, keep_default_na=False)
+    samples = real_samples(df, [tiny_dataset / p for p in df["path"]], None)
+    train, test = df[df["split"] == "train"].iloc[0], df[df["split"] == "test"].iloc[0]
+    issues = tmp_path / "issues.csv"
+    pd.DataFrame({"source": [train["source"], test["source"], train["source"]],
+                  "path": [train["path"], test["path"], df[df["split"] == "train"].iloc[1]["path"]],
+                  "issue": [True, True, False]}).to_csv(issues, index=False)
+    flagged = flagged_label_issues(samples, issues)
+    assert flagged.sum() == 1 and flagged[train.name]  # test photos and unflagged rows keep their labels
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path\nx.jpg\n")
+    with pytest.raises(ValueError, match="not a label-issues CSV"):
+        flagged_label_issues(samples, bad)
