@@ -20,10 +20,12 @@ from .modelinfo import file_sha256
 
 OUTPUTS = ("quality", "aesthetic", "room", "quality_features", "features")
 PART = 512  # photos per saved part: an interrupted build resumes from the last finished part
+CACHE_VERSION = 2  # bump when OUTPUTS change: caches are keyed by it (2: pooled features added)
 
 
 def cache_path(weights: Path, manifest: Path) -> Path:
-    return settings().cache_dir / f"features-{file_sha256(weights)[:12]}-{file_sha256(manifest)[:12]}.npz"
+    return (settings().cache_dir
+            / f"features-v{CACHE_VERSION}-{file_sha256(weights)[:12]}-{file_sha256(manifest)[:12]}.npz")
 
 
 def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[Path] | None = None,
