@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from roomvision.config import CLASSES, settings  # noqa: E402
 from roomvision.data import load_manifest  # noqa: E402
-from roomvision.features import build_feature_cache, cache_path, load_feature_cache  # noqa: E402
+from roomvision.features import build_feature_cache, load_feature_cache  # noqa: E402
 from roomvision.inference import Predictor  # noqa: E402
 from roomvision.label_issues import find_room_label_issues  # noqa: E402
 
@@ -32,9 +32,7 @@ DOWN_WEIGHT = 0.2
 def main() -> None:
     manifest = settings().manifest
     predictor = Predictor(device="cpu")
-    cache = cache_path(predictor.weights, manifest)
-    if not cache.is_file():
-        build_feature_cache(predictor, manifest)
+    cache = build_feature_cache(predictor, manifest)
     df = load_manifest(manifest).reset_index(drop=True)
     data = load_feature_cache(cache)
     issues = find_room_label_issues(manifest, cache, predictor.calibration.temperature, "train")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from roomvision.config import CLASSES, settings  # noqa: E402
 from roomvision.data import load_manifest  # noqa: E402
-from roomvision.features import build_feature_cache, cache_path, load_feature_cache  # noqa: E402
+from roomvision.features import build_feature_cache, load_feature_cache  # noqa: E402
 from roomvision.inference import Predictor, room_probabilities  # noqa: E402
 from roomvision.label_issues import find_room_label_issues, in_sample_probabilities  # noqa: E402
 
@@ -57,9 +57,7 @@ def main() -> None:
     a = ap.parse_args()
     manifest = settings().manifest
     predictor = Predictor(device="cpu")
-    cache = cache_path(predictor.weights, manifest)
-    if not cache.is_file():
-        build_feature_cache(predictor, manifest)
+    cache = build_feature_cache(predictor, manifest)
     served = load_feature_cache(cache)
     original = load_manifest(manifest).reset_index(drop=True)
     probs = room_probabilities(np.nan_to_num(served["room"]), predictor.calibration.temperature)

@@ -108,15 +108,13 @@ def cmd_retrain_heads(a: argparse.Namespace) -> int:
 
 
 def cmd_label_issues(a: argparse.Namespace) -> int:
-    from .features import build_feature_cache, cache_path
+    from .features import build_feature_cache
     from .inference import Predictor
     from .label_issues import find_room_label_issues
     from .labels import neutralise_formulas
     manifest = a.manifest or settings().manifest
     predictor = Predictor(a.weights, device="cpu")
-    cache = cache_path(predictor.weights, manifest)
-    if not cache.is_file():
-        build_feature_cache(predictor, manifest, a.data_roots)
+    cache = build_feature_cache(predictor, manifest, a.data_roots)
     issues = find_room_label_issues(manifest, cache, predictor.calibration.temperature, a.split,
                                     a.room_relabels or settings().room_relabels)
     table = neutralise_formulas(issues[["source", "path", "split", "given", "suggested", "score", "issue",
@@ -144,13 +142,11 @@ def cmd_fit_scope(a: argparse.Namespace) -> int:
 def cmd_export_onnx(a: argparse.Namespace) -> int:
     import json
     from .engine import export_onnx
-    from .inference import ONNX_GRAPH_VERSION, onnx_path
-    from .modelinfo import file_sha256
+    from .inference import onnx_path, onnx_provenance
     weights = a.weights or settings().weights
     out = export_onnx(weights, a.out or onnx_path(weights))
     if a.out:  # an export to ship: the sidecar lets installs without PyTorch trust it for these weights only
-        Path(str(out) + ".json").write_text(json.dumps({"weights_sha256": file_sha256(weights),
-                                                        "graph_version": ONNX_GRAPH_VERSION}) + "\n")
+        Path(str(out) + ".json").write_text(json.dumps(onnx_provenance(weights)) + "\n")
     print(f"written: {out}")
     return 0
 

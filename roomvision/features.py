@@ -30,12 +30,15 @@ def cache_path(weights: Path, manifest: Path) -> Path:
 
 def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[Path] | None = None,
                         batch_size: int = 64, on_batch=None, progress: bool = True, cancel=None) -> Path:
-    """Run the model once over every manifest photo; save quality features and raw outputs (one row per photo,
-    in manifest order; unreadable photos get NaN). `on_batch(done, total)` reports progress; `cancel()` returning
+    """The feature cache of this model and manifest, built first when missing: the model runs once over every
+    manifest photo and its pooled features, quality features and raw outputs are saved (one row per photo, in
+    manifest order; unreadable photos get NaN). `on_batch(done, total)` reports progress; `cancel()` returning
     True stops after the current part (finished parts are kept and reused next time)."""
+    out = cache_path(predictor.weights, manifest)
+    if out.is_file():
+        return out
     df = load_manifest(manifest).reset_index(drop=True)
     files = resolve_paths(df, manifest_roots(manifest, data_roots))
-    out = cache_path(predictor.weights, manifest)
     parts_dir = out.with_suffix(".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(files), desc="caching features", unit="img", disable=not progress) as bar:
@@ -85,11 +88,14 @@ def run_files(predictor: Predictor, files: list[Path], batch_size: int = 64) -> 
     return result
 
 
-def load_feature_cache(path: Path) -> dict[str, np.ndarray]:
+def load_feature_cache(path: Path, manifest: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
     """Arrays of a feature cache (sha256, quality, aesthetic, room, quality_features, features), one row per
-    manifest photo."""
+    manifest photo; with `manifest`, a ValueError unless the cache holds exactly its photos in its order."""
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        data = {k: z[k] for k in z.files}
+    if manifest is not None and list(data["sha256"]) != list(manifest["sha256"]):
+        raise ValueError(f"feature cache {path} does not match the manifest; delete it and retry")
+    return data
 
 
 def cached_scores(path: Path, predictor: Predictor, manifest: pd.DataFrame) -> pd.DataFrame:

@@ -56,6 +56,11 @@ def onnx_path(weights: str | Path) -> Path:
     return settings().cache_dir / "onnx" / f"{file_sha256(weights)[:16]}-v{ONNX_GRAPH_VERSION}.onnx"
 
 
+def onnx_provenance(weights: str | Path) -> dict:
+    """What the sidecar of a shipped export records: the weights it was made from and the graph version."""
+    return {"weights_sha256": file_sha256(weights), "graph_version": ONNX_GRAPH_VERSION}
+
+
 def shipped_onnx(weights: str | Path) -> Path | None:
     """The ONNX export shipped next to a weights file (`<name>.onnx` with its `.json` sidecar), when it was made
     from exactly these weights with the current graph version; installs without PyTorch serve from it."""
@@ -67,8 +72,7 @@ def shipped_onnx(weights: str | Path) -> Path | None:
         meta = json.loads(sidecar.read_text())
     except ValueError:
         return None
-    fresh = meta.get("weights_sha256") == file_sha256(weights) and meta.get("graph_version") == ONNX_GRAPH_VERSION
-    return path if fresh else None
+    return path if meta == onnx_provenance(weights) else None
 
 
 def ensure_onnx(weights: str | Path) -> Path:

@@ -72,9 +72,7 @@ def find_room_label_issues(manifest: Path, cache: Path, temperature: float, spli
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     df = load_manifest(manifest).reset_index(drop=True)
-    data = load_feature_cache(cache)
-    if list(data["sha256"]) != list(df["sha256"]):
-        raise ValueError(f"feature cache {cache} does not match the manifest; rebuild it with `cache-features`")
+    data = load_feature_cache(cache, df)
     corrected = room_corrections(df, room_relabels)
     given = corrected.fillna(df["class"])
     use = ~np.isnan(data["features"][:, 0].astype(np.float32)) & given.isin(CLASSES).to_numpy()

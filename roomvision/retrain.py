@@ -1,6 +1,6 @@
 """Heads fitted on cached features, saved as a new model version (seconds once the cache exists; the default file
 is never overwritten): the human quality and aesthetic heads learned from people (`retrain-heads`, the Model page,
-the end of `train --relabels`) and the out-of-scope head (`fit-scope`, the end of `train`)."""
+the end of `train --relabels`) and the out-of-scope head (`fit-scope`)."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -13,7 +13,7 @@ import pandas as pd
 
 from .config import CLASSES, DEFAULT_WEIGHTS, QUALITY_THRESHOLDS
 from .data import load_manifest, load_out_of_scope
-from .features import build_feature_cache, cache_path, load_feature_cache, run_files
+from .features import build_feature_cache, load_feature_cache, run_files
 from .human import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules,
                     refit_room_head)
 from .labels import NOT_A_ROOM, room_corrections
@@ -29,9 +29,7 @@ def any_human_labels(decision: np.ndarray, score: np.ndarray) -> bool:
 def _cached_pool(cache: Path, manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, dict]:
     """From a feature cache matching `manifest`: the rows the model could read, their quality features and
     manifest rows (the pool human heads are fitted on), and the cache's arrays."""
-    data = load_feature_cache(cache)
-    if list(data["sha256"]) != list(manifest["sha256"]):
-        raise ValueError(f"feature cache {cache} does not match the manifest; delete it and retry")
+    data = load_feature_cache(cache, manifest)
     ok = np.flatnonzero(~np.isnan(data["quality"]))
     return ok, data["quality_features"][ok].astype(np.float32), manifest.iloc[ok].reset_index(drop=True), data
 
@@ -107,10 +105,8 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
         raise ValueError(f"no human labels for this manifest's photos in {relabels} or {room_relabels}; label some "
                          "in the Relabel page or correct room labels in the Mistakes page")
     predictor = Predictor(weights, device="cpu")
-    cache = cache_path(predictor.weights, manifest)
-    if not cache.is_file():
-        build_feature_cache(predictor, manifest, data_roots, on_batch=on_progress, progress=on_progress is None,
-                            cancel=cancel)
+    cache = build_feature_cache(predictor, manifest, data_roots, on_batch=on_progress, progress=on_progress is None,
+                                cancel=cancel)
     ok, features, pool, data = _cached_pool(cache, df)
     labelled = decision[ok] >= 0
     before = predictor.p_good(data["quality"][ok], features, pool)[labelled]
@@ -156,23 +152,10 @@ def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) 
     return pd.Series(np.arange(len(order)), index=df["sha256"].to_numpy()[ok[order]])
 
 
-def _manifest_features(predictor: Predictor, manifest: Path,
-                       data_roots: list[Path] | None) -> tuple[pd.DataFrame, dict]:
-    """The manifest and its feature cache (built first when missing)."""
-    cache = cache_path(predictor.weights, manifest)
-    if not cache.is_file():
-        build_feature_cache(predictor, manifest, data_roots)
-    df = load_manifest(manifest).reset_index(drop=True)
-    data = load_feature_cache(cache)
-    if list(data["sha256"]) != list(df["sha256"]):
-        raise ValueError(f"feature cache {cache} does not match the manifest; delete it and retry")
-    return df, data
-
-
-def scope_report(in_scope: np.ndarray, rooms: np.ndarray, others: np.ndarray, threshold: float) -> dict:
+def scope_report(in_scope: np.ndarray, is_room: np.ndarray, threshold: float) -> dict:
     """How the out-of-scope decision separates room photos from other photos."""
     from sklearn.metrics import roc_auc_score
-    p_rooms, p_others = in_scope[rooms], in_scope[others]
+    p_rooms, p_others = in_scope[is_room], in_scope[~is_room]
     return {"auroc": float(roc_auc_score(np.r_[np.ones(len(p_rooms)), np.zeros(len(p_others))],
                                          np.r_[p_rooms, p_others])),
             "others_flagged": float(np.mean(p_others < threshold)),
@@ -189,7 +172,8 @@ def fit_scope(weights: Path, manifest: Path, out_of_scope_root: Path, out: Path,
     if Path(out).resolve() == DEFAULT_WEIGHTS.resolve():
         raise ValueError("refusing to overwrite the default model; choose another output name")
     predictor = Predictor(weights, device="cpu")
-    df, data = _manifest_features(predictor, manifest, data_roots)
+    df = load_manifest(manifest).reset_index(drop=True)
+    data = load_feature_cache(build_feature_cache(predictor, manifest, data_roots), df)
     others = load_out_of_scope(out_of_scope_root)
     other_features = run_files(predictor, list(others["path"]))["features"].astype(np.float32)
     corrections = room_corrections(df, room_relabels).to_numpy()
@@ -206,7 +190,7 @@ def fit_scope(weights: Path, manifest: Path, out_of_scope_root: Path, out: Path,
     for split in ("val", "test"):
         p = head.in_scope_prob(np.r_[rooms[split], other[split]])
         is_room = np.r_[np.ones(len(rooms[split]), bool), np.zeros(len(other[split]), bool)]
-        metrics[split] = scope_report(p, is_room, ~is_room, threshold)
+        metrics[split] = scope_report(p, is_room, threshold)
     ckpt = Checkpoint.load(weights)
     replace(ckpt, scope=head.to_dict(), calibration=replace(ckpt.calibration, in_scope=threshold),
             metrics={**ckpt.metrics, "out_of_scope": {**metrics, "threshold": threshold,
