@@ -1,17 +1,13 @@
 """Upload photos; see room, quality and aesthetic predictions with live thresholds."""
-import io
-
 import math
 
 import plotly.graph_objects as go
 import streamlit as st
-from PIL import Image
 
 from roomvision.decisions import OUT_OF_SCOPE, UNCERTAIN
 from roomvision.inference import results_frame
 from roomvision.labels import neutralise_formulas
-from roomvision.webapp import (ensure_app_navigation, get_predictor, overlay_heatmap, score_uploads,
-                               threshold_sidebar)
+from roomvision.webapp import PHOTOS_PER_PAGE, ensure_app_navigation, get_predictor, score_uploads, threshold_sidebar
 
 FILTERS = {  # what a team screens a batch for; each reads the decisions of the results table
     "BAD": lambda d: d["quality_decision"] == "BAD",
@@ -21,53 +17,25 @@ FILTERS = {  # what a team screens a batch for; each reads the decisions of the 
     "unreadable": lambda d: bool(d["error"]),
 }
 
-ensure_app_navigation()
-st.title("Predict")
-st.caption("Room type, photo quality (GOOD/BAD) and aesthetic score 1–10. The aesthetic score is a proxy learned "
-           "from photo properties (exposure, contrast, colour, sharpness, level verticals) until people rate photos.")
 
-predictor = get_predictor()
-if predictor is None:
-    st.stop()
-thresholds = threshold_sidebar(predictor)
-show_cam = st.sidebar.toggle("Grad-CAM overlay for the room", value=False)
-
-files = st.file_uploader("Listing photos",
-                         type=["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "heic", "heif"],
-                         accept_multiple_files=True)
-if not files:
-    st.info("Upload one or more photos (jpg, png, webp, bmp, tiff, heic) to score them.")
-    st.stop()
-
-bar = st.progress(0.0, text=f"Scoring {len(files)} photo(s)…")
-results = score_uploads(predictor, [(f.name, f.getvalue()) for f in files],
-                        progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Scored {done}/{total}"))
-bar.empty()
-table = results_frame(results, predictor.classes, thresholds)
-only = st.pills("Show only", list(FILTERS), selection_mode="multi", key="show_only",
-                help="Photos matching any of the chosen decisions; none chosen shows every photo")
-
-for i, (row, dec) in enumerate(zip(results, table.to_dict("records"))):
+def photo_card(i: int, row: dict, dec: dict, classes: list[str], thresholds, show_cam: bool) -> None:
+    """One photo: preview (or Grad-CAM), room, quality with its reasons, aesthetic score, listing-ready."""
     name = row["path"]
-    if only and not any(FILTERS[f](dec) for f in only):
-        continue
     with st.container(border=True):
         if row.get("error"):
             st.error(f"**{name}**: {row['error']}")
-            continue
+            return
         left, mid, right = st.columns([1.2, 1.3, 1.2])
-        img = Image.open(io.BytesIO(row["preview"]))
         if show_cam:
-            left.image(overlay_heatmap(img, row["room_cam"]), caption=f"{name} — Grad-CAM for {row['room']}")
+            left.image(row["cam_preview"], caption=f"{name} — Grad-CAM for {row['room']}")
         else:
-            left.image(img, caption=name)
-        room = dec["room_decision"]
+            left.image(row["preview"], caption=name)
         scope = ("" if math.isnan(row["in_scope_prob"]) else
                  f" · P(one of the five rooms) {row['in_scope_prob']:.2f}")
-        mid.metric("Room", room, f"{dec['room_confidence']:.0%} confident{scope}", delta_color="off",
-                   delta_arrow="off")
-        probs = [row[f"prob_{c}"] for c in predictor.classes]
-        fig = go.Figure(go.Bar(x=probs, y=predictor.classes, orientation="h", text=[f"{p:.0%}" for p in probs]))
+        mid.metric("Room", dec["room_decision"], f"{dec['room_confidence']:.0%} confident{scope}",
+                   delta_color="off", delta_arrow="off")
+        probs = [row[f"prob_{c}"] for c in classes]
+        fig = go.Figure(go.Bar(x=probs, y=classes, orientation="h", text=[f"{p:.0%}" for p in probs]))
         fig.update_layout(height=220, margin=dict(l=0, r=0, t=10, b=0), xaxis=dict(range=[0, 1]))
         mid.plotly_chart(fig, key=f"room-{i}")
         q = dec["quality_decision"]
@@ -84,6 +52,50 @@ for i, (row, dec) in enumerate(zip(results, table.to_dict("records"))):
         dist.update_layout(height=140, margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(dtick=1))
         right.plotly_chart(dist, key=f"aes-{i}")
         right.write("✅ Listing-ready" if dec["listing_ready"] else f"Not listing-ready: {dec['listing_reason']}")
+
+
+@st.fragment
+def gallery(results: list[dict], decisions: list[dict], classes: list[str], thresholds) -> None:
+    """Photo cards, filtered and a page at a time; the filter, page and Grad-CAM toggle rerun only this part."""
+    pick, cam = st.columns([4, 1], vertical_alignment="bottom")
+    only = pick.pills("Show only", list(FILTERS), selection_mode="multi", key="show_only",
+                      help="Photos matching any of the chosen decisions; none chosen shows every photo")
+    show_cam = cam.toggle("Grad-CAM overlay", key="show_cam", help="Where the model looked to choose the room")
+    shown = [i for i, dec in enumerate(decisions) if not only or any(FILTERS[f](dec) for f in only)]
+    pages = max(1, math.ceil(len(shown) / PHOTOS_PER_PAGE))
+    page = 1
+    if pages > 1:
+        page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1,
+                               key=f"gallery_page_of_{pages}")
+    first = (page - 1) * PHOTOS_PER_PAGE
+    on_page = shown[first:first + PHOTOS_PER_PAGE]
+    st.caption(f"Photos {first + 1}–{first + len(on_page)} of {len(shown)}" if on_page else "No photo matches.")
+    for i in on_page:
+        photo_card(i, results[i], decisions[i], classes, thresholds, show_cam)
+
+ensure_app_navigation()
+st.title("Predict")
+st.caption("Room type, photo quality (GOOD/BAD) and aesthetic score 1–10. The aesthetic score is a proxy learned "
+           "from photo properties (exposure, contrast, colour, sharpness, level verticals) until people rate photos.")
+
+predictor = get_predictor()
+if predictor is None:
+    st.stop()
+thresholds = threshold_sidebar(predictor)
+
+files = st.file_uploader("Listing photos",
+                         type=["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "heic", "heif"],
+                         accept_multiple_files=True)
+if not files:
+    st.info("Upload one or more photos (jpg, png, webp, bmp, tiff, heic) to score them.")
+    st.stop()
+
+bar = st.progress(0.0, text=f"Scoring {len(files)} photo(s)…")
+results = score_uploads(predictor, [(f.name, f.getvalue()) for f in files],
+                        progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Scored {done}/{total}"))
+bar.empty()
+table = results_frame(results, predictor.classes, thresholds)
+gallery(results, table.to_dict("records"), predictor.classes, thresholds)
 
 st.subheader("All results")
 scored = table[table["error"] == ""]

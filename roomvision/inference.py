@@ -302,8 +302,8 @@ class Predictor:
 def results_frame(results: list[dict], classes: list[str], thresholds: Thresholds) -> pd.DataFrame:
     """Predictions with the decisions at `thresholds` and the thresholds themselves, in a fixed column order."""
     cols = ["path", "room_decision", "room_confidence", *[f"prob_{c}" for c in classes], "in_scope_prob",
-            "out_of_scope",            "quality_prob_good", "quality_decision", "aesthetic_score", "aesthetic_std", "listing_ready",
-            "listing_reason", "quality_threshold", "min_room_confidence", "min_in_scope",
+            "out_of_scope", "quality_prob_good", "quality_decision", "aesthetic_score", "aesthetic_std",
+            "listing_ready", "listing_reason", "quality_threshold", "min_room_confidence", "min_in_scope",
             "listing_ready_min_aesthetic", "error"]
     rows = [{**r, **decide(r, thresholds, classes), "quality_threshold": thresholds.quality,
              "min_room_confidence": thresholds.min_room_confidence, "min_in_scope": thresholds.min_in_scope,

@@ -56,7 +56,8 @@ def start(name: str, args: list[str]) -> Path:
     with open(path.with_suffix(".log"), "w") as log:  # the child keeps its own handle
         proc = subprocess.Popen([sys.executable, "-m", "roomvision", *args, "--status", str(path)], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=Path(__file__).resolve().parent.parent)
+                                cwd=Path(__file__).resolve().parent.parent,
+                                env={**os.environ, "TQDM_MININTERVAL": "10"})  # progress goes to the status file
     write_status(path, state="running", pid=proc.pid, started=time.time(), done=0, total=0, message="starting")
     return path
 

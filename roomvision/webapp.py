@@ -23,6 +23,7 @@ from .inference import Predictor
 from .modelinfo import CheckpointError, read_model_info
 from .quality import compute_metrics, quality_reasons
 
+PHOTOS_PER_PAGE = 12  # cards the Predict page draws at once: a threshold step redraws one page
 PREVIEW_SIDE = 640  # the Predict page shows (and overlays Grad-CAM on) a preview, not the full-size photo
 
 
@@ -118,7 +119,7 @@ def threshold_sidebar(predictor: Predictor) -> Thresholds:
 
 @st.cache_data(max_entries=1000, show_spinner=False)
 def score_upload(model_version: str, content_sha256: str, _predictor: Predictor, _data: bytes) -> dict:
-    """One upload decoded once, scored (with Grad-CAM) and explained (proxy metrics), with a JPEG preview.
+    """One upload decoded once, scored and explained (proxy metrics), with JPEG previews plain and with Grad-CAM.
 
     Cached by model version and content hash (bounded), so reruns and repeated files cost nothing.
     """
@@ -128,10 +129,15 @@ def score_upload(model_version: str, content_sha256: str, _predictor: Predictor,
     row["metrics"] = compute_metrics(img, img.info.get("original_size"))
     row["proxy_reasons"] = quality_reasons(row["metrics"])
     img.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=88)
-    row["preview"] = buf.getvalue()
+    row["preview"] = jpeg_bytes(img)
+    row["cam_preview"] = jpeg_bytes(overlay_heatmap(img, row.pop("room_cam")))
     return row
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 88) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def score_uploads(predictor: Predictor, uploads: list[tuple[str, bytes]], progress=None) -> list[dict]:
@@ -153,9 +159,7 @@ def thumbnail(path: str, size: int = 256) -> bytes | None:
     except ImageDecodeError:
         return None
     img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
+    return jpeg_bytes(img, quality=85)
 
 
 def overlay_heatmap(img: Image.Image, heat: np.ndarray, alpha: float = 0.45) -> Image.Image:

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from roomvision.data import prepare
 from roomvision.reports import report_paths
+from roomvision.webapp import PHOTOS_PER_PAGE
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -93,10 +94,32 @@ def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, monke
     calibrated = Predictor(DEFAULT_WEIGHTS, device="cpu").thresholds.quality
     assert at.slider(key="thr_quality").value == pytest.approx(calibrated)
     assert at.dataframe and at.get("download_button")
-    at.toggle[0].set_value(True).run()
+    at.toggle(key="show_cam").set_value(True).run()
     assert not at.exception, [e.message for e in at.exception]
     captions = [i.caption for el in at.get("image") for i in el.proto.imgs]
     assert any(c.startswith("coffee.jpg — Grad-CAM for ") for c in captions), captions
+
+
+def test_predict_page_draws_a_page_of_photos_at_a_time(app_env):
+    """A large batch is drawn twelve cards at a time (so a threshold step redraws one page); every photo is reachable
+    through the page number, and the summary table still holds the whole batch."""
+    from PIL import Image
+    n = PHOTOS_PER_PAGE + 3
+    uploads = [(f"p{i:02d}.jpg", jpeg_bytes(Image.new("RGB", (64, 48), (10 * i, 120, 200 - 10 * i))), "image/jpeg")
+               for i in range(n)]
+    at = run_page("pages/predict.py")
+    at.file_uploader[0].set_value(uploads).run()
+    assert not at.exception, [e.message for e in at.exception]
+
+    def shown():
+        return [i.caption for el in at.get("image") for i in el.proto.imgs]
+
+    assert shown() == [name for name, *_ in uploads[:PHOTOS_PER_PAGE]]
+    assert any(f"Photos 1–{PHOTOS_PER_PAGE} of {n}" in c.value for c in at.caption)
+    at.number_input(key="gallery_page_of_2").set_value(2).run()
+    assert shown() == [name for name, *_ in uploads[PHOTOS_PER_PAGE:]]
+    assert any(f"Photos {PHOTOS_PER_PAGE + 1}–{n} of {n}" in c.value for c in at.caption)
+    assert len(at.dataframe[0].value) == n
 
 
 def test_label_issues_view_corrects_room_labels(app_env):

@@ -70,10 +70,12 @@ def server(tmp_path, tiny_dataset, tiny_checkpoint):
     env = {**os.environ, "ROOMVISION_WEIGHTS": str(weights), "ROOMVISION_MANIFEST": str(manifest),
            "ROOMVISION_RELABELS": str(relabels), "ROOMVISION_DATA_ROOT": str(tiny_dataset),
            "ROOMVISION_ROOM_RELABELS": str(room_relabels)}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                             "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false"], cwd=PROJECT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "app.log"
+    with open(log, "wb") as out:  # the child keeps its own handle
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+                                 "--server.port", str(port), "--server.address", "127.0.0.1",
+                                 "--browser.gatherUsageStats", "false"], cwd=PROJECT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -83,11 +85,18 @@ def server(tmp_path, tiny_dataset, tiny_checkpoint):
             time.sleep(0.5)
     else:
         proc.kill()
-        pytest.fail("streamlit did not start: " + proc.stdout.read().decode()[-2000:])
+        pytest.fail("streamlit did not start: " + log.read_text()[-2000:])
     yield {"url": url, "relabels": relabels, "root": tiny_dataset, "weights": weights, "manifest": manifest,
-           "room_relabels": room_relabels}
+           "room_relabels": room_relabels, "log": log}
     proc.terminate()
     proc.wait(timeout=20)
+
+
+def assert_quiet_log(log: Path) -> None:
+    """The app's own log holds no progress bars or tracebacks after a session of use."""
+    text = log.read_text(errors="replace")
+    assert "\r" not in text and not re.search(r"\d+%\|", text), text[-2000:]
+    assert "Traceback" not in text, text[-4000:]
 
 
 def test_app_in_chromium(server, tmp_path, make_room):
@@ -112,6 +121,15 @@ def test_app_in_chromium(server, tmp_path, make_room):
         page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stMetric]')]"
                                ".some(m => m.innerText.includes('Quality') && m.innerText.includes('BAD'))")
         page.screenshot(path=str(ARTIFACTS / "predict-threshold-1.png"), full_page=True)
+        page.get_by_text("Grad-CAM overlay").click()
+        page.get_by_text("living.jpg — Grad-CAM for").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "predict-gradcam.png"), full_page=True)
+        page.get_by_role("button", name="unreadable").click()  # "Show only": no photo here is unreadable
+        page.get_by_text("No photo matches.").wait_for()
+        assert page.locator('[data-testid="stMetric"]').filter(has_text="Quality").count() == 0
+        page.get_by_role("button", name="BAD", exact=True).click()  # any of the chosen: the BAD photo is back
+        quality.wait_for()
+        page.screenshot(path=str(ARTIFACTS / "predict-show-only.png"), full_page=True)
 
         page.goto(server["url"] + "/relabel")
         page.get_by_role("button", name="GOOD").wait_for()
@@ -129,10 +147,18 @@ def test_app_in_chromium(server, tmp_path, make_room):
         assert list(rows["human_label"]) == ["BAD"]
         assert (server["root"] / rows.loc[0, "path"]).is_file()
         page.screenshot(path=str(ARTIFACTS / "relabel.png"), full_page=True)
+        page.get_by_text("Grid mode (label many at once)").click()
+        page.get_by_role("button", name=re.compile("^GOOD for .* selected")).wait_for()
+        page.screenshot(path=str(ARTIFACTS / "relabel-grid.png"), full_page=True)
+
+        page.goto(server["url"] + "/model")
+        page.get_by_role("heading", name="Model", exact=True).wait_for()
+        page.screenshot(path=str(ARTIFACTS / "model.png"), full_page=True)
 
         page.goto(server["url"] + "/mistakes")
         page.get_by_text("python -m roomvision evaluate").first.wait_for()
         page.screenshot(path=str(ARTIFACTS / "mistakes.png"), full_page=True)
+    assert_quiet_log(server["log"])
 
 
 def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path):
@@ -163,6 +189,7 @@ def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path)
             if len(store.read_raw()) >= 1:
                 break
             time.sleep(0.5)
+    assert_quiet_log(server["log"])
     rows = store.read_raw()
     assert list(rows["human_label"]) == ["Kitchen"] and list(rows["annotator"]) == ["ana"]
     photo = server["root"] / rows.loc[0, "path"]
@@ -183,3 +210,4 @@ def test_bookmarked_page_as_first_url_opens_in_the_app_navigation(server, path, 
         page.get_by_role("link", name="Mistakes", exact=True).wait_for()
         page.get_by_role("link", name=path, exact=True).wait_for(state="detached", timeout=20_000)
         assert page.get_by_role("link", name="app", exact=True).count() == 0
+        page.screenshot(path=str(ARTIFACTS / f"first-url-{path}.png"), full_page=True)
