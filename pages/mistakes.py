@@ -47,10 +47,17 @@ def misclassified_view() -> None:
     else:
         cm = pd.crosstab(pd.Categorical(failures["true"], classes), pd.Categorical(failures["predicted"], classes),
                          dropna=False).values.tolist()
-    fig = go.Figure(go.Heatmap(z=cm, x=classes, y=classes, colorscale="Blues", text=cm, texttemplate="%{text}",
-                               hovertemplate="true %{y}<br>predicted %{x}<br>%{z} photos<extra></extra>"))
+    # square markers, not a Heatmap trace: Plotly reports no clicked point for heatmap cells, markers are clickable
+    cells = [(t, p, cm[i][j]) for i, t in enumerate(classes) for j, p in enumerate(classes)]
+    counts = [n for *_, n in cells]
+    fig = go.Figure(go.Scatter(
+        x=[p for _, p, _ in cells], y=[t for t, _, _ in cells], mode="markers+text", text=counts,
+        marker=dict(symbol="square", size=54, color=counts, colorscale="Blues", showscale=True,
+                    line=dict(width=1, color="white")),
+        textfont=dict(color=["white" if n > max(counts) / 2 else "black" for n in counts]),
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{text} photos — click to show them<extra></extra>"))
     fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed", height=380,
-                      margin=dict(l=0, r=0, t=20, b=0))
+                      margin=dict(l=0, r=0, t=20, b=0), xaxis_showgrid=False, yaxis_showgrid=False)
     event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="cm")
     picked = (event.selection.points if event and event.selection else []) or []
     cell_true, cell_pred = (picked[0].get("y"), picked[0].get("x")) if picked else (None, None)

@@ -211,3 +211,25 @@ def test_bookmarked_page_as_first_url_opens_in_the_app_navigation(server, path, 
         page.get_by_role("link", name=path, exact=True).wait_for(state="detached", timeout=20_000)
         assert page.get_by_role("link", name="app", exact=True).count() == 0
         page.screenshot(path=str(ARTIFACTS / f"first-url-{path}.png"), full_page=True)
+
+
+def test_confusion_matrix_cell_click_filters_the_mistakes(server):
+    """Clicking a confusion-matrix cell in Chromium narrows the misclassified photos to that true → predicted pair."""
+    from roomvision.config import CLASSES
+    from roomvision.reports import report_paths
+    manifest = pd.read_csv(server["manifest"]).head(3)
+    pd.DataFrame({"path": manifest["path"], "source": manifest["source"], "true": ["Kitchen", "Kitchen", "Bedroom"],
+                  "predicted": ["Dining", "Bedroom", "Dining"], **{f"prob_{c}": 0.2 for c in CLASSES},
+                  "confidence": [0.9, 0.5, 0.3], "loss": [2.0, 1.0, 0.5]}).to_csv(
+        report_paths(server["weights"])["failures"], index=False)
+    with chromium_page() as page:
+        page.goto(server["url"] + "/mistakes")
+        page.get_by_text("3 of 3 misclassified test photos match").wait_for()
+        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        plot.wait_for()
+        box = plot.bounding_box()
+        n = len(CLASSES)  # rows: true classes top to bottom; columns: predicted classes left to right
+        col, row = CLASSES.index("Dining"), CLASSES.index("Kitchen")
+        page.mouse.click(box["x"] + box["width"] * (col + 0.5) / n, box["y"] + box["height"] * (row + 0.5) / n)
+        page.get_by_text("1 of 3 misclassified test photos match").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "mistakes-cell.png"), full_page=True)
