@@ -19,6 +19,7 @@ import pandas as pd
 from scipy.special import expit
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from .config import QUALITY_THRESHOLDS
@@ -32,7 +33,7 @@ MIN_RULE_GAIN = 0.01         # a rule's threshold moves only when agreement with
 RULE_INPUT = 3.0             # the refitted rules' verdict enters the head as +-RULE_INPUT (GOOD +, BAD -)
 TOO_FEW = (f"label at least {MIN_PER_CLASS} GOOD and {MIN_PER_CLASS} BAD photos (or rate {MIN_RATINGS}) "
            "in the Relabel page first")
-C_GRID = (0.01, 0.1)         # inverse regularisation strengths tried by cross-validation
+C_GRID = (0.002, 0.01, 0.1)        # inverse regularisation strengths tried by cross-validation
 COMPONENTS = 96              # principal components of the standardised backbone statistics
 
 
@@ -172,10 +173,11 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
     """Fit the human quality head.
 
     `features` and `metrics` cover a pool of photos (labelled and not: the pool sets the standardisation and the
-    principal components); `human` holds 1 (GOOD), 0 (BAD) or -1 (not labelled) per photo. Whether the refitted
-    rules join the image features as an input, and the regularisation, are chosen by cross-validation on the human
-    labels (rules refitted inside each fold); the threshold comes from the same held-out predictions. None when the
-    human labels are too few to learn from (the proxy stays in charge).
+    principal components); `human` holds 1 (GOOD), 0 (BAD) or -1 (not labelled) per photo. The inputs (photo
+    statistics and input grid; with their squares; with backbone components), whether the refitted rules join them,
+    and the regularisation are chosen by cross-validated ROC-AUC on the human labels (rules refitted inside each
+    fold); the threshold is the best balanced accuracy on the same held-out predictions. None when the human labels
+    are too few to learn from (the proxy stays in charge).
     """
     labelled = np.flatnonzero(human >= 0)
     good = human[labelled].astype(int)
@@ -193,35 +195,44 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
     m_h = metrics.iloc[labelled]
     folds = StratifiedKFold(n_splits=int(min(5, good.sum(), (1 - good).sum())), shuffle=True, random_state=seed)
 
-    def design(rows: np.ndarray, rules: dict | None) -> np.ndarray:
-        if rules is None:
-            return z_h[rows]
-        return np.hstack([z_h[rows], RULE_INPUT * (1 - 2 * rules_bad(m_h.iloc[rows], rules))[:, None]])
+    widths = (DIRECT_FEATURES, len(direct), z_h.shape[1])  # photo statistics; and their squares; and the backbone
 
-    def cv_probabilities(c: float, with_rules: bool) -> np.ndarray:
+    def design(rows: np.ndarray, rules: dict | None, width: int) -> np.ndarray:
+        x = z_h[rows, :width]
+        if rules is None:
+            return x
+        return np.hstack([x, RULE_INPUT * (1 - 2 * rules_bad(m_h.iloc[rows], rules))[:, None]])
+
+    def cv_probabilities(c: float, with_rules: bool, width: int) -> np.ndarray:
         out = np.zeros(len(good))  # held-out predictions of human-labelled photos
         for train, test in folds.split(z_h, good):
             rules = refit_rules(m_h.iloc[train], good[train] == 0) if with_rules else None
             clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
-            out[test] = clf.fit(design(train, rules), good[train]).predict_proba(design(test, rules))[:, 1]
+            out[test] = clf.fit(design(train, rules, width), good[train]).predict_proba(
+                design(test, rules, width))[:, 1]
         return out
 
     best = None
-    for with_rules in (False, True):
-        for c in C_GRID:
-            threshold, score = _best_threshold(cv_probabilities(c, with_rules), good)
-            if best is None or score > best[0] + 1e-9:
-                best = (score, c, with_rules, threshold)
-    score, c, with_rules, threshold = best
+    for width in widths:  # with few labels, fewer inputs often generalise better
+        for with_rules in (False, True):
+            for c in C_GRID:
+                p = cv_probabilities(c, with_rules, width)
+                auc = roc_auc_score(good, p)
+                if best is None or auc > best[0] + 1e-9:
+                    best = (auc, c, with_rules, width, p)
+    _, c, with_rules, width, p = best
+    threshold, score = _best_threshold(p, good)
     rules = refit_rules(m_h, good == 0)
     everyone = np.arange(len(good))
     clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(
-        design(everyone, rules if with_rules else None), good)
+        design(everyone, rules if with_rules else None, width), good)
     coef = clf.coef_[0]
     weight = np.zeros(2 * d)  # linear in the expanded standardised features
-    weight[direct] = coef[:len(direct)]
-    weight[deep_cols] = pca.components_.T @ coef[len(direct):len(direct) + pca.n_components_]
-    bias = float(clf.intercept_[0] - pca.mean_ @ weight[deep_cols])
+    weight[direct[:min(width, len(direct))]] = coef[:min(width, len(direct))]
+    bias = float(clf.intercept_[0])
+    if width > len(direct):
+        weight[deep_cols] = pca.components_.T @ coef[len(direct):len(direct) + pca.n_components_]
+        bias -= float(pca.mean_ @ weight[deep_cols])
     return HumanQualityHead(mean=mean.tolist(), scale=scale.tolist(), weight=weight.tolist(), bias=bias,
                             threshold=threshold, labels=len(good), rule_thresholds=rules, uses_rules=with_rules,
                             rule_weight=float(coef[-1] * RULE_INPUT) if with_rules else 0.0,
