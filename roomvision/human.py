@@ -279,6 +279,22 @@ def active_queue(p_good: np.ndarray, threshold: float, features: np.ndarray, can
     return shortlist[chosen]
 
 
+def representative_queue(features: np.ndarray, candidates: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Indices (from `candidates`) to ask about before anyone has labelled (cold start): photos that stand for the
+    whole pool — k-means on the standardised features (through 32 principal components), the photo nearest each
+    centre, the biggest clusters first — so the first labels cover every kind of photo, not the proxy's doubts."""
+    from sklearn.cluster import KMeans
+    if len(candidates) <= size:
+        return candidates
+    x = features[candidates]
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    x = PCA(n_components=min(32, *x.shape), random_state=seed).fit_transform(x)
+    km = KMeans(n_clusters=size, n_init=1, random_state=seed).fit(x)
+    nearest = km.transform(x).argmin(axis=0)  # per centre, the closest photo
+    by_size = np.argsort(-np.bincount(km.labels_, minlength=size), kind="stable")
+    return candidates[pd.unique(nearest[by_size])]
+
+
 ROOM_HUMAN_WEIGHT = 5.0      # a photo people relabelled counts this many times in the room head's refit
 ROOM_L2 = 1e-4               # small pull towards the trained head (conditioning)
 

@@ -133,11 +133,14 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
     return {"out": out, "seconds": time.monotonic() - started, **metrics}
 
 
+COLD_START = 50  # photos asked about first, before a head can be fitted on human labels
+
+
 def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) -> pd.Series | None:
     """Active learning for the Relabel queue: manifest photos ranked (0 first) by how unsure a head fitted on the
-    human labels so far is about them, spread over the feature space; None until the labels hold at least
-    3 GOOD and 3 BAD decisions."""
-    from .human import active_queue
+    human labels so far is about them, spread over the feature space; until the labels hold 3 GOOD and 3 BAD
+    decisions, photos representative of the whole pool (COLD_START of them). None without a usable feature cache."""
+    from .human import active_queue, representative_queue
     df = load_manifest(manifest).reset_index(drop=True)
     try:
         ok, features, pool, _ = _cached_pool(cache, df)
@@ -145,10 +148,11 @@ def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) 
         return None  # a cache of another manifest: the page falls back to the proxy order
     decision, _ = human_targets(df, relabels)
     head = fit_human_quality(features, pool, decision[ok])
-    if head is None:
-        return None
     open_ = np.flatnonzero(decision[ok] < 0)
-    order = active_queue(head.p_good(features, pool), head.threshold, features, open_, min(size, len(open_)))
+    if head is None:
+        order = representative_queue(features, open_, min(COLD_START, len(open_)))
+    else:
+        order = active_queue(head.p_good(features, pool), head.threshold, features, open_, min(size, len(open_)))
     return pd.Series(np.arange(len(order)), index=df["sha256"].to_numpy()[ok[order]])
 
 
