@@ -6,8 +6,8 @@ python benchmarks/relabel_loop.py [--weights W] [--pool 3000] [--held-out 1500]
 Annotators (each calls about 15% of the photos BAD, with 2% of decisions flipped at random, as people err):
 stricter exposure, stricter sharpness, level verticals, a mix of two, and two whose criterion no proxy metric
 measures (a colour cast, dark corners), so refitting rules cannot learn them and the head must learn from the image.
-Labels are chosen (a) at random and (b) in the Relabel page's queue order (photos representative of the pool first,
-then active learning: the photos the refitted head is least sure of, spread out). Two simulated raters give 1-5 aesthetic
+Labels are chosen (a) at random and (b) in the Relabel page's queue order (50 photos at random first, then active
+learning: the photos the refitted head is least sure of, spread out, alternating with photos drawn at random). Two simulated raters give 1-5 aesthetic
 ratings. The photos come from the manifest's train split (labelling pool) and test split (held out).
 """
 from __future__ import annotations
@@ -26,8 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from roomvision.config import DEFAULT_WEIGHTS, settings  # noqa: E402
 from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa: E402
-from roomvision.human import (active_queue, fit_human_aesthetic, fit_human_quality,  # noqa: E402
-                              representative_queue)
+from roomvision.human import active_queue, fit_human_aesthetic, fit_human_quality  # noqa: E402
 from roomvision.inference import Predictor  # noqa: E402
 from roomvision.modelinfo import file_sha256  # noqa: E402
 
@@ -156,8 +155,8 @@ def main() -> None:
                         batch = order_rng.choice(open_, n - len(asked), replace=False)
                     else:
                         head = fit_human_quality(feats[pool], m.iloc[pool], human[pool]) if asked else None
-                        if head is None:  # the page's first order: photos representative of the pool
-                            batch = representative_queue(feats, open_, BATCH, a.seed)
+                        if head is None:  # the page's first photos: drawn at random
+                            batch = order_rng.choice(open_, BATCH, replace=False)
                         else:
                             batch = active_queue(head.p_good(feats, m), head.threshold, feats, open_, BATCH, a.seed)
                     batch = batch[:n - len(asked)]

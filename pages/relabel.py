@@ -27,9 +27,9 @@ st.sidebar.header("Labelling")
 annotator = st.sidebar.text_input("Your name", key="annotator")
 order = st.sidebar.selectbox("Queue order", ["informative", "random", "file"],
                              help="informative: once you have labelled a few GOOD and BAD photos, the photos a model "
-                                  "fitted on your labels is least sure of (spread out); before that, photos that "
-                                  "stand for the whole set; then model and proxy disagree, then P(GOOD) nearest the "
-                                  "threshold")
+                                  "fitted on your labels is least sure of (spread out), alternating with random photos; "
+                                  "before that, 50 random photos; then model and proxy disagree, then P(GOOD) nearest "
+                                  "the threshold")
 include_labelled = st.sidebar.checkbox("Include photos already labelled")
 grid_mode = st.sidebar.toggle("Grid mode (label many at once)", key="relabel_grid")
 split = st.sidebar.selectbox("Split", ["all", "train", "val", "test"])

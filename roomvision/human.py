@@ -34,6 +34,7 @@ RULE_INPUT = 3.0             # the refitted rules' verdict enters the head as +-
 TOO_FEW = (f"label at least {MIN_PER_CLASS} GOOD and {MIN_PER_CLASS} BAD photos (or rate {MIN_RATINGS}) "
            "in the Relabel page first")
 C_GRID = (0.002, 0.01, 0.1)        # inverse regularisation strengths tried by cross-validation
+EXPLORE = 0.5               # share of each active-learning batch drawn at random
 COMPONENTS = 96              # principal components of the standardised backbone statistics
 
 
@@ -257,13 +258,17 @@ def fit_human_aesthetic(features: np.ndarray, scores: np.ndarray,
 
 def active_queue(p_good: np.ndarray, threshold: float, features: np.ndarray, candidates: np.ndarray,
                  size: int, seed: int = 0) -> np.ndarray:
-    """Indices (from `candidates`) to ask about next: the most uncertain under the human head, spread out.
+    """Indices (from `candidates`) to ask about next: the most uncertain under the human head, spread out,
+    alternating with photos drawn at random (EXPLORE of the batch).
 
-    The 5 x `size` photos nearest the decision threshold are narrowed to `size` by farthest-point sampling in the
-    standardised feature space, so one batch does not ask about ten near-identical photos.
+    The 5 x uncertain-share photos nearest the decision threshold are narrowed by farthest-point sampling in the
+    standardised feature space, so one batch does not ask about ten near-identical photos; the random share keeps
+    the labels representative, so a head fitted on them is not misled by asking only about borderline photos.
     """
     if len(candidates) <= size:
         return candidates
+    explore = int(size * EXPLORE)
+    size -= explore
     margin = np.abs(np.log(np.clip(p_good[candidates], 1e-6, 1 - 1e-6)) -
                     np.log(np.clip(1 - p_good[candidates], 1e-6, 1))
                     - np.log(threshold / (1 - threshold)))
@@ -276,23 +281,13 @@ def active_queue(p_good: np.ndarray, threshold: float, features: np.ndarray, can
         nxt = int(np.argmax(dist))
         chosen.append(nxt)
         dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
-    return shortlist[chosen]
-
-
-def representative_queue(features: np.ndarray, candidates: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
-    """Indices (from `candidates`) to ask about before anyone has labelled (cold start): photos that stand for the
-    whole pool — k-means on the standardised features (through 32 principal components), the photo nearest each
-    centre, the biggest clusters first — so the first labels cover every kind of photo, not the proxy's doubts."""
-    from sklearn.cluster import KMeans
-    if len(candidates) <= size:
-        return candidates
-    x = features[candidates]
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    x = PCA(n_components=min(32, *x.shape), random_state=seed).fit_transform(x)
-    km = KMeans(n_clusters=size, n_init=1, random_state=seed).fit(x)
-    nearest = km.transform(x).argmin(axis=0)  # per centre, the closest photo
-    by_size = np.argsort(-np.bincount(km.labels_, minlength=size), kind="stable")
-    return candidates[pd.unique(nearest[by_size])]
+    uncertain = shortlist[chosen]
+    rest = np.setdiff1d(candidates, uncertain)
+    drawn = np.random.default_rng(seed).choice(rest, min(explore, len(rest)), replace=False)
+    order = np.empty(len(uncertain) + len(drawn), dtype=candidates.dtype)
+    order[:2 * len(drawn):2], order[1:2 * len(drawn):2] = uncertain[:len(drawn)], drawn
+    order[2 * len(drawn):] = uncertain[len(drawn):]
+    return order
 
 
 ROOM_HUMAN_WEIGHT = 5.0      # a photo people relabelled counts this many times in the room head's refit

@@ -5,7 +5,7 @@ import pytest
 
 from roomvision.config import QUALITY_THRESHOLDS
 from roomvision.human import (active_queue, fit_human_aesthetic, fit_human_quality, moved_rules, refit_rules,
-                              representative_queue, rules_bad)
+                              rules_bad)
 from roomvision.modelinfo import DIRECT_FEATURES
 
 
@@ -92,26 +92,13 @@ def test_aesthetic_head_learns_ratings():
     assert fit_human_aesthetic(f, np.full(800, np.nan)) is None
 
 
-def test_active_queue_picks_uncertain_and_distinct_photos():
+def test_active_queue_alternates_uncertain_and_random_photos():
     f, _ = photos(500)
     p = np.linspace(0.01, 0.99, 500)
     chosen = active_queue(p, 0.5, f, np.arange(500), 20)
-    assert len(set(chosen)) == 20 and np.abs(p[chosen] - 0.5).max() < 0.2
-
-
-def test_cold_start_queue_covers_every_kind_of_photo():
-    """Before any label: one photo from each kind, biggest kinds first, even kinds too rare for random picks."""
-    rng = np.random.default_rng(0)
-    sizes = [700, 200, 60, 25, 15]  # five kinds of photo; the smallest is 1.5% of the pool
-    centres = rng.normal(0, 6, (5, 40))
-    kind = np.repeat(np.arange(5), sizes)
-    f = (centres[kind] + rng.normal(0, 1, (len(kind), 40))).astype(np.float32)
-    pool = rng.permutation(len(kind))
-    chosen = representative_queue(f, pool, 5)
-    assert list(kind[chosen]) == [0, 1, 2, 3, 4]
-    random_hits = [len(set(kind[rng.choice(pool, 5, replace=False)])) for _ in range(200)]
-    assert np.mean(random_hits) < 3.5  # five random picks usually miss the rare kinds
-    assert set(representative_queue(f, pool[:4], 5)) == set(pool[:4])  # fewer photos than asked: all of them
+    assert len(set(chosen)) == 20
+    assert np.abs(p[chosen[::2]] - 0.5).max() < 0.2  # every other photo is one the head is unsure of
+    assert np.abs(p[chosen[1::2]] - 0.5).max() > 0.2  # the rest are drawn from the whole pool
 
 
 def test_room_head_refit_learns_corrections_and_keeps_the_rest():
