@@ -272,11 +272,16 @@ class Predictor:
                 current = upcoming
                 upcoming = [pool.submit(load, p) for p in batches[i + 1]] if i + 1 < len(batches) else []
                 items = [f.result() for f in current]
-                arrays = [x[0] for x, _ in items if x is not None]
-                metrics = pd.DataFrame([x[1] for x, _ in items if x is not None]) if self.needs_metrics else None
-                scored = iter(self._rows(self._raw(np.stack(arrays), self.head_outputs), metrics) if arrays else [])
+                current = None  # the futures hold their results: only the stacked batch stays while it runs
+                errors = [err for _, err in items]
+                readable = [x for x, _ in items if x is not None]
+                metrics = pd.DataFrame([m for _, m in readable]) if self.needs_metrics else None
+                x = np.stack([a for a, _ in readable]) if readable else None
+                items = readable = None
+                scored = iter(self._rows(self._raw(x, self.head_outputs), metrics) if x is not None else [])
+                x = None
                 yield [{"path": str(path), **next(scored)} if not err else {"path": str(path), "error": err}
-                       for path, (_, err) in zip(batch, items)]
+                       for path, err in zip(batch, errors)]
 
     def explain(self, img: Image.Image, class_index: int | None = None) -> tuple[np.ndarray, int]:
         """Grad-CAM of the room head: a 0-1 heat map over the last feature map and the class it explains.
