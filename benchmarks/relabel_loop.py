@@ -7,8 +7,9 @@ Annotators (each calls about 15% of the photos BAD, with 2% of decisions flipped
 stricter exposure, stricter sharpness, level verticals, a mix of two, and two whose criterion no proxy metric
 measures (a colour cast, dark corners), so refitting rules cannot learn them and the head must learn from the image.
 Labels are chosen (a) at random and (b) in the Relabel page's queue order (50 photos at random first, then active
-learning: the photos the refitted head is least sure of, spread out, alternating with photos drawn at random). Two simulated raters give 1-5 aesthetic
-ratings. The photos come from the manifest's train split (labelling pool) and test split (held out).
+learning: the photos the refitted head is least sure of, spread out, alternating with photos drawn at random). Two
+simulated raters give 1-5 aesthetic ratings. The photos come from the manifest's train split (labelling pool) and
+test split (held out).
 """
 from __future__ import annotations
 

@@ -73,6 +73,7 @@ def gallery(results: list[dict], decisions: list[dict], classes: list[str], thre
     for i in on_page:
         photo_card(i, results[i], decisions[i], classes, thresholds, show_cam)
 
+
 ensure_app_navigation()
 st.title("Predict")
 st.caption("Room type, photo quality (GOOD/BAD) and aesthetic score 1–10. The aesthetic score is a proxy learned "

@@ -33,7 +33,7 @@ MIN_RULE_GAIN = 0.01         # a rule's threshold moves only when agreement with
 RULE_INPUT = 3.0             # the refitted rules' verdict enters the head as +-RULE_INPUT (GOOD +, BAD -)
 TOO_FEW = (f"label at least {MIN_PER_CLASS} GOOD and {MIN_PER_CLASS} BAD photos (or rate {MIN_RATINGS}) "
            "in the Relabel page first")
-C_GRID = (0.002, 0.01, 0.1)        # inverse regularisation strengths tried by cross-validation
+C_GRID = (0.002, 0.01, 0.1)  # inverse regularisation strengths tried by cross-validation
 EXPLORE = 0.5               # share of each active-learning batch drawn at random
 COMPONENTS = 96              # principal components of the standardised backbone statistics
 

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
@@ -84,6 +85,19 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
                calibration=Calibration(temperature=1.5, quality=0.4), state_dict=model.state_dict(),
                metrics={"validation": {"room_accuracy": 0.2}}, version="tiny").save(path)
     return path
+
+
+def write_failures(weights: Path, photos, true: list[str], predicted: list[str]) -> Path:
+    """A failures CSV as `evaluate` writes it next to `weights`, for `photos` (source and path columns), with the
+    true and predicted classes given and confidence / loss falling from row to row."""
+    from roomvision.config import CLASSES
+    from roomvision.reports import report_paths
+    n = len(true)
+    out = report_paths(weights)["failures"]
+    pd.DataFrame({"path": list(photos["path"]), "source": list(photos["source"]), "true": true,
+                  "predicted": predicted, **{f"prob_{c}": 0.2 for c in CLASSES},
+                  "confidence": [0.9, 0.5, 0.3][:n], "loss": [2.0, 1.0, 0.5][:n]}).to_csv(out, index=False)
+    return out
 
 
 def needs_shared(sub: str) -> Path:

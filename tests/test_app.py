@@ -12,6 +12,8 @@ from roomvision.data import prepare
 from roomvision.reports import report_paths
 from roomvision.webapp import PHOTOS_PER_PAGE
 
+from conftest import write_failures
+
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
@@ -166,13 +168,8 @@ def test_mistakes_page_explains_missing_evaluation(app_env):
 
 
 def test_mistakes_page_filters_failures(app_env):
-    paths = report_paths(app_env["weights"])
-    manifest = pd.read_csv(app_env["manifest"])
-    rows = manifest.head(3)
-    pd.DataFrame({"path": rows["path"], "source": rows["source"], "true": ["Kitchen", "Kitchen", "Bedroom"],
-                  "predicted": ["Dining", "Bedroom", "Dining"], **{f"prob_{c}": 0.2 for c in
-                  ["Bathroom", "Bedroom", "Dining", "Kitchen", "Livingroom"]},
-                  "confidence": [0.9, 0.5, 0.3], "loss": [2.0, 1.0, 0.5]}).to_csv(paths["failures"], index=False)
+    write_failures(app_env["weights"], pd.read_csv(app_env["manifest"]).head(3), ["Kitchen", "Kitchen", "Bedroom"],
+                   ["Dining", "Bedroom", "Dining"])
     at = run_page("pages/mistakes.py")
     assert any("3 of 3" in c.value for c in at.caption)
     at.selectbox[0].set_value("Kitchen").run()
@@ -182,10 +179,7 @@ def test_mistakes_page_filters_failures(app_env):
 
 
 def test_mistakes_page_lists_failures_without_the_dataset_folders(app_env, monkeypatch, tmp_path):
-    paths = report_paths(app_env["weights"])
-    pd.DataFrame({"path": ["Kitchen/a.jpg"], "source": ["rooms"], "true": ["Kitchen"], "predicted": ["Dining"],
-                  **{f"prob_{c}": 0.2 for c in ["Bathroom", "Bedroom", "Dining", "Kitchen", "Livingroom"]},
-                  "confidence": [0.9], "loss": [2.0]}).to_csv(paths["failures"], index=False)
+    write_failures(app_env["weights"], {"path": ["Kitchen/a.jpg"], "source": ["rooms"]}, ["Kitchen"], ["Dining"])
     monkeypatch.setenv("ROOMVISION_DATA_ROOT", str(tmp_path / "not-here"))
     at = run_page("pages/mistakes.py")
     assert any("without thumbnails" in i.value and "not-here" in i.value for i in at.info)

@@ -16,6 +16,8 @@ import pytest
 from roomvision.data import prepare
 from roomvision.labels import LabelStore
 
+from conftest import write_failures
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 PROJECT = Path(__file__).resolve().parent.parent
@@ -216,12 +218,8 @@ def test_bookmarked_page_as_first_url_opens_in_the_app_navigation(server, path, 
 def test_confusion_matrix_cell_click_filters_the_mistakes(server):
     """Clicking a confusion-matrix cell in Chromium narrows the misclassified photos to that true → predicted pair."""
     from roomvision.config import CLASSES
-    from roomvision.reports import report_paths
-    manifest = pd.read_csv(server["manifest"]).head(3)
-    pd.DataFrame({"path": manifest["path"], "source": manifest["source"], "true": ["Kitchen", "Kitchen", "Bedroom"],
-                  "predicted": ["Dining", "Bedroom", "Dining"], **{f"prob_{c}": 0.2 for c in CLASSES},
-                  "confidence": [0.9, 0.5, 0.3], "loss": [2.0, 1.0, 0.5]}).to_csv(
-        report_paths(server["weights"])["failures"], index=False)
+    write_failures(server["weights"], pd.read_csv(server["manifest"]).head(3), ["Kitchen", "Kitchen", "Bedroom"],
+                   ["Dining", "Bedroom", "Dining"])
     with chromium_page() as page:
         page.goto(server["url"] + "/mistakes")
         page.get_by_text("3 of 3 misclassified test photos match").wait_for()
