@@ -265,8 +265,7 @@ def active_queue(p_good: np.ndarray, threshold: float, features: np.ndarray, can
     standardised feature space, so one batch does not ask about ten near-identical photos; the random share keeps
     the labels representative, so a head fitted on them is not misled by asking only about borderline photos.
     """
-    if len(candidates) <= size:
-        return candidates
+    size = min(size, len(candidates))
     explore = int(size * EXPLORE)
     size -= explore
     margin = np.abs(np.log(np.clip(p_good[candidates], 1e-6, 1 - 1e-6)) -

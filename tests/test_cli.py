@@ -206,3 +206,36 @@ def test_training_can_leave_flagged_label_issues_out_of_the_room_head(tiny_datas
     bad.write_text("path\nx.jpg\n")
     with pytest.raises(ValueError, match="not a label-issues CSV"):
         flagged_label_issues(samples, bad)
+
+
+def test_relabel_queue_starts_at_random_then_asks_what_the_head_is_unsure_of(tiny_dataset, tmp_path, tiny_checkpoint):
+    from roomvision.data import prepare
+    from roomvision.features import build_feature_cache, load_feature_cache
+    from roomvision.human import fit_human_quality, human_targets
+    from roomvision.inference import Predictor
+    from roomvision.labels import LabelStore
+    from roomvision.retrain import COLD_START, next_to_label
+    manifest, relabels = tmp_path / "manifest.csv", tmp_path / "relabels.csv"
+    prepare([tiny_dataset], manifest, workers=1)
+    cache = build_feature_cache(Predictor(tiny_checkpoint, device="cpu"), manifest, [tiny_dataset], progress=False)
+    rows = pd.read_csv(manifest)
+    start = next_to_label(cache, manifest, relabels)
+    assert len(start) == min(COLD_START, len(rows)) and list(start) == list(range(len(start)))
+    assert start.index.equals(next_to_label(cache, manifest, relabels).index)  # the same start on every call
+    assert start.index.isin(rows["sha256"]).all()
+
+    by_light = rows.sort_values("lum_p50")
+    decided = {**{sha: "BAD" for sha in by_light["sha256"][:4]}, **{sha: "GOOD" for sha in by_light["sha256"][-4:]}}
+    for sha, label in decided.items():
+        LabelStore(relabels).append(rows.set_index("sha256").loc[sha, "path"], label, sha256=sha)
+    queue = next_to_label(cache, manifest, relabels)
+    assert set(queue.index) == set(rows["sha256"]) - set(decided)  # every open photo, none already decided
+    features = load_feature_cache(cache)["quality_features"].astype(np.float32)
+    head = fit_human_quality(features, rows, human_targets(rows, relabels)[0])
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    doubt = pd.Series(np.abs(logit(head.p_good(features, rows)) - logit(head.threshold)), index=rows["sha256"])
+    assert doubt[queue.index[0]] == doubt[queue.index].min()  # the first question: the photo the head is least sure of
+
+    other = tmp_path / "other.csv"
+    rows.iloc[::-1].to_csv(other, index=False)
+    assert next_to_label(cache, other, relabels) is None  # a cache of another manifest: the page keeps the proxy order
