@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from roomvision.config import DEFAULT_WEIGHTS, settings  # noqa: E402
 from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa: E402
+from roomvision.features import CACHE_VERSION  # noqa: E402
 from roomvision.human import active_queue, fit_human_aesthetic, fit_human_quality  # noqa: E402
 from roomvision.inference import Predictor  # noqa: E402
 from roomvision.modelinfo import file_sha256  # noqa: E402
@@ -116,8 +117,8 @@ def main() -> None:
     df = load_manifest(manifest)
     df = pd.concat([df[df.split == "train"].sample(a.pool, random_state=a.seed),
                     df[df.split == "test"].sample(a.held_out, random_state=a.seed)], ignore_index=True)
-    cache = settings().cache_dir / (f"relabel-bench-{file_sha256(a.weights)[:12]}-{file_sha256(manifest)[:12]}-"
-                                    f"{a.pool}-{a.held_out}-{a.seed}.npz")
+    cache = settings().cache_dir / (f"relabel-bench-v{CACHE_VERSION}-{file_sha256(a.weights)[:12]}-"
+                                    f"{file_sha256(manifest)[:12]}-{a.pool}-{a.held_out}-{a.seed}.npz")
     predictor = Predictor(a.weights, device="cpu")
     if cache.is_file():
         z = np.load(cache)
@@ -177,7 +178,8 @@ def main() -> None:
     print("(r: the head also reads the refitted proxy rules; chosen by cross-validation on the human labels)")
     for name in panel:
         r, q = reached.get((name, "random")), reached.get((name, "queue"))
-        print(f"  {name}: balanced accuracy 0.85 reached with {r or '>400'} random labels, {q or '>400'} in queue order")
+        print(f"  {name}: balanced accuracy 0.85 reached with {r or '>400'} random labels, "
+              f"{q or '>400'} in queue order")
     print(f"refit time: median {np.median(fit_seconds):.1f} s, max {max(fit_seconds):.1f} s per retraining "
           f"(quality head, {feats.shape[1]} features, this CPU)")
 

@@ -3,8 +3,8 @@
 Where people have decided, they are the truth; elsewhere the proxy rules are only a prior they can overrule:
 1. the proxy rules' thresholds are refitted to the human decisions ("your labels moved dark from 40 to 83");
 2. a quality head (logistic regression on the photo-quality descriptor: photo statistics, a grid of input colour
-   statistics and multi-level backbone statistics) learns from the human labels, with the refitted rules' verdict
-   as an extra input when cross-validation on the human labels says that helps;
+   statistics, the luminance layout and multi-level backbone statistics) learns from the human labels, with the
+   refitted rules' verdict as an extra input when cross-validation on the human labels says that helps;
 3. its decision threshold is calibrated on held-out human labels (cross-validated predictions);
 4. a ridge regression learns the aesthetic score from human ratings the same way.
 The active-learning queue asks next about the photos this head is least sure of, spread over the feature space.
@@ -33,7 +33,8 @@ MIN_RULE_GAIN = 0.01         # a rule's threshold moves only when agreement with
 RULE_INPUT = 3.0             # the refitted rules' verdict enters the head as +-RULE_INPUT (GOOD +, BAD -)
 TOO_FEW = (f"label at least {MIN_PER_CLASS} GOOD and {MIN_PER_CLASS} BAD photos (or rate {MIN_RATINGS}) "
            "in the Relabel page first")
-C_GRID = (0.002, 0.01, 0.1)  # inverse regularisation strengths tried by cross-validation
+PENALTIES = (("l2", 0.002), ("l2", 0.01), ("l2", 0.1),  # (penalty, inverse strength) tried by cross-validation;
+             ("l1", 0.05), ("l1", 0.1), ("l1", 0.3))    # l1: criteria a few descriptor entries carry (a colour cast)
 EXPLORE = 0.5               # share of each active-learning batch drawn at random
 COMPONENTS = 96              # principal components of the standardised backbone statistics
 
@@ -47,7 +48,12 @@ class _LinearHead:
     bias: float
 
     def _standardised(self, quality_features: np.ndarray) -> np.ndarray:
-        return (np.asarray(quality_features, np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
+        quality_features = np.asarray(quality_features, np.float64)
+        if quality_features.shape[-1] != len(self.mean):
+            raise ValueError(f"this human head was learned on {len(self.mean)} photo-quality features but the model "
+                             f"computes {quality_features.shape[-1]} (an older roomvision): learn it again with "
+                             "`python -m roomvision retrain-heads`")
+        return (quality_features - np.asarray(self.mean)) / np.asarray(self.scale)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,16 +175,23 @@ def _best_threshold(p_good: np.ndarray, good: np.ndarray) -> tuple[float, float]
     return float(grid[i]), float(scores[i])
 
 
+def _classifier(penalty: str, c: float, seed: int) -> LogisticRegression:
+    """Class-balanced logistic regression with an L2 (dense) or L1 (sparse) penalty."""
+    if penalty == "l1":
+        return LogisticRegression(C=c, l1_ratio=1.0, solver="liblinear", class_weight="balanced", random_state=seed)
+    return LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
+
+
 def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.ndarray,
                       seed: int = 0) -> HumanQualityHead | None:
     """Fit the human quality head.
 
     `features` and `metrics` cover a pool of photos (labelled and not: the pool sets the standardisation and the
     principal components); `human` holds 1 (GOOD), 0 (BAD) or -1 (not labelled) per photo. The inputs (photo
-    statistics and input grid; with their squares; with backbone components), whether the refitted rules join them,
-    and the regularisation are chosen by cross-validated ROC-AUC on the human labels (rules refitted inside each
-    fold); the threshold is the best balanced accuracy on the same held-out predictions. None when the human labels
-    are too few to learn from (the proxy stays in charge).
+    statistics, input grid and layout; with their squares; with backbone components), whether the refitted rules
+    join them, and the penalty (dense L2 or sparse L1) and its strength are chosen by cross-validated ROC-AUC on the
+    human labels (rules refitted inside each fold); the threshold is the best balanced accuracy on the same held-out
+    predictions. None when the human labels are too few to learn from (the proxy stays in charge).
     """
     labelled = np.flatnonzero(human >= 0)
     good = human[labelled].astype(int)
@@ -194,7 +207,9 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
               random_state=seed).fit(wide[:, deep_cols])
     z_h = np.hstack([wide[labelled][:, direct], pca.transform(wide[labelled][:, deep_cols])])
     m_h = metrics.iloc[labelled]
-    folds = StratifiedKFold(n_splits=int(min(5, good.sum(), (1 - good).sum())), shuffle=True, random_state=seed)
+    folds = list(StratifiedKFold(n_splits=int(min(5, good.sum(), (1 - good).sum())), shuffle=True,
+                                 random_state=seed).split(z_h, good))
+    fold_rules = [refit_rules(m_h.iloc[train], good[train] == 0) for train, _ in folds]  # rules refitted per fold
 
     widths = (DIRECT_FEATURES, len(direct), z_h.shape[1])  # photo statistics; and their squares; and the backbone
 
@@ -204,29 +219,27 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
             return x
         return np.hstack([x, RULE_INPUT * (1 - 2 * rules_bad(m_h.iloc[rows], rules))[:, None]])
 
-    def cv_probabilities(c: float, with_rules: bool, width: int) -> np.ndarray:
+    def cv_probabilities(penalty: tuple[str, float], with_rules: bool, width: int) -> np.ndarray:
         out = np.zeros(len(good))  # held-out predictions of human-labelled photos
-        for train, test in folds.split(z_h, good):
-            rules = refit_rules(m_h.iloc[train], good[train] == 0) if with_rules else None
-            clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000)
-            out[test] = clf.fit(design(train, rules, width), good[train]).predict_proba(
+        for (train, test), rules in zip(folds, fold_rules):
+            rules = rules if with_rules else None
+            out[test] = _classifier(*penalty, seed).fit(design(train, rules, width), good[train]).predict_proba(
                 design(test, rules, width))[:, 1]
         return out
 
     best = None
     for width in widths:  # with few labels, fewer inputs often generalise better
         for with_rules in (False, True):
-            for c in C_GRID:
-                p = cv_probabilities(c, with_rules, width)
+            for penalty in PENALTIES:
+                p = cv_probabilities(penalty, with_rules, width)
                 auc = roc_auc_score(good, p)
                 if best is None or auc > best[0] + 1e-9:
-                    best = (auc, c, with_rules, width, p)
-    _, c, with_rules, width, p = best
+                    best = (auc, penalty, with_rules, width, p)
+    _, penalty, with_rules, width, p = best
     threshold, score = _best_threshold(p, good)
     rules = refit_rules(m_h, good == 0)
     everyone = np.arange(len(good))
-    clf = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit(
-        design(everyone, rules if with_rules else None, width), good)
+    clf = _classifier(*penalty, seed).fit(design(everyone, rules if with_rules else None, width), good)
     coef = clf.coef_[0]
     weight = np.zeros(2 * d)  # linear in the expanded standardised features
     weight[direct[:min(width, len(direct))]] = coef[:min(width, len(direct))]

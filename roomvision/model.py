@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .config import AESTHETIC_BINS, CLASSES
-from .modelinfo import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LUMINANCE_LEVELS, CheckpointError, ModelInfo
+from .modelinfo import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LAYOUT_GRID, LUMINANCE_LEVELS, CheckpointError,
+                        ModelInfo)
 from .preprocess import Preprocess
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
@@ -99,12 +100,16 @@ class RoomVisionNet(nn.Module):
 
     def forward_with_quality_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The last feature map, and the photo-quality descriptor: PHOTO_STATISTICS photo statistics, the mean and
-        std of each input channel on a 4x4 grid (together DIRECT_FEATURES), then the mean- and std-pooled output of
-        every backbone stage (exposure, colour, sharpness and detail that globally pooled semantic features lose)."""
+        std of each input channel on a 4x4 grid, the luminance layout on an 8x8 grid relative to the photo's mean
+        (vignetting, dark corners, bright windows; together DIRECT_FEATURES), then the mean- and std-pooled output
+        of every backbone stage (exposure, colour, sharpness and detail that globally pooled semantic features
+        lose)."""
         parts = [photo_statistics(x)]
         grid = nn.functional.adaptive_avg_pool2d(x, 4)
         grid_sq = nn.functional.adaptive_avg_pool2d(x * x, 4)
-        parts += [grid.flatten(1), torch.sqrt((grid_sq - grid * grid).clamp(min=0) + 1e-6).flatten(1)]
+        layout = nn.functional.adaptive_avg_pool2d(luminance(x), LAYOUT_GRID).flatten(1)
+        parts += [grid.flatten(1), torch.sqrt((grid_sq - grid * grid).clamp(min=0) + 1e-6).flatten(1),
+                  layout - layout.mean(dim=1, keepdim=True)]
         b = self.backbone
         h = b.bn1(b.conv_stem(x))
         for stage in b.blocks:
@@ -117,11 +122,16 @@ class RoomVisionNet(nn.Module):
 LUMINANCE_STEPS = torch.linspace(-0.9, 0.9, LUMINANCE_LEVELS)  # in units of the normalised input
 
 
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """Luma (Rec. 601 weights) of a batch of images, as a one-channel batch."""
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
 def photo_statistics(x: torch.Tensor) -> torch.Tensor:
     """Share of pixels darker than each of 16 luminance levels (a smooth CDF), the log-variance of the Laplacian at
     full and half resolution, and the colour balance (red minus blue, green minus magenta): what exposure,
     sharpness and white-balance judgements look at."""
-    lum = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    lum = luminance(x)
     cdf = torch.sigmoid((LUMINANCE_STEPS.to(x.dtype).view(1, -1, 1, 1) - lum) * 40.0).mean(dim=(2, 3))
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype).view(1, 1, 3, 3)
     sharp = [torch.log(nn.functional.conv2d(level, kernel).var(dim=(1, 2, 3)) + 1e-6).unsqueeze(1)

@@ -64,6 +64,36 @@ def test_ignoring_the_labels_would_be_caught():
     assert (da != db).mean() > 0.8
 
 
+def test_a_criterion_one_feature_carries_is_learned_by_the_sparse_penalty(monkeypatch):
+    """A property one descriptor entry measures among hundreds of unrelated ones (like a colour cast): dense
+    penalties alone spread the weight and miss it; cross-validation picks the sparse one."""
+    import roomvision.human as human_module
+    rng = np.random.default_rng(3)
+    _, m = photos(1500)
+    f = rng.normal(size=(1500, DIRECT_FEATURES + 200)).astype(np.float32)
+    bad = np.abs(f[:, 30]) > 1.4  # too far either way, about 16% of photos
+    human = np.where(bad, 0, 1)
+    human[200:] = -1
+    held = np.arange(200, 1500)
+
+    def balanced_accuracy() -> float:
+        head = fit_human_quality(f, m, human)
+        decided_bad = head.p_good(f[held], m.iloc[held]) < head.threshold
+        return (decided_bad[bad[held]].mean() + (~decided_bad[~bad[held]]).mean()) / 2
+
+    assert balanced_accuracy() > 0.9
+    monkeypatch.setattr(human_module, "PENALTIES", tuple(p for p in human_module.PENALTIES if p[0] == "l2"))
+    assert balanced_accuracy() < 0.85
+
+
+def test_a_head_from_an_older_descriptor_is_a_clear_error():
+    f, m = photos(300)
+    human = np.where(m.lum_p50 < 85, 0, 1)
+    head = fit_human_quality(f, m, human)
+    with pytest.raises(ValueError, match="learned on .* photo-quality features but the model computes .*retrain-heads"):
+        head.p_good(f[:, :-10], m)
+
+
 def test_too_few_labels_leave_the_proxy_in_charge():
     f, m = photos(100)
     human = np.full(100, -1)

@@ -157,3 +157,25 @@ def test_onnx_backend_matches_pytorch_on_the_committed_model(committed_inputs):
         assert scale > 0.1, k
         np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-4 * scale, err_msg=k)
     assert (a["room"].argmax(1) == b["room"].argmax(1)).all()
+
+
+def test_quality_descriptor_layout_sees_dark_corners():
+    """The luminance layout in the photo-quality descriptor: a vignetted copy of a photo has darker corner cells
+    relative to its centre, an evenly lit one does not."""
+    from roomvision.modelinfo import DIRECT_FEATURES, LAYOUT_GRID
+    model = RoomVisionNet(pretrained=False).eval()
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 224), torch.linspace(-1, 1, 224), indexing="ij")
+    even = torch.full((1, 3, 224, 224), 0.2)
+    vignetted = even - 0.8 * (yy ** 2 + xx ** 2) / 2
+    with torch.no_grad():
+        d = {name: model.forward_with_quality_features(x)[1][0] for name, x in
+             (("even", even), ("vignetted", vignetted))}
+    cells = LAYOUT_GRID ** 2
+    for name, descriptor in d.items():
+        layout = descriptor[DIRECT_FEATURES - cells:DIRECT_FEATURES].reshape(LAYOUT_GRID, LAYOUT_GRID)
+        corners_vs_centre = layout[[0, 0, -1, -1], [0, -1, 0, -1]].mean() - layout[3:5, 3:5].mean()
+        assert abs(float(layout.mean())) < 1e-5  # relative to the photo's mean luminance
+        if name == "even":
+            assert abs(float(corners_vs_centre)) < 1e-5
+        else:
+            assert float(corners_vs_centre) < -0.5
