@@ -4,9 +4,9 @@ is scored against the same annotator on held-out photos.
 python benchmarks/relabel_loop.py [--weights W] [--pool 3000] [--held-out 1500]
 
 Annotators (each calls about 15% of the photos BAD, with 2% of decisions flipped at random, as people err):
-stricter exposure, stricter sharpness, level verticals, a mix of two, and four whose criterion no proxy rule
-measures (a colour cast, dark corners, low contrast, garish colour), so refitting rules cannot learn them and the head
-must learn from the image.
+stricter exposure, stricter sharpness, level verticals, a mix of two, and five whose criterion no proxy rule
+measures (a colour cast, dark corners, low contrast, garish colour, black bars), so refitting rules cannot learn them
+and the head must learn from the image.
 Labels are chosen (a) at random and (b) in the Relabel page's queue order (50 photos at random first, then active
 learning: the photos the refitted head is least sure of, spread out, alternating with photos drawn at random). Two
 simulated raters give 1-5 aesthetic ratings. The photos come from the manifest's train split (labelling pool) and
@@ -70,7 +70,8 @@ def extract(predictor: Predictor, files: list[Path]) -> tuple[np.ndarray, np.nda
 
 
 def annotators(m: pd.DataFrame, pool: np.ndarray) -> dict[str, np.ndarray]:
-    """BAD (True) per photo for each simulated annotator; cut-offs put about 15% of the pool BAD."""
+    """BAD (True) per photo for each simulated annotator; cut-offs put about 15% of the pool BAD (the letterboxed
+    photos are about as many)."""
     def q(series, share):  # the pool value below which `share` of the photos fall
         return float(np.quantile(series[pool], share))
 
@@ -85,6 +86,7 @@ def annotators(m: pd.DataFrame, pool: np.ndarray) -> dict[str, np.ndarray]:
         "dark corners (unmeasured)": (m.corner_ratio < q(m.corner_ratio, 0.15)).to_numpy(),
         "low contrast (unmeasured)": (m.contrast < q(m.contrast, 0.15)).to_numpy(),
         "garish colour (unmeasured)": (m.colourfulness > q(m.colourfulness, 0.85)).to_numpy(),
+        "letterboxed (unmeasured)": (m.border_frac > 0).to_numpy(),
     }
 
 

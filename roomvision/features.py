@@ -20,7 +20,7 @@ from .modelinfo import file_sha256
 
 OUTPUTS = ("quality", "aesthetic", "room", "quality_features", "features")
 PART = 512  # photos per saved part: an interrupted build resumes from the last finished part
-CACHE_VERSION = 3  # bump when OUTPUTS change: caches are keyed by it (2: pooled features; 3: layout)
+CACHE_VERSION = 4  # bump when OUTPUTS change: caches are keyed by it (3: layout; 4: colour spread)
 
 
 def cache_path(weights: Path, manifest: Path) -> Path:

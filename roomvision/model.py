@@ -129,8 +129,9 @@ def luminance(x: torch.Tensor) -> torch.Tensor:
 
 def photo_statistics(x: torch.Tensor) -> torch.Tensor:
     """Share of pixels darker than each of 16 luminance levels (a smooth CDF), the log-variance of the Laplacian at
-    full and half resolution, and the colour balance (red minus blue, green minus magenta): what exposure,
-    sharpness and white-balance judgements look at."""
+    full and half resolution, the colour balance (red minus blue, green minus magenta), the spread of the two
+    opponent colour channels (red-green, yellow-blue) with the mean chroma, and the luminance spread: what
+    exposure, sharpness, white-balance, saturation and contrast judgements look at."""
     lum = luminance(x)
     cdf = torch.sigmoid((LUMINANCE_STEPS.to(x.dtype).view(1, -1, 1, 1) - lum) * 40.0).mean(dim=(2, 3))
     kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype).view(1, 1, 3, 3)
@@ -138,7 +139,11 @@ def photo_statistics(x: torch.Tensor) -> torch.Tensor:
              for level in (lum, nn.functional.avg_pool2d(lum, 2))]
     channels = x.mean(dim=(2, 3))
     balance = torch.stack([channels[:, 0] - channels[:, 2], channels[:, 1] - (channels[:, 0] + channels[:, 2]) / 2], 1)
-    return torch.cat([cdf, *sharp, balance], dim=1)
+    rg, yb = x[:, 0] - x[:, 1], (x[:, 0] + x[:, 1]) / 2 - x[:, 2]
+    spread = torch.stack([torch.sqrt(rg.var(dim=(1, 2)) + 1e-6), torch.sqrt(yb.var(dim=(1, 2)) + 1e-6),
+                          torch.sqrt(rg * rg + yb * yb + 1e-6).mean(dim=(1, 2)),
+                          torch.sqrt(lum.var(dim=(1, 2, 3)) + 1e-6)], 1)
+    return torch.cat([cdf, *sharp, balance, spread], dim=1)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ REQUIRED_KEYS = ("backbone", "classes", "preprocess", "state_dict")
 ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam", "quality_features")  # the serving graph
 HEAD_OUTPUTS = ("room", "quality", "aesthetic")  # the raw outputs that predictions are made of
 LUMINANCE_LEVELS = 16  # points of the luminance distribution in the quality features
-PHOTO_STATISTICS = LUMINANCE_LEVELS + 4  # leading photo statistics of the quality features (model.py)
+PHOTO_STATISTICS = LUMINANCE_LEVELS + 8  # leading photo statistics of the quality features (model.py)
 LAYOUT_GRID = 8  # the luminance layout's grid (LAYOUT_GRID x LAYOUT_GRID cells) in the quality features
 DIRECT_FEATURES = PHOTO_STATISTICS + 96 + LAYOUT_GRID ** 2  # with the 4x4 input grid and the layout: read directly
 

@@ -179,3 +179,20 @@ def test_quality_descriptor_layout_sees_dark_corners():
             assert abs(float(corners_vs_centre)) < 1e-5
         else:
             assert float(corners_vs_centre) < -0.5
+
+
+def test_photo_statistics_see_saturation_and_contrast():
+    """The colour spread and luminance spread entries of the photo statistics: a vivid photo has more chroma and
+    opponent-colour spread than its grey copy; a flat photo less luminance spread than a contrasty one."""
+    from roomvision.model import photo_statistics
+    from roomvision.modelinfo import PHOTO_STATISTICS
+    torch.manual_seed(0)
+    vivid = torch.rand(1, 3, 64, 64) * 2 - 1
+    grey = vivid.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+    flat = 0.1 * grey
+    stats = {name: photo_statistics(x)[0, PHOTO_STATISTICS - 4:] for name, x in
+             (("vivid", vivid), ("grey", grey), ("flat", flat))}
+    rg, yb, chroma, contrast = range(4)
+    for k in (rg, yb, chroma):
+        assert stats["vivid"][k] > 0.5 and stats["grey"][k] < 0.01
+    assert stats["flat"][contrast] == pytest.approx(0.1 * stats["grey"][contrast], rel=0.05)
