@@ -29,7 +29,7 @@ from .quality import compute_metrics
 from .scope import ScopeHead
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
-ONNX_GRAPH_VERSION = 7  # bump when the exported outputs change: cached exports are keyed by it (7: colour)
+ONNX_GRAPH_VERSION = 7  # bump when the exported outputs change: cached exports keyed by it (6: layout; 7: colour)
 ONNX_CHUNK = 4  # images per ONNX Runtime call: batch-64 peak 445 MB (520 at 8, 1.3 GB at 32), same throughput
 
 
