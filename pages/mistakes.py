@@ -8,7 +8,7 @@ import streamlit as st
 
 from roomvision.config import CLASSES, ENV_DATA_ROOT, ENV_ROOM_RELABELS
 from roomvision.features import cache_path
-from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, LabelStore, export_csv
+from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, ClaimBoard, LabelStore, export_csv
 from roomvision.reports import filter_failures, report_paths
 from roomvision.webapp import (active_weights, cached_label_issues, dataset_roots_sidebar, ensure_app_navigation,
                                get_predictor, manifest_path, pick_from_grid, room_relabels_path, save_decisions,
@@ -121,6 +121,9 @@ def label_issues_view() -> None:
     st.progress(1 - len(todo) / max(len(candidates), 1),
                 text=f"{len(candidates) - len(todo)} of {len(candidates)} reviewed · {len(store.merged())} room "
                      f"corrections in {store.path.name}")
+    claims = ClaimBoard(store.path)
+    if annotator.strip():  # photos on someone else's screen right now are left to them
+        todo = todo[~todo["sha256"].isin(claims.held_by_others(annotator))]
     history = st.session_state.setdefault("room_history", [])
 
     def record(label: str, rows: list[dict]) -> None:
@@ -128,13 +131,20 @@ def label_issues_view() -> None:
                                                       ENV_ROOM_RELABELS, lambda row: {"given_label": row["given"]})
 
     if msg := st.session_state.pop("room_msg", None):
-        st.error(msg) if msg.startswith("Not saved") else st.toast(msg)
+        if msg.startswith("Not saved"):
+            st.error(msg)
+        else:
+            st.toast(msg)
     blocked = "Enter your name in the sidebar to correct labels." if not annotator.strip() else ""
     if todo.empty:
         st.success("Nothing left to review in this selection.")
         st.button("Undo last correction", on_click=record, args=("UNDO", []), shortcut="u", key="room-undo-done")
     elif grid_mode:
-        shown = pick_from_grid(todo.head(12).to_dict("records"), roots,
+        page_rows = todo.head(12).to_dict("records")
+        if annotator.strip():  # every photo on this screen is held for this annotator
+            held = claims.claim([r["sha256"] for r in page_rows], annotator)
+            page_rows = [r for r in page_rows if r["sha256"] in held]
+        shown = pick_from_grid(page_rows, roots,
                                lambda row: f"given {row['given']} · suggested {row['suggested']}")
         target = st.selectbox("Label for the selected photos", [*CLASSES, AMBIGUOUS, NOT_A_ROOM],
                               format_func=lambda v: CORRECTION_NAMES.get(v, v), key="grid_target")
@@ -173,6 +183,8 @@ def label_issues_view() -> None:
         keys[-1].button("Undo", on_click=record, args=("UNDO", []), shortcut="u", key="room-undo", width="stretch")
         if blocked:
             st.info(blocked)
+        elif row["sha256"] not in claims.claim(row["sha256"], annotator):
+            st.rerun()  # taken by someone else a moment ago: show the next photo
         st.caption("Keys: " + ", ".join(f"{k} = {c}" for c, k in CLASS_KEYS.items())
                    + " (the given label too: it confirms it), a = ambiguous / open plan, n = not one of the five "
                      "rooms, u = undo. The next photo follows each decision.")

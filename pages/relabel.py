@@ -103,13 +103,19 @@ def record(label: str, rows: list[dict]) -> None:
 
 
 if msg := st.session_state.pop("relabel_msg", None):
-    st.error(msg) if msg.startswith("Not saved") else st.toast(msg)
+    if msg.startswith("Not saved"):
+        st.error(msg)
+    else:
+        st.toast(msg)
 if (queue.empty or pos >= len(queue)) and revisit is None:
     st.success("Queue done: every photo in this selection has a decision.")
     st.button("Undo last decision", on_click=record, args=("UNDO", []), shortcut="u")
 elif grid_mode:
-    picked = pick_from_grid(queue.iloc[pos:pos + 12].to_dict("records"), roots,
-                            lambda row: f"proxy {row['quality_label']}")
+    page_rows = queue.iloc[pos:pos + 12].to_dict("records")
+    if annotator.strip():  # every photo on this screen is held for this annotator
+        held = claims.claim([r["sha256"] for r in page_rows], annotator)
+        page_rows = [r for r in page_rows if r["sha256"] in held]
+    picked = pick_from_grid(page_rows, roots, lambda row: f"proxy {row['quality_label']}")
     blocked = "Enter your name in the sidebar to start labelling." if not annotator.strip() else ""
     g1, g2, g3 = st.columns(3)
     g1.button(f"GOOD for {len(picked)} selected", on_click=record, args=("GOOD", picked), type="primary",
@@ -168,7 +174,7 @@ else:
         n2.button("Next (no decision)", on_click=move, args=(1,), shortcut="n", key="btn-next")
         if blocked:
             right.info(blocked)
-        elif not claims.claim(row["sha256"], annotator.strip()):
+        elif row["sha256"] not in claims.claim(row["sha256"], annotator):
             st.rerun()  # taken by someone else a moment ago: show the next photo
         right.caption("Keys: g = GOOD, b = BAD, s = skip, u = undo, p = previous, n = next")
         past = photo_history(store.read_raw(), row["sha256"], row["path"])

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import io
+import math
 import os
 import re
+import time
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -41,13 +44,27 @@ INVISIBLE_LEAD = " \t\r\n\u00a0\u2000\u2001\u2002\u2003\u2007\u2009\u200a\u200b\
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # line breaks and other control characters
 
 
+MAX_PATH_CHARS = 4096  # the longest path a label row stores (Linux PATH_MAX)
+MAX_ANNOTATOR_CHARS = 80
+
+
 class LabelError(ValueError):
     """A label row that cannot be stored as given."""
+
+
+def normalise_annotator(name: str) -> str:
+    """One spelling per person: Unicode NFC, invisible format characters (zero-width spaces, joiners, a byte-order
+    mark) removed, outer spaces stripped, at most 80 characters."""
+    text = unicodedata.normalize("NFC", str(name))
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return text.strip()[:MAX_ANNOTATOR_CHARS]
 
 
 def safe_relative_path(path: str) -> str:
     """The path as a clean POSIX path relative to the dataset root; LabelError if it escapes it."""
     text = str(path).replace("\\", "/")
+    if len(text) > MAX_PATH_CHARS:
+        raise LabelError(f"path longer than {MAX_PATH_CHARS} characters ({len(text):,})")
     p = PurePosixPath(text)
     if not text or p.is_absolute() or ".." in p.parts or (len(text) > 1 and text[1] == ":"):
         raise LabelError(f"path must be relative to the dataset root and stay inside it: {path!r}")
@@ -59,6 +76,15 @@ def _check_text(name: str, value: str) -> str:
     if CONTROL.search(value):
         raise LabelError(f"{name} must not contain line breaks or control characters: {value!r}")
     return value
+
+
+def _decode(raw: bytes) -> str:
+    """A label file's text: UTF-8 (a byte-order mark dropped), else Windows-1252 as spreadsheets on Windows save
+    it (a byte it does not define becomes U+FFFD, and the row check names that row)."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("cp1252", errors="replace")
 
 
 def _encode_row(row: dict, columns) -> bytes:
@@ -93,7 +119,7 @@ class LabelStore:
                "proxy_label": _check_text("proxy label", proxy_label),
                "given_label": _check_text("given label", given_label), "human_label": label,
                "rating": "" if rating in (None, "") else rating,
-               "annotator": _check_text("annotator", annotator.strip()[:80]),
+               "annotator": _check_text("annotator", normalise_annotator(annotator)),
                "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
                "model_version": _check_text("model version", model_version)}
         line = _encode_row(row, self.schema.columns)
@@ -122,41 +148,54 @@ class LabelStore:
             return f.read(1) == b"\n"
 
     def read_raw(self) -> pd.DataFrame:
-        """Every well-formed row in order, the file parsed as CSV; a torn last line, rows whose fields hold control
-        characters (a quoted line break) and unsafe paths are reported with a warning and skipped."""
+        """Every well-formed row in order. A file edited by hand is read whatever its encoding (UTF-8, else
+        Windows-1252) and line endings (LF, CRLF, CR); each row that cannot be used (a torn last line, a wrong number
+        of fields, an unknown label, a rating outside 1-5, control characters, an unsafe path) is skipped and named,
+        with its line and why, in one warning and in `self.problems`."""
         columns = list(self.schema.columns)
+        self.problems: list[str] = []
         if not self.path.is_file():
             return pd.DataFrame(columns=columns)
-        raw = self.path.read_bytes()
-        if raw and not raw.endswith(b"\n"):
-            warnings.warn(f"{self.path}: ignoring an incomplete last line (interrupted write)")
-            raw = raw[:raw.rfind(b"\n") + 1]
-        rows, bad = [], 0
-        reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace"), newline=""), strict=True)
+        text = _decode(self.path.read_bytes())
+        rows = []
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        line = 0
         while True:
+            line = reader.line_num + 1
             try:
                 values = next(reader)
             except StopIteration:
                 break
-            except csv.Error:
-                bad += 1
+            except csv.Error as exc:
+                self.problems.append(f"line {line}: {exc}")
                 continue
-            if values == columns:
+            if values == columns or not values:
                 continue
-            if (len(values) != len(columns) or values[columns.index("human_label")] not in self.schema.decisions
-                    or any(CONTROL.search(v) or "\ufffd" in v for v in values)):
-                bad += 1
-                continue
-            row = dict(zip(columns, values))
             try:
-                row["path"] = safe_relative_path(row["path"])
-            except LabelError:
-                bad += 1
-                continue
-            rows.append(row)
-        if bad:
-            warnings.warn(f"{self.path}: ignored {bad} malformed or unsafe row(s)")
+                rows.append(self._parse(values))
+            except LabelError as exc:
+                self.problems.append(f"line {line}: {exc}")
+        if self.problems:
+            warnings.warn(f"{self.path}: ignored {len(self.problems)} malformed or unsafe row(s): "
+                          + "; ".join(self.problems[:5]) + (" …" if len(self.problems) > 5 else ""))
         return pd.DataFrame(rows, columns=columns)
+
+    def _parse(self, values: list[str]) -> dict:
+        """One row of the file as stored; LabelError saying why it cannot be used."""
+        columns = list(self.schema.columns)
+        if len(values) != len(columns):
+            raise LabelError(f"{len(values)} fields, expected {len(columns)} (a torn or hand-edited line)")
+        row = dict(zip(columns, values))
+        if row["human_label"] not in self.schema.decisions:
+            raise LabelError(f"unknown label {row['human_label'][:40]!r}")
+        for name, value in row.items():
+            if CONTROL.search(value) or "\ufffd" in value:
+                raise LabelError(f"{name} holds control characters or undecodable bytes")
+        if row.get("rating", "") != "" and row["rating"] not in {"1", "2", "3", "4", "5"}:
+            raise LabelError(f"rating must be an integer from 1 to 5, not {row['rating'][:40]!r}")
+        row["path"] = safe_relative_path(row["path"])
+        row["annotator"] = normalise_annotator(row["annotator"])
+        return row
 
     def _standing(self) -> dict[str, dict]:
         return standing(self.read_raw())
@@ -178,8 +217,10 @@ CLAIM_SECONDS = 120  # how long a photo shown to one annotator is kept from the 
 
 
 class ClaimBoard:
-    """Short claims on photos, so that two people labelling at once are not shown the same photo: a JSON file
-    of key -> (annotator, expiry) next to the label file, changed under its lock; expired claims are dropped."""
+    """Short claims on photos, so that two people labelling at once are not shown the same photos: a JSON file
+    of key -> {annotator, until} next to the label file, changed under its lock. Each annotator holds the photos on
+    their screen (one, or a grid of them); expired claims, entries of another shape and claims longer than a claim
+    lasts are dropped on read, so a damaged or hand-edited file never blocks anybody for long nor stops the page."""
 
     def __init__(self, label_file: str | Path, seconds: float = CLAIM_SECONDS):
         self.path = Path(str(label_file) + ".claims.json")
@@ -189,68 +230,93 @@ class ClaimBoard:
     def _live(self, now: float) -> dict[str, dict]:
         import json
         try:
-            claims = json.loads(self.path.read_text())
+            claims = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
-        return {k: c for k, c in claims.items() if isinstance(c, dict) and c.get("until", 0) > now}
+        if not isinstance(claims, dict):
+            return {}
+        live = {}
+        for key, claim in claims.items():
+            if not isinstance(claim, dict):
+                continue
+            who, until = claim.get("annotator"), claim.get("until")
+            if (isinstance(who, str) and normalise_annotator(who) and isinstance(until, (int, float))
+                    and not isinstance(until, bool) and math.isfinite(until) and now < until <= now + self.seconds):
+                live[key] = {"annotator": normalise_annotator(who), "until": float(until)}
+        return live
 
-    def claim(self, key: str, annotator: str) -> bool:
-        """Claim a photo for `annotator` (renewing their own claim); False when someone else holds it. Claims are
-        best effort: where the claims file cannot be written, nobody is kept from a photo (saving a decision there
-        reports the error)."""
+    def claim(self, keys, annotator: str) -> set[str]:
+        """Claim the photos now on `annotator`'s screen (a key or several), replacing what they held before; returns
+        the keys they now hold, without those someone else holds. Claims are best effort: where the claims file
+        cannot be written, nobody is kept from a photo (saving a decision there reports the error)."""
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        annotator = normalise_annotator(annotator)
         try:
-            return self._claim(key, annotator)
+            return self._claim(keys, annotator)
         except OSError:
-            return True
+            return set(keys)
 
-    def _claim(self, key: str, annotator: str) -> bool:
+    def _claim(self, keys: list[str], annotator: str) -> set[str]:
         import json
-        import time
         now = time.time()
         with self.lock:
             claims = self._live(now)
-            holder = claims.get(key)
-            if holder and holder["annotator"] != annotator:
-                return False
-            claims = {k: c for k, c in claims.items() if c["annotator"] != annotator}  # one photo per person
-            claims[key] = {"annotator": annotator, "until": now + self.seconds}
+            mine = {k for k in keys if k not in claims or claims[k]["annotator"] == annotator}
+            claims = {k: c for k, c in claims.items() if c["annotator"] != annotator}
+            claims.update({k: {"annotator": annotator, "until": now + self.seconds} for k in mine})
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(claims))
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(claims), encoding="utf-8")
             tmp.replace(self.path)
-        return True
+        return mine
 
     def held_by_others(self, annotator: str) -> set[str]:
-        import time
+        annotator = normalise_annotator(annotator)
         return {k for k, c in self._live(time.time()).items() if c["annotator"] != annotator}
 
 
-def standing(raw: pd.DataFrame) -> dict[str, dict]:
-    """Per image (sha256, else path) the decision still standing after undos, from rows in file order."""
-    stacks: dict[str, list[dict]] = {}
-    for row in raw.to_dict("records"):
-        stack = stacks.setdefault(row["sha256"] or row["path"], [])
+def _replay(rows: list[dict]) -> list[tuple[dict, dict | None]]:
+    """Each row of one photo with the decision standing after it. Every annotator has their own stack (an UNDO
+    takes back only the undoer's own latest decision); the photo's standing decision is the latest label, in file
+    order, among the annotators' standing decisions (latest wins; a SKIP stands only where nobody gave a label)."""
+    stacks: dict[str, list[tuple[int, dict]]] = {}
+    out = []
+    for i, row in enumerate(rows):
+        stack = stacks.setdefault(row["annotator"], [])
         if row["human_label"] != "UNDO":
-            stack.append(row)
+            stack.append((i, row))
         elif stack:
             stack.pop()
-    return {k: s[-1] for k, s in stacks.items() if s}
+        tops = [s[-1] for s in stacks.values() if s]
+        out.append((row, max(tops, key=lambda t: (t[1]["human_label"] != "SKIP", t[0]))[1] if tops else None))
+    return out
+
+
+def standing(raw: pd.DataFrame) -> dict[str, dict]:
+    """Per image (sha256, else path) the decision standing after undos (see `_replay`), from rows in file order."""
+    photos: dict[str, list[dict]] = {}
+    for row in raw.to_dict("records"):
+        photos.setdefault(row["sha256"] or row["path"], []).append(row)
+    result = {}
+    for key, rows in photos.items():
+        last = _replay(rows)[-1][1]
+        if last is not None:
+            result[key] = last
+    return result
 
 
 def photo_history(raw: pd.DataFrame, sha256: str, path: str) -> pd.DataFrame:
     """Every decision recorded for one photo, oldest first: when, who, the label standing before (the proxy or
-    given label at first) and after it (an undo restores the one before)."""
+    given label at first) and after it (an undo restores that annotator's previous decision)."""
     rows = raw[(raw["sha256"] == sha256) if sha256 else (raw["path"] == path)].to_dict("records")
     given = "given_label" if "given_label" in raw else "proxy_label"
-    stack, out = [], []
-    for row in rows:
-        before = stack[-1] if stack else row[given] or "(none)"
-        if row["human_label"] != "UNDO":
-            stack.append(row["human_label"])
-        elif stack:
-            stack.pop()
-        out.append({"when": row["timestamp"], "who": row["annotator"], "before": before,
-                    "after": stack[-1] if stack else row[given] or "(none)", "decision": row["human_label"]})
+    start = next((r[given] for r in rows if r[given]), "(none)")
+    out, before = [], None
+    for row, now in _replay(rows):
+        out.append({"when": row["timestamp"], "who": row["annotator"],
+                    "before": before["human_label"] if before else start,
+                    "after": now["human_label"] if now else start, "decision": row["human_label"]})
+        before = now
     return pd.DataFrame(out, columns=["when", "who", "before", "after", "decision"])
 
 
@@ -307,7 +373,8 @@ def relabel_queue(manifest: pd.DataFrame, p_good: pd.Series | None, threshold: f
     """Manifest rows to label next.
 
     'informative': the active-learning `priority` (rank by sha256, from the human labels so far) first when given;
-    then model and proxy disagree, then P(GOOD) nearest the threshold; 'random'; 'file'.
+    then model and proxy disagree, then P(GOOD) nearest the threshold, then at random (so before the model has
+    scored anything the queue is a random draw, never one folder after another); 'random'; 'file'.
     `p_good` is indexed by sha256 (missing photos sort last under 'informative').
     """
     q = manifest.copy()
@@ -324,5 +391,6 @@ def relabel_queue(manifest: pd.DataFrame, p_good: pd.Series | None, threshold: f
     q["disagree"] = q["p_good"].notna() & (model_label != q["quality_label"])
     q["margin"] = (q["p_good"] - threshold).abs().fillna(np.inf)
     q["priority"] = q["sha256"].map(priority).fillna(np.inf) if priority is not None else np.inf
-    return q.sort_values(["priority", "disagree", "margin", "path"],
-                         ascending=[True, False, True, True]).reset_index(drop=True)
+    q["draw"] = np.random.default_rng(seed).permutation(len(q))  # photos the model cannot rank yet come at random
+    return q.sort_values(["priority", "disagree", "margin", "draw"],
+                         ascending=[True, False, True, True]).drop(columns="draw").reset_index(drop=True)

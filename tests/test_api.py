@@ -123,7 +123,24 @@ def _raw_request(port: int, head: bytes, body_parts, pause: float = 0.0) -> byte
                 time.sleep(pause)
         except OSError:
             pass  # the server may close the connection as soon as it has answered
-        return s.recv(4096)
+        return _read_response(s)
+
+
+def _read_response(s: socket.socket) -> bytes:
+    """The whole HTTP response: headers, then as many body bytes as Content-Length says (they may come in several
+    segments), or until the server closes."""
+    answer = b""
+    while True:
+        try:
+            chunk = s.recv(4096)
+        except OSError:
+            return answer
+        answer += chunk
+        head, sep, body = answer.partition(b"\r\n\r\n")
+        lengths = [int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")]
+        if not chunk or (sep and lengths and len(body) >= lengths[0]):
+            return answer
 
 
 def test_chunked_body_over_the_limit_gets_413_while_streaming(live_server):

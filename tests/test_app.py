@@ -242,6 +242,31 @@ def test_relabel_grid_mode_and_two_annotators_get_different_photos(app_env):
     ana.button(key="grid-undo").click().run()
     rows = pd.read_csv(app_env["relabels"], keep_default_na=False)
     assert list(rows["human_label"]) == ["BAD"] * 3 + ["UNDO"] * 3
+    ben.toggle(key="relabel_grid").set_value(True).run()
+    ana.run()
+
+    def on_screen(at):
+        return {c.key for c in at.checkbox if c.key and c.key.startswith("pick-")}
+    assert len(on_screen(ana)) == 12 and len(on_screen(ben)) == 12
+    assert not on_screen(ana) & on_screen(ben)  # grid mode claims every photo it shows
+
+
+def test_label_issues_grid_mode_shows_two_annotators_different_photos(app_env):
+    from roomvision.features import build_feature_cache
+    from roomvision.inference import Predictor
+    build_feature_cache(Predictor(app_env["weights"], device="cpu"), app_env["manifest"], [app_env["root"]],
+                        progress=False)
+    pages = []
+    for name in ("ana", "ben"):
+        at = run_page("pages/mistakes.py")
+        at.segmented_control(key="mistakes_view").set_value("Label issues").run()
+        at.selectbox(key="issues_show").set_value("All photos, most suspect first").run()
+        at.text_input(key="annotator").set_value(name).run()
+        at.toggle[0].set_value(True).run()
+        assert not at.exception, [e.message for e in at.exception]
+        pages.append(at)
+    shown = [{c.key for c in at.checkbox if c.key and c.key.startswith("pick-")} for at in pages]
+    assert len(shown[0]) == len(shown[1]) == 12 and not shown[0] & shown[1]
 
 
 def test_relabel_page_says_clearly_when_the_label_file_cannot_be_written(app_env, monkeypatch, tmp_path):

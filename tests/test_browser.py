@@ -24,11 +24,19 @@ PROJECT = Path(__file__).resolve().parent.parent
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--no-first-run"]
 
+REQUIRED = os.environ.get("ROOMVISION_REQUIRE_BROWSER") or os.environ.get("CI", "").lower() == "true"
 if not os.path.exists(CHROMIUM):
-    if os.environ.get("ROOMVISION_REQUIRE_BROWSER"):
-        pytest.fail(f"{CHROMIUM} missing but ROOMVISION_REQUIRE_BROWSER is set")
+    if REQUIRED:
+        pytest.fail(f"{CHROMIUM} missing but the browser tests are required here (CI or ROOMVISION_REQUIRE_BROWSER)")
     pytest.skip("Debian chromium not installed (apt-get install chromium chromium-driver)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+if REQUIRED:
+    from playwright import sync_api  # a missing Playwright is an error here, never a skip
+else:
+    sync_api = pytest.importorskip("playwright.sync_api")
+# What a page must never show: an exception box, an object's documentation (a bare expression echoed by
+# Streamlit's magic), or an object's repr.
+UNEXPECTED = ('[data-testid="stException"]', '[data-testid="stHelp"]', '[data-testid="stDocstring"]',
+              'text=/DeltaGenerator|object at 0x[0-9a-f]+/')
 
 
 @contextlib.contextmanager
@@ -51,6 +59,15 @@ def sign_in(page, button) -> None:
             break
         page.wait_for_timeout(500)
     assert button.is_enabled()
+
+
+def assert_clean(page) -> None:
+    """Once the app has finished running, the page shows nothing of `UNEXPECTED`."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=60_000)
+    for selector in UNEXPECTED:
+        found = page.locator(selector)
+        assert found.count() == 0, f"unexpected {selector} on {page.url}: {found.first.inner_text()[:300]}"
 
 
 def free_port() -> int:
@@ -112,6 +129,7 @@ def test_app_in_chromium(server, tmp_path, make_room):
         quality = page.locator('[data-testid="stMetric"]').filter(has_text="Quality")
         quality.wait_for()
         assert page.locator('[data-testid="stMetric"]').filter(has_text="Room").count() == 1
+        assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "predict.png"), full_page=True)
 
         slider = page.get_by_role("slider").first
@@ -122,21 +140,25 @@ def test_app_in_chromium(server, tmp_path, make_room):
         slider.press("End")  # threshold 1: everything is BAD
         page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stMetric]')]"
                                ".some(m => m.innerText.includes('Quality') && m.innerText.includes('BAD'))")
+        assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "predict-threshold-1.png"), full_page=True)
         page.get_by_text("Grad-CAM overlay").click()
         page.get_by_text("living.jpg — Grad-CAM for").wait_for()
+        assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "predict-gradcam.png"), full_page=True)
         page.get_by_role("button", name="unreadable").click()  # "Show only": no photo here is unreadable
         page.get_by_text("No photo matches.").wait_for()
         assert page.locator('[data-testid="stMetric"]').filter(has_text="Quality").count() == 0
         page.get_by_role("button", name="BAD", exact=True).click()  # any of the chosen: the BAD photo is back
         quality.wait_for()
+        assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "predict-show-only.png"), full_page=True)
 
         page.goto(server["url"] + "/relabel")
         page.get_by_role("button", name="GOOD").wait_for()
         assert page.get_by_role("button", name="GOOD").is_disabled()  # no decisions without a name
         sign_in(page, page.get_by_role("button", name="GOOD"))
+        assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "relabel-named.png"), full_page=True)
         page.get_by_role("heading", name="Relabel photo quality").click()  # keyboard focus off the text box
         page.keyboard.press("b")
@@ -148,17 +170,21 @@ def test_app_in_chromium(server, tmp_path, make_room):
         rows = store.read_raw()
         assert list(rows["human_label"]) == ["BAD"]
         assert (server["root"] / rows.loc[0, "path"]).is_file()
+        assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "relabel.png"), full_page=True)
         page.get_by_text("Grid mode (label many at once)").click()
         page.get_by_role("button", name=re.compile("^GOOD for .* selected")).wait_for()
+        assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "relabel-grid.png"), full_page=True)
 
         page.goto(server["url"] + "/model")
         page.get_by_role("heading", name="Model", exact=True).wait_for()
+        assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "model.png"), full_page=True)
 
         page.goto(server["url"] + "/mistakes")
         page.get_by_text("python -m roomvision evaluate").first.wait_for()
+        assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "mistakes.png"), full_page=True)
     assert_quiet_log(server["log"])
 
@@ -191,6 +217,8 @@ def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path)
             if len(store.read_raw()) >= 1:
                 break
             time.sleep(0.5)
+        assert_clean(page)
+        page.screenshot(path=str(ARTIFACTS / "label-issues-saved.png"), full_page=True)
     assert_quiet_log(server["log"])
     rows = store.read_raw()
     assert list(rows["human_label"]) == ["Kitchen"] and list(rows["annotator"]) == ["ana"]
@@ -230,4 +258,5 @@ def test_confusion_matrix_cell_click_filters_the_mistakes(server):
         col, row = CLASSES.index("Dining"), CLASSES.index("Kitchen")
         page.mouse.click(box["x"] + box["width"] * (col + 0.5) / n, box["y"] + box["height"] * (row + 0.5) / n)
         page.get_by_text("1 of 3 misclassified test photos match").wait_for()
+        assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "mistakes-cell.png"), full_page=True)

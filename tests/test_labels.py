@@ -63,7 +63,7 @@ def test_sigkill_mid_burst_keeps_every_acknowledged_row(tmp_path):
     # a torn tail (simulated) is ignored with a warning and the next append starts on a fresh line
     with open(path, "ab") as f:
         f.write(b"photos/torn.jpg,abc,GO")
-    with pytest.warns(UserWarning, match="incomplete last line"):
+    with pytest.warns(UserWarning, match=r"line \d+: 3 fields, expected 8 \(a torn"):
         before = len(LabelStore(path).read_raw())
     LabelStore(path).append("photos/after.jpg", "BAD", sha256="after")
     with pytest.warns(UserWarning):
@@ -132,6 +132,16 @@ def test_relabel_queue_orders():
     assert sorted(relabel_queue(manifest, None, 0.5, set(), order="random")["sha256"]) == list("abcde")
 
 
+def test_informative_queue_before_any_score_is_a_random_draw():
+    """No scores and no labels yet: photos come in a seeded random order, not one folder after another."""
+    classes = ["Bathroom", "Bedroom", "Dining", "Kitchen", "Livingroom"]
+    manifest = pd.DataFrame({"source": "s", "path": [f"{c}/{i:03d}.jpg" for c in classes for i in range(40)],
+                             "sha256": [f"{k:064d}" for k in range(200)], "quality_label": "GOOD"})
+    first = relabel_queue(manifest, None, 0.5, set())["path"].head(30)
+    assert first.str.split("/").str[0].nunique() == 5
+    assert first.tolist() == relabel_queue(manifest, None, 0.5, set())["path"].head(30).tolist()  # reproducible
+
+
 @pytest.mark.parametrize("field", ["annotator", "path", "sha256", "model_version"])
 @pytest.mark.parametrize("evil", ["mallory\nk/1.jpg,,GOOD,BAD,5,alice", "a\rb", "x\x00y", "line\u2028sep"])
 def test_control_characters_cannot_forge_a_row(tmp_path, field, evil):
@@ -182,11 +192,122 @@ def test_history_agreement_and_claims(tmp_path):
         ["ana", "GOOD", "GOOD", "GOOD"], ["ben", "GOOD", "BAD", "BAD"], ["ben", "BAD", "GOOD", "UNDO"]]
 
     board = ClaimBoard(store.path, seconds=0.5)
-    assert board.claim("p1", "ana") and not board.claim("p1", "ben")
+    assert board.claim("p1", "ana") == {"p1"} and board.claim("p1", "ben") == set()
     assert board.held_by_others("ben") == {"p1"} and board.held_by_others("ana") == set()
-    assert board.claim("p2", "ana") and board.held_by_others("ben") == {"p2"}  # one photo per person
+    assert board.claim("p2", "ana") == {"p2"} and board.held_by_others("ben") == {"p2"}  # what is on her screen now
     time.sleep(0.6)
-    assert board.claim("p2", "ben")  # expired
+    assert board.claim("p2", "ben") == {"p2"}  # expired
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    assert ClaimBoard(blocker / "q.csv").claim("p1", "ana")  # best effort: an unwritable place keeps nobody out
+    assert ClaimBoard(blocker / "q.csv").claim("p1", "ana") == {"p1"}  # best effort: unwritable keeps nobody out
+
+
+def test_undo_takes_back_only_the_undoers_own_decision(tmp_path):
+    """Latest wins among each annotator's standing decision; an UNDO retracts the undoer's own latest one."""
+    from roomvision.labels import annotator_agreement, photo_history
+    store = LabelStore(tmp_path / "q.csv")
+    store.append("x/1.jpg", "GOOD", sha256="s1", annotator="alice", proxy_label="GOOD")
+    store.append("x/1.jpg", "BAD", sha256="s1", annotator="bob", proxy_label="GOOD")
+    assert store.merged()["human_label"].tolist() == ["BAD"]  # latest wins
+    store.append("x/1.jpg", "UNDO", sha256="s1", annotator="alice")
+    merged = store.merged()
+    assert merged[["human_label", "annotator"]].values.tolist() == [["BAD", "bob"]]  # bob's BAD still stands
+    past = photo_history(store.read_raw(), "s1", "x/1.jpg")
+    assert past[["who", "before", "after", "decision"]].values.tolist() == [
+        ["alice", "GOOD", "GOOD", "GOOD"], ["bob", "GOOD", "BAD", "BAD"], ["alice", "BAD", "BAD", "UNDO"]]
+    assert annotator_agreement(store.read_raw())["photos"].tolist() == [0]  # alice no longer has a decision
+    store.append("x/1.jpg", "UNDO", sha256="s1", annotator="bob")
+    assert store.merged().empty and store.decided_keys() == set()
+    store.append("x/1.jpg", "GOOD", sha256="s1", annotator="alice")
+    store.append("x/1.jpg", "SKIP", sha256="s1", annotator="bob")  # a later skip does not hide a label
+    assert store.merged()["human_label"].tolist() == ["GOOD"]
+
+
+def test_one_person_one_annotator_name(tmp_path):
+    """NFC and NFD spellings, zero-width and byte-order-mark characters name the same annotator everywhere."""
+    from roomvision.labels import ClaimBoard, normalise_annotator
+    nfc, nfd = "Jos\u00e9", "Jose\u0301"
+    assert normalise_annotator(nfd) == normalise_annotator(nfc) == nfc
+    assert normalise_annotator("alice\u200b") == normalise_annotator("\ufeffalice ") == "alice"
+    store = LabelStore(tmp_path / "q.csv")
+    store.append("x/1.jpg", "GOOD", sha256="s1", annotator=nfd)
+    store.append("x/1.jpg", "UNDO", sha256="s1", annotator=nfc)
+    assert store.merged().empty and set(store.read_raw()["annotator"]) == {nfc}
+    board = ClaimBoard(store.path)
+    board.claim("p1", "alice")
+    assert board.claim("p1", "alice\u200b") == {"p1"} and board.held_by_others("alice\u2060") == set()
+
+
+@pytest.mark.parametrize("content", ['[1, 2]', '"text"', '{"p1": "ana"}', '{"p1": {"until": "tomorrow"}}',
+                                     '{"p1": {"annotator": "ana", "until": null}}', '{"p1": {"annotator": "ana"}}',
+                                     '{"p1": {"until": 1e30}}', '{"p1": {"annotator": 7, "until": 1e30}}',
+                                     '{"p1": {"annotator": "ana", "until": Infinity}}',
+                                     '{"p1": {"annotator": "ana", "until": NaN}}',
+                                     '{"p1": {"annotator": "ana", "until": true}}',
+                                     '{"p1": {"annotator": "ana", "until": 1e30}}', '{not json', '\xff\xfe'])
+def test_a_damaged_claims_file_blocks_nobody_and_never_crashes(tmp_path, content):
+    from roomvision.labels import ClaimBoard
+    board = ClaimBoard(tmp_path / "q.csv")
+    board.path.write_text(content, encoding="utf-8", errors="surrogateescape")
+    assert board.held_by_others("ben") == set()
+    assert board.claim("p1", "ben") == {"p1"}  # the claim of another shape (or one that never ends) is gone
+    assert board.held_by_others("ana") == {"p1"}
+
+
+def test_grid_claims_every_photo_on_screen(tmp_path):
+    from roomvision.labels import ClaimBoard
+    board = ClaimBoard(tmp_path / "q.csv")
+    assert board.claim([f"p{i}" for i in range(12)], "ana") == {f"p{i}" for i in range(12)}
+    assert board.claim([f"p{i}" for i in range(8, 20)], "ben") == {f"p{i}" for i in range(12, 20)}
+    assert board.held_by_others("ben") == {f"p{i}" for i in range(12)}
+    board.claim(["p0"], "ana")  # her next screen: the others are free again
+    assert board.held_by_others("ben") == {"p0"}
+
+
+def _read_warned(path):
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        raw = LabelStore(path).read_raw()
+    return raw, " ".join(str(w.message) for w in caught)
+
+
+HEADER = "path,sha256,proxy_label,human_label,rating,annotator,timestamp,model_version"
+
+
+@pytest.mark.parametrize("encoding,newline,final", [("utf-8", "\n", True), ("cp1252", "\n", True),
+                                                     ("utf-8", "\r", True), ("utf-8", "\r\n", True),
+                                                     ("utf-8", "\n", False), ("cp1252", "\r", False),
+                                                     ("utf-8-sig", "\r\n", False)])
+def test_a_hand_edited_label_file_reads_every_row(tmp_path, encoding, newline, final):
+    """Excel on Windows (cp1252), old Mac line endings (CR), a byte-order mark, no final newline: every row."""
+    lines = [HEADER, "k/1.jpg,s1,GOOD,BAD,2,Jos\u00e9,2026-01-01T00:00:00Z,m",
+             "k/2.jpg,s2,GOOD,GOOD,,ana,2026-01-01T00:00:01Z,m"]
+    path = tmp_path / "l.csv"
+    path.write_bytes((newline.join(lines) + (newline if final else "")).encode(encoding))
+    raw, warned = _read_warned(path)
+    assert raw[["path", "human_label", "rating", "annotator"]].values.tolist() == [
+        ["k/1.jpg", "BAD", "2", "Jos\u00e9"], ["k/2.jpg", "GOOD", "", "ana"]]
+    assert warned == ""
+    LabelStore(path).append("k/3.jpg", "GOOD", sha256="s3")  # the next append starts on a line of its own
+    assert LabelStore(path).read_raw()["path"].tolist() == ["k/1.jpg", "k/2.jpg", "k/3.jpg"]
+
+
+@pytest.mark.parametrize("rating", ["99", "0", "6", "inf", "1e300", "2.5", "-1", "nan"])
+def test_a_rating_out_of_range_in_the_file_is_named_and_skipped(tmp_path, rating):
+    path = tmp_path / "l.csv"
+    path.write_text(f"{HEADER}\nk/1.jpg,s1,GOOD,GOOD,{rating},ana,t,m\nk/2.jpg,s2,GOOD,GOOD,5,ana,t,m\n")
+    raw, warned = _read_warned(path)
+    assert raw["path"].tolist() == ["k/2.jpg"]
+    assert f"line 2: rating must be an integer from 1 to 5, not '{rating}'" in warned
+    assert LabelStore(path).merged()["rating"].tolist() == [5]
+
+
+def test_a_path_too_long_is_refused_on_write_and_named_on_read(tmp_path):
+    store = LabelStore(tmp_path / "l.csv")
+    with pytest.raises(LabelError, match="path longer than 4096 characters"):
+        store.append("a/" + "x" * 140_000 + ".jpg", "GOOD")
+    with open(store.path, "a") as f:
+        f.write(f"{HEADER}\n{'y' * 140_000}.jpg,s1,GOOD,GOOD,,ana,t,m\nk/2.jpg,s2,GOOD,BAD,,ana,t,m\n")
+    raw, warned = _read_warned(store.path)
+    assert raw["path"].tolist() == ["k/2.jpg"] and "line 2:" in warned

@@ -190,7 +190,7 @@ def test_photo_statistics_see_saturation_and_contrast():
     vivid = torch.rand(1, 3, 64, 64) * 2 - 1
     grey = vivid.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
     flat = 0.1 * grey
-    stats = {name: photo_statistics(x)[0, PHOTO_STATISTICS - 4:] for name, x in
+    stats = {name: photo_statistics(x)[0, PHOTO_STATISTICS - 4:].tolist() for name, x in
              (("vivid", vivid), ("grey", grey), ("flat", flat))}
     rg, yb, chroma, contrast = range(4)
     for k in (rg, yb, chroma):
