@@ -9,10 +9,11 @@ from roomvision.config import settings
 from roomvision.reports import report_paths
 from roomvision.features import cache_path
 from roomvision.human import MIN_PER_CLASS, MIN_RATINGS, TOO_FEW
-from roomvision.jobs import read_status, start, status_file
+from roomvision.jobs import JobError, read_status, start, status_file
 from roomvision.labels import ROOM, LabelStore
-from roomvision.webapp import (active_weights, dataset_roots_sidebar, ensure_app_navigation, get_predictor, list_models,
-                               manifest_path, progress_fragment, relabels_path, room_relabels_path, show_job_result)
+from roomvision.webapp import (active_weights, dataset_roots_sidebar, ensure_app_navigation, get_predictor,
+                               learning_unavailable, list_models, manifest_path, progress_fragment, relabels_path,
+                               room_relabels_path, show_job_result)
 
 ensure_app_navigation()
 st.title("Model")
@@ -117,17 +118,20 @@ if len(room_counts):
                "and reports validation accuracy before → after.")
 reason = (TOO_FEW + " or correct room labels in the Mistakes page"
           if min(good, bad) < MIN_PER_CLASS and rated < MIN_RATINGS and not len(room_counts) else
-          "" if manifest_path().is_file() else f"no manifest at {manifest_path()}")
+          "" if manifest_path().is_file() else f"no manifest at {manifest_path()}") or learning_unavailable()
 job = status_file("learn-from-people")
 status = read_status(job)
 if status and status["running"]:
     progress_fragment(job)
 elif st.button("Learn from people now", disabled=bool(reason), help=reason or None):
-    start("learn-from-people", ["retrain-heads", "--weights", str(predictor.weights), "--relabels",
-                                str(relabels_path()), "--room-relabels", str(room_relabels_path()),
-                                "--manifest", str(manifest_path()),
-                                *[a for p in roots.values() for a in ("--data-root", p)]])
-    st.rerun()
+    try:
+        start("learn-from-people", "roomvision.retrain:retrain_heads",
+              {"weights": str(predictor.weights), "manifest": str(manifest_path()), "relabels": str(relabels_path()),
+               "room_relabels": str(room_relabels_path()), "data_roots": list(roots.values())})
+    except JobError as exc:
+        st.warning(str(exc))
+    else:
+        st.rerun()
 if reason:
     st.caption(f"Not yet: {reason}.")
 if status and not status["running"]:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import config
-from .config import TrainConfig, settings
+from .config import TrainConfig, missing_extra, settings
 
 
 MANIFEST_HELP = f"manifest CSV (default: ${config.ENV_MANIFEST} or data/manifest.csv)"
@@ -84,26 +84,11 @@ def cmd_cache_features(a: argparse.Namespace) -> int:
 
 def cmd_retrain_heads(a: argparse.Namespace) -> int:
     import json
-    import os
-    import time
-    from .jobs import write_status
     from .retrain import retrain_heads
-    started = time.time()
-
-    def progress(done: int, total: int) -> None:
-        write_status(a.status, state="running", pid=os.getpid(), started=started, done=done, total=total,
-                     message=f"scoring the manifest photos once: {done}/{total}")
-
-    try:
-        result = retrain_heads(a.weights or settings().weights, a.manifest or settings().manifest,
-                               a.relabels or settings().relabels, a.data_roots, a.out, on_progress=progress,
-                               room_relabels=a.room_relabels or settings().room_relabels)
-    except (FileNotFoundError, ValueError) as exc:
-        write_status(a.status, state="failed", pid=os.getpid(), started=started, message=str(exc))
-        raise
-    result = {k: str(v) if isinstance(v, Path) else v for k, v in result.items()}
-    write_status(a.status, state="done", pid=os.getpid(), started=started, message="done", result=result)
-    print(json.dumps(result, indent=2))
+    result = retrain_heads(a.weights or settings().weights, a.manifest or settings().manifest,
+                           a.relabels or settings().relabels, a.data_roots, a.out,
+                           room_relabels=a.room_relabels or settings().room_relabels)
+    print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
     return 0
 
 
@@ -294,7 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relabels", type=Path, default=None, help=RELABELS_HELP)
     p.add_argument("--room-relabels", type=Path, default=None, help=ROOM_RELABELS_HELP)
     p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-people-<UTC time>.pt")
-    p.add_argument("--status", type=Path, default=None, help="JSON file to write progress to (the Model page reads it)")
     p.set_defaults(func=cmd_retrain_heads)
 
     p = sub.add_parser("label-issues", help="rank manifest photos by how likely their room label is wrong "
@@ -364,4 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(f"error: {missing_extra(exc)}", file=sys.stderr)
         return 2

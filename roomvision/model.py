@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -189,7 +191,7 @@ class Checkpoint(ModelInfo):
                        created=self.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                        state_dict={k: v.half() if half and v.is_floating_point() else v
                                    for k, v in self.state_dict.items()})
-        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # one per writer
         torch.save(payload, tmp)
         tmp.replace(path)
         return path

@@ -35,7 +35,8 @@ def _cached_pool(cache: Path, manifest: pd.DataFrame) -> tuple[np.ndarray, np.nd
 
 
 def output_path(weights: Path) -> Path:
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    """A new version's file name, unique to the microsecond (two runs never share one)."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     return Path(weights).parent / f"{Path(weights).stem.split('-people-')[0]}-people-{stamp}.pt"
 
 
@@ -95,6 +96,9 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
     """Learn from the human labels in `relabels` (quality decisions, ratings) and `room_relabels` (room
     corrections); returns what was done, before -> after, and the new file."""
     started = time.monotonic()
+    weights, manifest, relabels = Path(weights), Path(manifest), Path(relabels)
+    data_roots = [Path(r) for r in data_roots] if data_roots else None
+    room_relabels = Path(room_relabels) if room_relabels else None
     out = Path(out) if out else output_path(weights)
     if out.resolve() == DEFAULT_WEIGHTS.resolve() and not replace_default:
         raise ValueError("refusing to overwrite the default model; choose another output name")
@@ -105,7 +109,9 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
         raise ValueError(f"no human labels for this manifest's photos in {relabels} or {room_relabels}; label some "
                          "in the Relabel page or correct room labels in the Mistakes page")
     predictor = Predictor(weights, device="cpu")
-    cache = build_feature_cache(predictor, manifest, data_roots, on_batch=on_progress, progress=on_progress is None,
+    scoring = None if on_progress is None else (
+        lambda done, total: on_progress(done, total, f"scoring the manifest photos once: {done}/{total}"))
+    cache = build_feature_cache(predictor, manifest, data_roots, on_batch=scoring, progress=on_progress is None,
                                 cancel=cancel)
     ok, features, pool, data = _cached_pool(cache, df)
     labelled = decision[ok] >= 0

@@ -255,6 +255,14 @@ def cached_label_issues(cache_file: str, mtime: float, manifest_file: str, tempe
     return find_room_label_issues(Path(manifest_file), Path(cache_file), temperature)
 
 
+def learning_unavailable() -> str:
+    """Why this install cannot write a learned version ('' when it can)."""
+    import importlib.util
+    from .config import missing_extra
+    missing = next((m for m in ("torch", "timm") if importlib.util.find_spec(m) is None), None)
+    return missing_extra(ModuleNotFoundError(name=missing)) if missing else ""
+
+
 @st.fragment(run_every=2)
 def progress_fragment(job: Path) -> None:
     """A background job's progress bar with an estimate and a cancel button, refreshed every 2 s."""
@@ -268,8 +276,10 @@ def progress_fragment(job: Path) -> None:
     eta = f", about {elapsed / done * (total - done) / 60:.0f} min left" if done and total else ""
     st.progress(done / total if total else 0.0, text=f"{status.get('message', 'working')}{eta}")
     if st.button("Cancel", key="cancel-job"):
-        cancel(job)
-        st.rerun()
+        if (outcome := cancel(job)) != "cancelled":
+            st.warning(outcome)
+        else:
+            st.rerun()
 
 
 def show_job_result(status: dict) -> None:

@@ -6,6 +6,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from roomvision.config import DEFAULT_WEIGHTS
@@ -76,3 +77,28 @@ def test_serving_runs_without_pytorch(tmp_path, make_room):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not (tmp_path / "empty-cache" / "onnx").exists()  # nothing had to be exported
+
+
+def test_learning_without_pytorch_says_which_extra_to_install(tmp_path, tiny_dataset):
+    """`retrain-heads` in a process without PyTorch ends in one line naming the install, never a traceback."""
+    from roomvision.data import prepare
+    from roomvision.labels import LabelStore
+    manifest = tmp_path / "manifest.csv"
+    prepare([tiny_dataset], manifest, workers=1)
+    store = LabelStore(tmp_path / "relabels.csv")
+    for i, row in enumerate(pd.read_csv(manifest).head(12).itertuples()):
+        store.append(row.path, "GOOD" if i % 2 else "BAD", sha256=row.sha256, annotator="ana")
+    code = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'torchvision', 'timm'):\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "from roomvision.cli import main\n"
+            f"sys.exit(main(['retrain-heads', '--manifest', {str(manifest)!r}, '--data-root', {str(tiny_dataset)!r},"
+            f" '--relabels', {str(store.path)!r}, '--out', {str(tmp_path / 'out.pt')!r}]))")
+    env = {**os.environ, "ROOMVISION_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: this needs PyTorch" in done.stderr and "pip install -e '.[train]'" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out.pt").exists()
