@@ -87,8 +87,29 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
+NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (IPv4-mapped, NAT64, 6to4, Teredo's server), if any."""
+    if ip.ipv4_mapped or ip.sixtofour:
+        return ip.ipv4_mapped or ip.sixtofour
+    if ip.teredo:
+        return ip.teredo[0]
+    if any(ip in net for net in NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Global unicast only: no private, loopback, link-local, reserved or multicast address."""
+    """Global unicast only: no private, loopback, link-local, site-local, reserved or multicast address, also not
+    one wrapped in an IPv6 address (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo)."""
+    if ip.version == 6:
+        if ip in IPV4_COMPATIBLE or ip.is_site_local:
+            return False
+        if (inner := embedded_ipv4(ip)) is not None and not is_public_address(inner):
+            return False
     return ip.is_global and not ip.is_multicast
 
 

@@ -10,6 +10,9 @@ from . import config
 from .config import TrainConfig, missing_extra, settings
 
 
+WEIGHTS_HELP = "model checkpoint (.pt; default: $ROOMVISION_WEIGHTS, else the committed default model)"
+DEVICE_HELP = "auto (a CUDA GPU when present, else the CPU), cpu or cuda"
+BATCH_HELP = "photos per forward pass (default: %(default)s)"
 MANIFEST_HELP = f"manifest CSV (default: ${config.ENV_MANIFEST} or data/manifest.csv)"
 ROOM_RELABELS_HELP = f"room corrections CSV (default: ${config.ENV_ROOM_RELABELS} or data/labels/room_relabels.csv)"
 RELABELS_HELP = f"human quality labels CSV (default: ${config.ENV_RELABELS} or data/labels/quality_relabels.csv)"
@@ -56,8 +59,9 @@ def _threshold_values(a: argparse.Namespace) -> dict:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from .inference import Predictor, write_results
+    from .inference import Predictor, check_output, write_results
     from .images import find_images
+    check_output(a.out)
     files = find_images(a.paths)
     if not files:
         print("no image files found in the given paths", file=sys.stderr)
@@ -196,7 +200,7 @@ def _add_dataclass_options(p: argparse.ArgumentParser, cls) -> None:
 
 
 def _add_model_and_manifest(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
     p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
     _add_roots(p)
 
@@ -221,9 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="import class folders into a cleaned, split manifest with proxy labels")
     p.add_argument("roots", type=Path, nargs="+", help="dataset roots, each with one sub-folder per class")
     p.add_argument("--out", type=Path, default=config.DEFAULT_MANIFEST, help="manifest CSV (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=config.SPLIT_SEED)
+    p.add_argument("--seed", type=int, default=config.SPLIT_SEED,
+                   help="seed of the train/val/test split (default: %(default)s)")
     p.add_argument("--resplit", action="store_true", help="draw the split anew instead of keeping the existing one")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="processes that read and measure photos (default: 2)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="fine-tune the multi-task model and write a self-describing checkpoint")
@@ -234,12 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics on the test split or on a folder of class sub-folders")
-    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
     p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
     _add_roots(p)
     p.add_argument("--folder", type=Path, default=None, help="evaluate on this folder of class sub-folders instead")
     p.add_argument("--source", default=None, help="only manifest rows of this source (e.g. house-rooms)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="manifest split to evaluate (train, val, test; default: test)")
     p.add_argument("--relabels", type=Path, default=None, help=RELABELS_HELP)
     p.add_argument("--room-relabels", type=Path, default=None, help=ROOM_RELABELS_HELP + "; with corrections of "
                    "the evaluated photos, metrics against the corrected labels are reported beside the original ones")
@@ -249,27 +254,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "grayscale, watermark, caption, JPEG, letterbox, aspect), side by side with --compare")
     p.add_argument("--compare", type=Path, action="append", default=[], metavar="WEIGHTS",
                    help="other model(s) for the robustness report")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64, help=BATCH_HELP)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="score image files or folders; CSV or JSON out")
-    p.add_argument("paths", nargs="+", type=Path)
-    p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=None, help=".csv or .json (default: CSV on stdout)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
+    p.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
+    p.add_argument("--out", type=Path, default=None, help=".csv, .json or .parquet (default: CSV on stdout)")
+    p.add_argument("--batch-size", type=int, default=32, help=BATCH_HELP)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_threshold_options(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("cache-features", help="run the model once over the manifest; cache the quality features "
                                               "that the relabel queue and learning from people read")
-    p.add_argument("--weights", type=Path, default=None)
+    p.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
     p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
     _add_roots(p)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64, help=BATCH_HELP)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     p.set_defaults(func=cmd_cache_features)
 
     p = sub.add_parser("retrain-heads", help="learn GOOD/BAD and aesthetic scores from the human labels (refitted "
@@ -284,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("label-issues", help="rank manifest photos by how likely their room label is wrong "
                                             "(confident learning on out-of-fold probabilities from cached features)")
     _add_model_and_manifest(p)
-    p.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
+    p.add_argument("--split", default="all", choices=["train", "val", "test", "all"],
+                   help="rank the photos of one split only (default: all)")
     p.add_argument("--room-relabels", type=Path, default=None, help=ROOM_RELABELS_HELP)
     p.add_argument("--out", type=Path, default=None, help="CSV of every ranked photo (default: the top ones on stdout)")
     p.add_argument("--top", type=int, default=30, help="rows printed without --out")
@@ -318,10 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("serve", help="REST API: GET /health, POST /v1/predict (docs at /docs)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: %(default)s)")
+    p.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
     p.add_argument("--allow-image-urls", action="store_true",
                    help="accept image_url inputs (public http(s) hosts only, with timeout and size limit)")
     p.set_defaults(func=cmd_serve)
@@ -329,13 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="batch-score a folder or a .txt list of paths to CSV or Parquet")
     p.add_argument("source", type=Path, help="folder (recursive) or .txt file with one image path per line")
     p.add_argument("--out", type=Path, required=True, help="results.csv or results.parquet")
-    p.add_argument("--weights", type=Path, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=DEVICE_HELP)
+    p.add_argument("--batch-size", type=int, default=64, help=BATCH_HELP)
     p.add_argument("--workers", type=int, default=None,
                    help="decoding threads (local engine; default: 2)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its journal")
-    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="one process (default) or Ray Data (needs the ray extra)")
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
     _add_threshold_options(p)
     p.set_defaults(func=cmd_score)

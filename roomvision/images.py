@@ -19,6 +19,19 @@ class ImageDecodeError(ValueError):
     """An input that is not a usable image; the message is meant for the user."""
 
 
+def printable_path(path: str | Path) -> tuple[str, str]:
+    """The path as a table records it, and '' or why it cannot be recorded faithfully: a name that is not valid
+    UTF-8 (its bytes shown as \\x escapes) or holds a line break or another control character (escaped too)."""
+    text = str(path)
+    shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in shown):
+        shown = shown.encode("unicode_escape").decode("ascii")
+        return shown, "the file name holds a line break or control character; rename the file to score it"
+    if shown != text:
+        return shown, "the file name is not valid UTF-8 (shown with \\x escapes); rename the file to score it"
+    return text, ""
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB (alpha composited on white, 16-bit scaled down)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .config import settings
 from .decisions import Thresholds, decide
 from .devices import resolve_device
-from .images import ImageDecodeError
+from .images import ImageDecodeError, printable_path
 from .human import HumanAestheticHead, HumanQualityHead
 from .modelinfo import HEAD_OUTPUTS, file_sha256, read_model_info
 from .preprocess import EvalPreprocess, decode_for_model
@@ -258,6 +258,8 @@ class Predictor:
         `workers` threads (default 2) decode and preprocess the next batch while the current one runs.
         """
         def load(path):
+            if name_error := printable_path(path)[1]:
+                return None, name_error
             try:
                 img = self.decode(path)
                 metrics = self.metrics_of([img])
@@ -280,8 +282,8 @@ class Predictor:
                 items = readable = None
                 scored = iter(self._rows(self._raw(x, self.head_outputs), metrics) if x is not None else [])
                 x = None
-                yield [{"path": str(path), **next(scored)} if not err else {"path": str(path), "error": err}
-                       for path, err in zip(batch, errors)]
+                yield [{"path": printable_path(path)[0], **next(scored)} if not err else
+                       {"path": printable_path(path)[0], "error": err} for path, err in zip(batch, errors)]
 
     def explain(self, img: Image.Image, class_index: int | None = None) -> tuple[np.ndarray, int]:
         """Grad-CAM of the room head: a 0-1 heat map over the last feature map and the class it explains.
@@ -318,14 +320,25 @@ def results_frame(results: list[dict], classes: list[str], thresholds: Threshold
     return df.round(4)
 
 
+RESULT_FORMATS = (".csv", ".json", ".parquet")
+
+
+def check_output(out: Path | None) -> None:
+    """ValueError unless `out` names a format results are written in (checked before any photo is scored)."""
+    if out is not None and out.suffix.lower() not in RESULT_FORMATS:
+        raise ValueError(f"cannot write {out.name}: --out must end in {', '.join(RESULT_FORMATS)}")
+
+
 def write_results(results: list[dict], out: Path | None, classes: list[str], thresholds: Thresholds) -> None:
-    """CSV (default, stdout when out is None) or JSON by the file suffix; spreadsheet-safe cells."""
+    """CSV (stdout when out is None; cells a spreadsheet would run as formulas neutralised), JSON or Parquet (the
+    values as they are) by the file suffix."""
     from .labels import neutralise_formulas
-    df = neutralise_formulas(results_frame(results, classes, thresholds))
-    if out is not None and out.suffix.lower() == ".json":
-        records = json.loads(df.to_json(orient="records"))
-        out.write_text(json.dumps(records, indent=2) + "\n")
-    elif out is not None:
-        df.to_csv(out, index=False)
+    check_output(out)
+    df = results_frame(results, classes, thresholds)
+    suffix = out.suffix.lower() if out is not None else ".csv"
+    if suffix == ".json":
+        out.write_text(json.dumps(json.loads(df.to_json(orient="records")), indent=2) + "\n")
+    elif suffix == ".parquet":
+        df.to_parquet(out, index=False)
     else:
-        df.to_csv(sys.stdout, index=False)
+        neutralise_formulas(df).to_csv(out if out is not None else sys.stdout, index=False)

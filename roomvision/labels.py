@@ -346,12 +346,18 @@ def room_corrections(manifest: pd.DataFrame, room_relabels: Path | str | None) -
 
 
 def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
-    """Prefix cells that a spreadsheet would run as formulas with a quote (CSV injection), also when invisible
-    characters (spaces, no-break or zero-width spaces, a byte-order mark) come before the formula sign."""
+    """For a CSV a spreadsheet may open: prefix with a quote the cells it would run as formulas (CSV injection), also
+    when invisible characters (spaces, no-break or zero-width spaces, a byte-order mark) come before the formula
+    sign, and the cells that already start with a quote, so that `restore_formulas` gets every value back."""
     def fix(v):
-        return "'" + v if isinstance(v, str) and (v.startswith(FORMULA_PREFIXES) or
+        return "'" + v if isinstance(v, str) and (v.startswith(("'", *FORMULA_PREFIXES)) or
                                                   v.lstrip(INVISIBLE_LEAD).startswith(FORMULA_PREFIXES)) else v
     return df.map(fix)
+
+
+def restore_formulas(df: pd.DataFrame) -> pd.DataFrame:
+    """The values `neutralise_formulas` was given (one leading quote removed)."""
+    return df.map(lambda v: v[1:] if isinstance(v, str) and v.startswith("'") else v)
 
 
 def export_csv(df: pd.DataFrame) -> bytes:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from .decisions import Thresholds
-from .images import find_images
+from .images import find_images, printable_path
 from .inference import Predictor, results_frame
-from .labels import neutralise_formulas
+from .labels import neutralise_formulas, restore_formulas
 
 
 def read_inputs(source: Path) -> list[Path]:
@@ -20,7 +20,7 @@ def read_inputs(source: Path) -> list[Path]:
     if source.is_dir():
         return find_images([source])
     if source.is_file() and source.suffix.lower() in (".txt", ".lst", ".list"):
-        lines = [ln.strip() for ln in source.read_text().splitlines()]
+        lines = [ln.strip() for ln in source.read_text(errors="surrogateescape").splitlines()]
         return [Path(ln) for ln in lines if ln and not ln.startswith("#")]
     raise ValueError(f"{source} is neither a folder nor a .txt list of image paths")
 
@@ -66,16 +66,22 @@ class Journal:
 
 
 def finish(journal: Path, out: Path) -> pd.DataFrame:
-    """Turn the journal into the final CSV or Parquet file."""
+    """Turn the journal into the final file: Parquet with the values as they are, or a CSV safe to open in a
+    spreadsheet (`read_scores` gives the exact values back). Returns the rows as they are."""
     df = pd.read_csv(journal, keep_default_na=False).drop_duplicates("path", keep="last")
-    df = neutralise_formulas(df)
     if out.suffix.lower() == ".parquet":
         df.to_parquet(out, index=False)
-        journal.unlink()
     else:
-        df.to_csv(out, index=False)
-        journal.unlink()
+        neutralise_formulas(df).to_csv(out, index=False)
+    journal.unlink()
     return df
+
+
+def read_scores(path: Path) -> pd.DataFrame:
+    """A file `score` wrote, with every value as scored (paths exactly as given)."""
+    if Path(path).suffix.lower() == ".parquet":
+        return pd.read_parquet(path)
+    return restore_formulas(pd.read_csv(path, keep_default_na=False))
 
 
 def summary(df: pd.DataFrame) -> str:
@@ -99,7 +105,7 @@ def score_local(paths: list[Path], out: Path, weights=None, device="auto", batch
     """Score files in one process, journalled batch by batch; `thresholds` override the calibrated ones."""
     predictor, chosen, columns = _setup(weights, device, thresholds)
     journal = Journal(journal_path(out), columns, resume)
-    todo = [p for p in paths if str(p) not in journal.done]
+    todo = [p for p in paths if printable_path(p)[0] not in journal.done]
     if journal.done:
         print(f"resuming: {len(journal.done)} already scored, {len(todo)} to go", file=sys.stderr)
     from tqdm import tqdm
@@ -133,9 +139,12 @@ def score_ray(paths: list[Path], out: Path, weights=None, device="auto", batch_s
     import ray
     predictor_meta, chosen, columns = _setup(weights, "cpu", thresholds)
     weights = str(predictor_meta.weights)
-    del predictor_meta
     journal = Journal(journal_path(out), columns, resume)
-    given = {str(Path(p).resolve()): str(p) for p in paths if str(p) not in journal.done}
+    named = [(p, *printable_path(p)) for p in paths]
+    journal.write(results_frame([{"path": shown, "error": err} for _, shown, err in named
+                                 if err and shown not in journal.done], predictor_meta.classes, chosen)
+                  .to_dict("records"))
+    given = {str(Path(p).resolve()): shown for p, shown, err in named if not err and shown not in journal.done}
     todo = list(given)
     # workers import this package from a copy Ray ships, whatever their working directory or cluster node
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,

@@ -58,13 +58,31 @@ def test_clear_client_errors(client, make_room):
     assert r.status_code == 413
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1/a.jpg", "http://localhost/a.jpg", "http://10.1.2.3/a.jpg",
-                                 "http://169.254.169.254/latest", "ftp://example.com/a.jpg", "file:///etc/passwd"])
-def test_image_urls_to_private_hosts_or_other_schemes_are_refused(url):
+NON_PUBLIC = "resolves to a non-public address"
+
+
+@pytest.mark.parametrize("url,message", [
+    ("http://127.0.0.1/a.jpg", NON_PUBLIC), ("http://localhost/a.jpg", NON_PUBLIC), ("http://10.1.2.3/a.jpg", NON_PUBLIC),
+    ("http://169.254.169.254/latest", NON_PUBLIC), ("http://[::127.0.0.1]/a.jpg", NON_PUBLIC),
+    ("http://[64:ff9b::7f00:1]/a.jpg", NON_PUBLIC), ("http://[2002:7f00:1::]/a.jpg", NON_PUBLIC),
+    ("http://[fec0::1]/a.jpg", NON_PUBLIC), ("http://[::ffff:10.0.0.1]/a.jpg", NON_PUBLIC),
+    ("http://[64:ff9b:1::a9fe:a9fe]/a.jpg", NON_PUBLIC),
+    ("ftp://example.com/a.jpg", "image_url must be an http(s) URL"),
+    ("file:///etc/passwd", "image_url must be an http(s) URL")])
+def test_image_urls_to_private_hosts_or_other_schemes_are_refused(url, message):
     from fastapi import HTTPException
     with pytest.raises(HTTPException) as exc:
         fetch_image_url(url)
-    assert exc.value.status_code == 400
+    assert exc.value.status_code == 400 and message in exc.value.detail
+
+
+@pytest.mark.parametrize("address,public", [("8.8.8.8", True), ("2606:4700::1111", True), ("64:ff9b::808:808", True),
+                                            ("2002:808:808::", True), ("::8.8.8.8", False), ("fec0::1", False),
+                                            ("2002:a00:1::", False), ("::ffff:127.0.0.1", False)])
+def test_ipv6_addresses_are_judged_by_the_ipv4_address_they_carry(address, public):
+    import ipaddress
+    from roomvision.api import is_public_address
+    assert is_public_address(ipaddress.ip_address(address)) is public
 
 
 def test_openapi_docs(client):

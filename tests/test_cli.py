@@ -25,6 +25,17 @@ def test_every_subcommand_has_help(command, capsys):
         build_parser().parse_args([command, "--help"])
     assert exc.value.code == 0
     assert "usage:" in capsys.readouterr().out
+    parser = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    undocumented = [a.option_strings or a.dest for a in parser._actions if not a.help]
+    assert not undocumented, f"{command}: options without help text: {undocumented}"
+
+
+def test_an_output_format_that_cannot_be_written_is_refused_before_scoring(tmp_path, make_room, capsys):
+    make_room(1).save(tmp_path / "a.jpg")
+    out = tmp_path / "results.xlsx"
+    assert main(["predict", str(tmp_path / "a.jpg"), "--out", str(out)]) == 2
+    assert "cannot write results.xlsx: --out must end in .csv, .json, .parquet" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_prepare_train_evaluate_predict(tiny_dataset, tmp_path, monkeypatch):

@@ -62,3 +62,44 @@ def test_ray_engine_matches_single_process_on_the_committed_model(folder, tmp_pa
     x, y = a.loc[scored, numbers].astype(float), b.loc[scored, numbers].astype(float)
     assert x["quality_prob_good"].between(0.001, 0.999).all()
     pd.testing.assert_frame_equal(x, y, rtol=1e-3, atol=1e-4)
+
+
+def test_a_file_name_that_is_not_utf8_gets_an_error_row_and_the_run_goes_on(folder, tmp_path, tiny_checkpoint,
+                                                                            make_room):
+    import os
+    odd = os.path.join(os.fsencode(folder), b"latin1-\xe9.jpg")
+    make_room(9).save(odd, "JPEG")
+    (folder / "new\nline.jpg").write_bytes((folder / "0.jpg").read_bytes())
+    out = tmp_path / "r.parquet"
+    assert main(["score", str(folder), "--out", str(out), "--weights", str(tiny_checkpoint), "--device", "cpu",
+                 "--batch-size", "4"]) == 0
+    df = pd.read_parquet(out).set_index("path")
+    assert len(df) == 9 and (df["error"] == "").sum() == 6
+    assert "not valid UTF-8" in df.loc[f"{folder}/latin1-\\xe9.jpg", "error"]
+    assert "line break" in df.loc[f"{folder}/new\\nline.jpg", "error"]
+    again = score_local(sorted(folder.rglob("*.jpg")), tmp_path / "again.csv", tiny_checkpoint, "cpu", 4,
+                        progress=False)
+    assert len(again) == 9
+    journal_path(out).write_text(again.head(2).to_csv(index=False))  # resume over the odd names works too
+    assert len(score_local(sorted(folder.rglob("*.jpg")), out, tiny_checkpoint, "cpu", 4, resume=True,
+                           progress=False)) == 9
+    rows = main(["predict", os.fsdecode(odd), "--weights", str(tiny_checkpoint), "--out", str(tmp_path / "p.csv")])
+    assert rows == 1 and "not valid UTF-8" in pd.read_csv(tmp_path / "p.csv", keep_default_na=False)["error"][0]
+
+
+def test_paths_keep_their_exact_text_in_parquet_and_come_back_from_csv(tmp_path, tiny_checkpoint, make_room,
+                                                                      monkeypatch):
+    """Formula neutralisation only in the CSV a spreadsheet opens, and read_scores undoes it."""
+    from roomvision.score import read_scores
+    names = ["-dash.jpg", "=sum.jpg", "'quoted.jpg", "+plus.jpg", "@at.jpg", "plain.jpg"]
+    for i, name in enumerate(names):
+        make_room(i).save(tmp_path / name)
+    os_paths = [tmp_path / n for n in names]
+    monkeypatch.chdir(tmp_path)
+    rel = [type(p)(p.name) for p in os_paths]
+    parquet = score_local(rel, tmp_path / "r.parquet", tiny_checkpoint, "cpu", 4, progress=False)
+    assert sorted(pd.read_parquet(tmp_path / "r.parquet")["path"]) == sorted(names) == sorted(parquet["path"])
+    score_local(rel, tmp_path / "r.csv", tiny_checkpoint, "cpu", 4, progress=False)
+    raw = pd.read_csv(tmp_path / "r.csv", keep_default_na=False)["path"]
+    assert set(raw) == {"'-dash.jpg", "'=sum.jpg", "''quoted.jpg", "'+plus.jpg", "'@at.jpg", "plain.jpg"}
+    assert sorted(read_scores(tmp_path / "r.csv")["path"]) == sorted(names)
