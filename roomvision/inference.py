@@ -110,6 +110,9 @@ def onnx_session(path: Path, threads: int | None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+NON_FINITE = "the model returned non-finite outputs for this photo (damaged weights?); it was not scored"
+
+
 class Predictor:
     """The model of one checkpoint, ready to score images on the chosen device.
 
@@ -122,7 +125,7 @@ class Predictor:
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be auto, torch or onnx, not {backend!r}")
         self.weights = Path(weights) if weights else settings().weights
-        self.info = read_model_info(self.weights)
+        self.info = read_model_info(self.weights, verify=True)
         self.classes = list(self.info.classes)
         self.calibration = self.info.calibration
         self.thresholds = Thresholds.for_model(self.calibration)  # the calibrated default decisions
@@ -217,8 +220,13 @@ class Predictor:
         if self.human_aesthetic is not None:
             mean = self.human_aesthetic.score(raw["quality_features"])
         in_scope = self.in_scope_prob(raw)
+        finite = (np.isfinite(probs).all(1) & np.isfinite(p_good) & np.isfinite(mean) & np.isfinite(std)
+                  & (np.isfinite(in_scope) | (self.scope is None)))  # NaN: a model without the out-of-scope head
         rows = []
         for i in range(len(probs)):
+            if not finite[i]:
+                rows.append({"error": NON_FINITE})
+                continue
             row = {"room": self.classes[int(probs[i].argmax())]}
             row.update({f"prob_{c}": float(probs[i, j]) for j, c in enumerate(self.classes)})
             row.update(in_scope_prob=float(in_scope[i]), quality_prob_good=float(p_good[i]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import threading
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from .config import AESTHETIC_BINS, CLASSES
 from .modelinfo import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LAYOUT_GRID, LUMINANCE_LEVELS, CheckpointError,
-                        ModelInfo)
+                        ModelInfo, read_model_info, storage_digest)
 from .preprocess import Preprocess
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
@@ -193,6 +194,9 @@ class Checkpoint(ModelInfo):
                                    for k, v in self.state_dict.items()})
         tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # one per writer
         torch.save(payload, tmp)
+        with zipfile.ZipFile(tmp) as archive:  # the storages' digest, saved with them (same bytes the second time)
+            payload["weights_digest"] = storage_digest(archive)
+        torch.save(payload, tmp)
         tmp.replace(path)
         return path
 
@@ -205,4 +209,8 @@ class Checkpoint(ModelInfo):
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for foreign files
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+        read_model_info(path, verify=True)
+        damaged = [k for k, v in raw["state_dict"].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if damaged:
+            raise CheckpointError(f"{path} is damaged: non-finite weights in {', '.join(damaged[:3])}")
         return cls(**ModelInfo.from_payload(raw, path), state_dict=raw["state_dict"])

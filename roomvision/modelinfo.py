@@ -42,6 +42,7 @@ class ModelInfo:
     train_args: dict = field(default_factory=dict)
     human: dict = field(default_factory=dict)  # heads learned from people ('quality', 'aesthetic'), see human.py
     scope: dict = field(default_factory=dict)  # the out-of-scope head, see scope.py
+    weights_digest: str = ""  # sha256 of the tensor storages as saved ('' in checkpoints older than the digest)
 
     @classmethod
     def from_payload(cls, raw, path: Path) -> dict:
@@ -63,7 +64,8 @@ class ModelInfo:
                     metrics=raw.get("metrics", {}),
                     manifest_sha256=raw.get("manifest_sha256", ""), created=raw.get("created", ""),
                     version=raw.get("version", path.stem), train_args=raw.get("train_args", {}),
-                    human=raw.get("human", {}), scope=raw.get("scope", {}))
+                    human=raw.get("human", {}), scope=raw.get("scope", {}),
+                    weights_digest=raw.get("weights_digest", ""))
 
 
 class _HeaderUnpickler(pickle.Unpickler):
@@ -84,8 +86,20 @@ class _HeaderUnpickler(pickle.Unpickler):
         return None
 
 
-def read_model_info(path: str | Path) -> ModelInfo:
-    """The self-description of a checkpoint file, read without PyTorch; CheckpointError when it is not one."""
+def storage_digest(archive: zipfile.ZipFile) -> str:
+    """sha256 over the tensor storages of a torch.save archive (data/0, data/1, … in order), read without PyTorch."""
+    entries = [n for n in archive.namelist() if n.rsplit("/", 2)[-2:-1] == ["data"] and n.rsplit("/", 1)[1].isdigit()]
+    h = hashlib.sha256()
+    for name in sorted(entries, key=lambda n: int(n.rsplit("/", 1)[1])):
+        with archive.open(name) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def read_model_info(path: str | Path, verify: bool = False) -> ModelInfo:
+    """The self-description of a checkpoint file, read without PyTorch; CheckpointError when it is not one, and
+    with `verify` when its weights no longer match the digest saved with them (a damaged or edited file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
@@ -94,9 +108,15 @@ def read_model_info(path: str | Path) -> ModelInfo:
             record = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
             with archive.open(record) as f:
                 raw = _HeaderUnpickler(f).load()
+            info = ModelInfo(**ModelInfo.from_payload(raw, path))
+            if verify and info.weights_digest and storage_digest(archive) != info.weights_digest:
+                raise CheckpointError(f"{path} is damaged: its weights do not match the checksum saved with them; "
+                                      "restore the file or retrain")
     except (zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
         raise CheckpointError(f"{path} is not a readable roomvision checkpoint ({type(exc).__name__})") from None
-    return ModelInfo(**ModelInfo.from_payload(raw, path))
+    return info
 
 
 def file_sha256(path: str | Path) -> str:

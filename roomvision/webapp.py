@@ -65,7 +65,7 @@ def list_models(folder: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(folder.glob("*.pt")):
         try:
-            ckpt = read_model_info(path)
+            ckpt = read_model_info(path, verify=True)
         except CheckpointError as exc:
             rows.append({"file": path.name, "version": "", "error": str(exc)})
             continue

@@ -83,3 +83,59 @@ def test_a_version_1_checkpoint_still_loads(tmp_path):
     info = read_model_info(old)
     assert (info.calibration.temperature, info.calibration.quality) == (cal["temperature"], cal["quality"])
     assert Checkpoint.load(old).calibration == info.calibration
+
+
+def _damage(src, dst, value=float("nan")):
+    """A copy of a checkpoint with one weight tensor overwritten, its header (and saved digest) left as it was."""
+    payload = torch.load(src, map_location="cpu", weights_only=True)
+    key = "room_head.weight"
+    payload["state_dict"][key] = torch.full_like(payload["state_dict"][key], value)
+    torch.save(payload, dst)
+    return dst
+
+
+@pytest.mark.parametrize("value", [float("nan"), 0.5])
+def test_a_damaged_version_is_refused_everywhere_it_could_be_used(tiny_checkpoint, tmp_path, value):
+    """One tensor overwritten (NaN, or plausible numbers) under an intact header: listed as damaged, never loaded,
+    never served."""
+    from fastapi.testclient import TestClient
+    from roomvision.api import create_app
+    from roomvision.inference import Predictor
+    from roomvision.webapp import list_models
+
+    def serve():
+        with TestClient(create_app(bad, device="cpu")):
+            pass
+    assert read_model_info(tiny_checkpoint, verify=True).weights_digest  # saved with every checkpoint
+    bad = _damage(tiny_checkpoint, tmp_path / "tiny-people-1.pt", value)
+    assert read_model_info(bad).version == "tiny"  # the header alone looks fine
+    for load in (lambda: read_model_info(bad, verify=True), lambda: Checkpoint.load(bad),
+                 lambda: Predictor(bad, device="cpu"), serve):
+        with pytest.raises(CheckpointError, match="is damaged: its weights do not match the checksum"):
+            load()
+    listed = list_models(tmp_path).set_index("file")
+    assert "is damaged" in listed.loc["tiny-people-1.pt", "error"]
+
+
+def test_non_finite_weights_without_a_digest_are_refused(tiny_checkpoint, tmp_path):
+    payload = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    payload.pop("weights_digest")
+    torch.save(payload, tmp_path / "old.pt")
+    Checkpoint.load(tmp_path / "old.pt")  # an older checkpoint without a digest still loads
+    payload = torch.load(_damage(tmp_path / "old.pt", tmp_path / "old-nan.pt"), map_location="cpu", weights_only=True)
+    with pytest.raises(CheckpointError, match="is damaged: non-finite weights in room_head.weight"):
+        Checkpoint.load(tmp_path / "old-nan.pt")
+
+
+def test_non_finite_outputs_are_an_error_row_never_a_prediction(make_room):
+    from roomvision.inference import NON_FINITE, Predictor
+    predictor = Predictor(DEFAULT_WEIGHTS, device="cpu")
+    real = predictor._raw
+
+    def poisoned(x, outputs):
+        raw = real(x, outputs)
+        raw["room"][1] = np.nan
+        return raw
+    predictor._raw = poisoned
+    rows = predictor.predict_images([make_room(1), make_room(2), make_room(3)])
+    assert [r["error"] for r in rows] == ["", NON_FINITE, ""] and "room" not in rows[1]
