@@ -14,14 +14,22 @@ import urllib.parse
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
+from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import MAX_UPLOAD_BYTES
 from .decisions import decide
 from .inference import Predictor
 
 MAX_FILES = 64
+MAX_FORM_FIELDS = 16          # text fields of a predict form (image_url and four thresholds)
+MAX_FIELD_BYTES = 64 * 1024   # one text field
+MAX_IN_FLIGHT = 8             # predict requests admitted at once; more get 503
+RETRY_AFTER_S = 2
+HEADER_TIMEOUT_S = 10         # a request's line and headers must arrive within this
 MAX_REQUEST_BYTES = MAX_FILES * 8 * 1024 * 1024
 URL_TIMEOUT_S = 10          # the whole image_url fetch, from name lookup to last byte
 BODY_CHUNK_TIMEOUT_S = 20   # a request body that sends nothing for this long is cut off
@@ -220,45 +228,96 @@ class PredictResponse(BaseModel):
     results: list[ImageResult]
 
 
+THRESHOLD_FIELDS = {"quality_threshold": ("quality", 0.0, 1.0),
+                    "min_room_confidence": ("min_room_confidence", 0.0, 1.0),
+                    "min_aesthetic": ("listing_ready_min_aesthetic", 1.0, 10.0),
+                    "min_in_scope": ("min_in_scope", 0.0, 1.0)}
+PREDICT_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_FILES},
+        "image_url": {"type": "string"},
+        **{field: {"type": "number", "minimum": lo, "maximum": hi} for field, (_, lo, hi) in THRESHOLD_FIELDS.items()},
+    }}}}}}
+
+
+def _threshold(form, field: str, low: float, high: float) -> float | None:
+    """A threshold form field as a number in [low, high] (None when absent); 422 naming the field otherwise."""
+    text = form.get(field)
+    if text in (None, ""):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not low <= value <= high:
+        raise HTTPException(422, f"{field} must be a number from {low:g} to {high:g}, not {str(text)[:40]!r}")
+    return value
+
+
+async def _read_form(request: Request):
+    """The multipart form, with the number of files and fields and the size of text fields limited while it is
+    parsed (a request of a thousand parts is refused at the 65th, before it is stored)."""
+    try:
+        return await request.form(max_files=MAX_FILES, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    except StarletteHTTPException as exc:
+        too_many = "Too many" in str(exc.detail) or "exceeded maximum size" in str(exc.detail)
+        raise HTTPException(413 if too_many else 400, f"multipart form refused: {exc.detail}") from None
+
+
 def create_app(weights: str | Path | None = None, device: str = "auto", allow_image_urls: bool = False,
-               max_request_bytes: int = MAX_REQUEST_BYTES, body_chunk_timeout: float = BODY_CHUNK_TIMEOUT_S) -> FastAPI:
-    state: dict = {}
+               max_request_bytes: int = MAX_REQUEST_BYTES, body_chunk_timeout: float = BODY_CHUNK_TIMEOUT_S,
+               max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
+    """The API app; `max_in_flight` predict requests are admitted at once (one scored, the others queued), the
+    next gets 503 with Retry-After."""
+    state: dict = {"in_flight": 0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state["predictor"] = Predictor(weights, device=device)
         state["gate"] = threading.Semaphore(1)  # one batch at a time: flat memory, and the cores are shared anyway
         yield
-        state.clear()
+        state.pop("predictor", None)
 
     app = FastAPI(title="roomvision", version="1", lifespan=lifespan,
                   description="Room type, photo quality and (proxy) aesthetic score for listing photos.")
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, chunk_timeout=body_chunk_timeout)
 
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:
+        """Liveness, answered on the event loop: never waits behind predictions."""
         p: Predictor = state["predictor"]
-        return {"status": "ok", "model_version": p.version, "device": str(p.device), "classes": p.classes}
+        return {"status": "ok", "model_version": p.version, "device": str(p.device), "classes": p.classes,
+                "predictions_in_flight": state["in_flight"]}
 
-    @app.post("/v1/predict", response_model=PredictResponse)
-    def predict(files: list[UploadFile] = File(default=[]), image_url: str | None = Form(default=None),
-                quality_threshold: float | None = Form(default=None, ge=0.0, le=1.0),
-                min_room_confidence: float | None = Form(default=None, ge=0.0, le=1.0),
-                min_aesthetic: float | None = Form(default=None, ge=1.0, le=10.0),
-                min_in_scope: float | None = Form(default=None, ge=0.0, le=1.0)) -> PredictResponse:
-        p: Predictor = state["predictor"]
-        thresholds = p.thresholds.with_values(quality=quality_threshold, min_room_confidence=min_room_confidence,
-                                              listing_ready_min_aesthetic=min_aesthetic, min_in_scope=min_in_scope)
-        if len(files) + bool(image_url) > MAX_FILES:
-            raise HTTPException(413, f"at most {MAX_FILES} images per request")
-        inputs: list[tuple[str, object]] = []
-        if image_url:
-            if not allow_image_urls:
+    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=PREDICT_FORM)
+    async def predict(request: Request) -> PredictResponse:
+        """Multipart form: `files` (up to MAX_FILES images), or `image_url`, and optional thresholds."""
+        if state["in_flight"] >= max_in_flight:
+            raise HTTPException(503, f"busy: {state['in_flight']} requests are being scored; retry shortly",
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
+        state["in_flight"] += 1  # on the event loop: no lock needed
+        try:
+            form = await _read_form(request)
+            files = [f for f in form.getlist("files") if isinstance(f, StarletteUploadFile)]
+            image_url = form.get("image_url") or None
+            if len(form.getlist("files")) != len(files) or not isinstance(image_url, (str, type(None))):
+                raise HTTPException(400, "'files' must be file parts and 'image_url' a text field")
+            p: Predictor = state["predictor"]
+            thresholds = p.thresholds.with_values(**{name: _threshold(form, field, *bounds)
+                                                     for field, (name, *bounds) in THRESHOLD_FIELDS.items()})
+            if len(files) + bool(image_url) > MAX_FILES:
+                raise HTTPException(413, f"at most {MAX_FILES} images per request")
+            if image_url and not allow_image_urls:
                 raise HTTPException(400, "image_url is disabled on this server (start it with --allow-image-urls)")
-            inputs.append((image_url, fetch_image_url(image_url)))
+            if not files and not image_url:
+                raise HTTPException(400, "send one or more images as multipart field 'files' (or an image_url)")
+            return await run_in_threadpool(_score, p, thresholds, image_url, files)
+        finally:
+            state["in_flight"] -= 1
+
+    def _score(p: Predictor, thresholds, image_url: str | None, files: list) -> PredictResponse:
+        inputs: list[tuple[str, object]] = [(image_url, fetch_image_url(image_url))] if image_url else []
         inputs += [(f.filename or "upload", f.file) for f in files]  # each read only when its turn comes
-        if not inputs:
-            raise HTTPException(400, "send one or more images as multipart field 'files' (or an image_url)")
         results = []
         with state["gate"]:
             scored = p.predict_named(inputs)
@@ -279,3 +338,41 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
                                results=results)
 
     return app
+
+
+def header_timeout_protocol(seconds: float = HEADER_TIMEOUT_S):
+    """uvicorn's h11 protocol with a deadline for each request's line and headers, counted from the connection
+    (or the previous response): a client that sends them slowly, or not at all, is disconnected."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutProtocol(H11Protocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm_header_deadline()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_deadline()
+
+        def connection_lost(self, exc) -> None:
+            self._header_deadline.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_deadline(self) -> None:
+            if getattr(self, "_header_deadline", None) is not None:
+                self._header_deadline.cancel()
+            self._header_deadline = self.loop.call_later(seconds, self._headers_too_slow)
+
+        def _headers_too_slow(self) -> None:
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():  # still no complete request
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+def serve(app: FastAPI, host: str, port: int, header_timeout: float = HEADER_TIMEOUT_S) -> None:
+    """Run the API under uvicorn with the header deadline."""
+    import uvicorn
+    uvicorn.run(app, host=host, port=port, http=header_timeout_protocol(header_timeout))
+

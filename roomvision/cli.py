@@ -161,9 +161,8 @@ def cmd_app(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    import uvicorn
-    from .api import create_app
-    uvicorn.run(create_app(a.weights, a.device, a.allow_image_urls), host=a.host, port=a.port)
+    from .api import create_app, serve
+    serve(create_app(a.weights, a.device, a.allow_image_urls), a.host, a.port)
     return 0
 
 

@@ -117,11 +117,15 @@ def test_real_uvicorn_on_localhost(tiny_checkpoint, make_room):
 
 @pytest.fixture
 def live_server(tiny_checkpoint):
-    """The app under a real uvicorn in this process, with a 1 MB body limit and a 1 s body stall limit."""
+    """The app under a real uvicorn in this process, with a 1 MB body limit, a 1 s body stall limit, a 2 s header
+    deadline and 3 predictions admitted at once."""
     import threading
     import uvicorn
-    app = create_app(tiny_checkpoint, device="cpu", max_request_bytes=1 << 20, body_chunk_timeout=1.0)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    from roomvision.api import header_timeout_protocol
+    app = create_app(tiny_checkpoint, device="cpu", max_request_bytes=1 << 20, body_chunk_timeout=1.0,
+                     max_in_flight=3)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                           http=header_timeout_protocol(2.0)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -239,3 +243,71 @@ def test_malformed_image_urls_are_400(url, phrase):
     with pytest.raises(HTTPException) as exc:
         fetch_image_url(url)
     assert exc.value.status_code == 400 and phrase in exc.value.detail
+
+
+def test_a_thousand_parts_are_refused_while_parsing(client):
+    """The file count is enforced as the form is parsed: the 65th file part ends the request with 413."""
+    many = [("files", (f"{i}.jpg", b"x" * 1000, "image/jpeg")) for i in range(1000)]
+    r = client.post("/v1/predict", files=many)
+    assert r.status_code == 413 and f"Too many files. Maximum number of files is {MAX_FILES}" in r.json()["detail"]
+    fields = {f"f{i}": "1" for i in range(100)}
+    r = client.post("/v1/predict", files=[("files", ("a.jpg", b"x", "image/jpeg"))], data=fields)
+    assert r.status_code == 413 and "Too many fields" in r.json()["detail"]
+    r = client.post("/v1/predict", files=[("files", ("a.jpg", b"x", "image/jpeg"))], data={"image_url": "x" * 70_000})
+    assert r.status_code == 413 and "exceeded maximum size" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("value", ["2", "-0.1", "nan", "inf", "abc"])
+def test_a_threshold_out_of_range_is_named(client, value):
+    r = client.post("/v1/predict", files=[("files", ("a.jpg", b"x", "image/jpeg"))], data={"quality_threshold": value})
+    assert r.status_code == 422 and r.json()["detail"] == f"quality_threshold must be a number from 0 to 1, not '{value}'"
+
+
+def test_health_answers_at_once_and_overload_gets_503_with_retry_after(live_server, make_room):
+    """Eight clients keep the scorer busy: /health still answers in milliseconds; beyond the admitted three,
+    predict requests are told to retry rather than queued without end."""
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+    body = [("files", (f"{i}.jpg", jpeg(make_room(i, (1600, 1200))), "image/jpeg")) for i in range(6)]
+    url = f"http://127.0.0.1:{live_server}"
+
+    def post(_):
+        return httpx.post(f"{url}/v1/predict", files=body, timeout=120)
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(post, i) for i in range(8)]
+        time.sleep(1.0)
+        waits = []
+        for _ in range(5):
+            start = time.perf_counter()
+            assert httpx.get(f"{url}/health", timeout=10).json()["status"] == "ok"
+            waits.append(time.perf_counter() - start)
+        answers = [f.result() for f in futures]
+    assert sorted(waits)[2] < 0.5, waits
+    codes = sorted(a.status_code for a in answers)
+    assert codes.count(200) >= 3 and set(codes) <= {200, 503} and 503 in codes
+    busy = next(a for a in answers if a.status_code == 503)
+    assert busy.headers["Retry-After"] == "2" and "busy" in busy.json()["detail"]
+
+
+def test_slow_headers_are_cut_off(live_server):
+    """A client dribbling its request line and headers is disconnected at the header deadline (2 s here)."""
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", live_server), timeout=15) as s:
+        closed = False
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+            try:
+                s.sendall(bytes([byte]))
+                time.sleep(0.25)
+                s.setblocking(False)
+                try:
+                    if s.recv(1) == b"":
+                        closed = True
+                        break
+                except BlockingIOError:
+                    pass
+                finally:
+                    s.setblocking(True)
+            except OSError:
+                closed = True
+                break
+    assert closed and 1.5 < time.monotonic() - start < 6
