@@ -1,6 +1,7 @@
 """Reliability figures: hostile inputs through the CLI, the Predict page and the API (time and peak memory per
 input, each path in its own process), the API under concurrent clients, concurrent label writes, recovery after
-SIGKILL, and attempts to forge labels.
+SIGKILL, attempts to forge labels, and a team at work (two annotators with undo, grid claims, two jobs at once, a
+killed job, a damaged version, 1,000-part uploads, /health under 48 clients, slow headers).
 
 python benchmarks/reliability.py [--weights weights/roomvision-default.pt]
 """
@@ -241,6 +242,154 @@ def sigkill(folder: Path, rounds: int = 5) -> None:
           f"| acknowledged rows lost {lost_total}")
 
 
+def _serve(weights: Path) -> tuple[subprocess.Popen, str]:
+    """`roomvision serve` on a free loopback port, once it answers."""
+    import httpx
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "roomvision", "serve", "--port", str(port), "--weights",
+                               str(weights), "--device", "cpu"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            httpx.get(f"{url}/health", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    return server, url
+
+
+def team_labels(folder: Path) -> None:
+    """Two annotators with undo; two annotators in grid mode on the same queue."""
+    from roomvision.labels import ClaimBoard
+    store = LabelStore(folder / "team.csv")
+    store.append("k/1.jpg", "GOOD", sha256="s1", annotator="alice")
+    store.append("k/1.jpg", "BAD", sha256="s1", annotator="bob")
+    store.append("k/1.jpg", "UNDO", sha256="s1", annotator="alice")
+    merged = store.merged().iloc[0]
+    print(f"Team: alice GOOD, bob BAD, alice undo -> label {merged['human_label']} by {merged['annotator']} "
+          "(expected BAD by bob)")
+    board = ClaimBoard(store.path)
+    queue = [f"p{i}" for i in range(30)]
+    alice = board.claim(queue[:12], "alice")
+    bob = board.claim([k for k in queue if k not in board.held_by_others("bob")][:12], "bob")
+    print(f"Team: grid mode, 12 photos each from one queue -> alice {len(alice)}, bob {len(bob)}, "
+          f"shared {len(alice & bob)}")
+
+
+def team_jobs(weights: Path, folder: Path) -> None:
+    """Two jobs of one kind at once, a job killed without a word, a damaged model version."""
+    import os
+    import torch
+    from roomvision import jobs
+    from roomvision.modelinfo import CheckpointError
+    from roomvision.inference import Predictor
+    os.environ["ROOMVISION_CACHE_DIR"] = str(folder / "cache")
+    os.environ["PYTHONPATH"] = str(ROOT / "tests")  # the child imports the test job's function from there
+    path = jobs.start("bench", "job_targets:count", {"n": 600, "pause": 0.1})
+    try:
+        jobs.start("bench", "job_targets:count", {"n": 1, "pause": 0})
+        second = "started too (lost work likely)"
+    except jobs.JobError as exc:
+        second = f"refused: {exc}"
+    while jobs.read_status(path)["done"] < 1:
+        time.sleep(0.1)
+    os.kill(jobs._CHILDREN["bench"].pid, signal.SIGKILL)
+    started = time.monotonic()
+    while jobs.read_status(path)["running"]:
+        time.sleep(0.05)
+    status = jobs.read_status(path)
+    print(f"Jobs: second start while one runs -> {second}; SIGKILLed job -> '{status['state']}' after "
+          f"{time.monotonic() - started:.2f} s ({status['message'][:70]}…)")
+    payload = torch.load(weights, map_location="cpu", weights_only=True)
+    key = next(k for k in payload["state_dict"] if k.endswith("weight"))
+    payload["state_dict"][key] = torch.full_like(payload["state_dict"][key], float("nan"))
+    torch.save(payload, folder / "damaged.pt")
+    try:
+        Predictor(folder / "damaged.pt", device="cpu")
+        print("Damaged version: LOADED (a defect)")
+    except CheckpointError as exc:
+        print(f"Damaged version: refused at load: {exc}")
+
+
+def team_api(weights: Path) -> None:
+    """1,000-part uploads, /health under 48 predicting clients, 50 slow-header connections."""
+    import httpx
+    import statistics
+    from PIL import Image
+    import io
+    server, url = _serve(weights)
+    try:
+        base = _rss_mb(server.pid)
+        parts = [("files", (f"{i}.jpg", b"x" * 400_000, "image/jpeg")) for i in range(1000)]
+        started = time.monotonic()
+        codes = []
+        with ThreadPoolExecutor(3) as pool:
+            for r in pool.map(lambda _: httpx.post(f"{url}/v1/predict", files=parts, timeout=120), range(3)):
+                codes.append(r.status_code)
+        print(f"API: three 1,000-part uploads of 400 kB at once -> {codes} in {time.monotonic() - started:.1f} s, "
+              f"server memory {base:.0f} -> peak {_rss_mb(server.pid, 'VmHWM'):.0f} MB")
+        buf = io.BytesIO()
+        Image.new("RGB", (1600, 1200), (120, 110, 100)).save(buf, "JPEG")
+        photo = [("files", (f"{i}.jpg", buf.getvalue(), "image/jpeg")) for i in range(4)]
+        statuses, stop = [], threading.Event()
+
+        def client() -> None:
+            with httpx.Client(timeout=120) as c:
+                while not stop.is_set():
+                    r = c.post(f"{url}/v1/predict", files=photo)
+                    statuses.append(r.status_code)
+                    if r.status_code == 503:
+                        time.sleep(float(r.headers.get("Retry-After", 1)))
+        threads = [threading.Thread(target=client) for _ in range(48)]
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        waits = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            httpx.get(f"{url}/health", timeout=30)
+            waits.append(time.perf_counter() - t0)
+            time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(180)
+        print(f"API: /health under 48 predicting clients -> median {statistics.median(waits) * 1000:.0f} ms, "
+              f"max {max(waits) * 1000:.0f} ms; predict answers {statuses.count(200)} x 200, "
+              f"{statuses.count(503)} x 503 (Retry-After), {sum(s >= 500 and s != 503 for s in statuses)} other 5xx")
+        conns = []
+        for _ in range(50):
+            s = socket.create_connection((url.split("//")[1].split(":")[0], int(url.rsplit(":", 1)[1])))
+            s.sendall(b"G")
+            conns.append(s)
+        started, closed = time.monotonic(), set()
+        while time.monotonic() - started < 20 and len(closed) < len(conns):
+            for i, s in enumerate(conns):
+                if i in closed:
+                    continue
+                try:
+                    s.sendall(b"E")
+                    s.setblocking(False)
+                    if s.recv(1) == b"":
+                        closed.add(i)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed.add(i)
+                finally:
+                    s.setblocking(True)
+            time.sleep(1)
+        for s in conns:
+            s.close()
+        print(f"API: 50 connections sending one header byte a second -> {len(closed)} closed by the server within "
+              f"{time.monotonic() - started:.0f} s (header deadline 10 s)")
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
@@ -251,6 +400,9 @@ def main() -> None:
         concurrency(Path(tmp))
         sigkill(Path(tmp))
         forging(Path(tmp))
+        team_labels(Path(tmp))
+        team_jobs(args.weights, Path(tmp))
+        team_api(args.weights)
 
 
 if __name__ == "__main__":

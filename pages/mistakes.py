@@ -145,7 +145,8 @@ def label_issues_view() -> None:
             held = claims.claim([r["sha256"] for r in page_rows], annotator)
             page_rows = [r for r in page_rows if r["sha256"] in held]
         shown = pick_from_grid(page_rows, roots,
-                               lambda row: f"given {row['given']} · suggested {row['suggested']}")
+                               lambda row: f"{row['path']} · given {row['given']} · suggested {row['suggested']} "
+                                           f"· suspicion {row['score']:.2f}")
         target = st.selectbox("Label for the selected photos", [*CLASSES, AMBIGUOUS, NOT_A_ROOM],
                               format_func=lambda v: CORRECTION_NAMES.get(v, v), key="grid_target")
         c1, c2 = st.columns(2)

@@ -1,5 +1,6 @@
-"""Metrics of the active model, the model versions in weights/, and head retraining from human labels."""
+"""Metrics of the active model, the model versions (shipped and learned), and head retraining from human labels."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -17,17 +18,18 @@ from roomvision.webapp import (active_weights, dataset_roots_sidebar, ensure_app
 
 ensure_app_navigation()
 st.title("Model")
-weights_dir = settings().weights.parent
-models = list_models(weights_dir)
-st.subheader(f"Versions in {weights_dir}")
-st.dataframe(models, hide_index=True)
-usable = models[models["error"] == ""]["file"].tolist() if len(models) else []
-current = active_weights()
+folders = (settings().weights.parent, settings().versions_dir)
+models = list_models(*folders)
+st.subheader("Model versions")
+st.caption(f"Shipped and trained models in `{folders[0]}`; versions learned from people in `{folders[1]}`.")
+st.dataframe(models.drop(columns="path") if len(models) else models, hide_index=True)
+usable = models[models["error"] == ""]["path"].tolist() if len(models) else []
+current = str(active_weights())
 if usable:
-    choice = st.selectbox("Active model for this session", usable,
-                          index=usable.index(current.name) if current.name in usable else 0)
-    if weights_dir / choice != current:
-        st.session_state["active_weights"] = str(weights_dir / choice)
+    choice = st.selectbox("Active model for this session", usable, format_func=lambda p: Path(p).name,
+                          index=usable.index(current) if current in usable else 0)
+    if choice != current:
+        st.session_state["active_weights"] = choice
         st.rerun()
 
 predictor = get_predictor()

@@ -4,7 +4,7 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from roomvision.decisions import OUT_OF_SCOPE, UNCERTAIN
+from roomvision.decisions import OUT_OF_SCOPE, UNCERTAIN, distinct_digits
 from roomvision.inference import results_frame
 from roomvision.labels import neutralise_formulas
 from roomvision.webapp import PHOTOS_PER_PAGE, ensure_app_navigation, get_predictor, score_uploads, threshold_sidebar
@@ -30,16 +30,23 @@ def photo_card(i: int, row: dict, dec: dict, classes: list[str], thresholds, sho
             left.image(row["cam_preview"], caption=f"{name} — Grad-CAM for {row['room']}")
         else:
             left.image(row["preview"], caption=name)
-        scope = ("" if math.isnan(row["in_scope_prob"]) else
-                 f" · P(one of the five rooms) {row['in_scope_prob']:.2f}")
-        mid.metric("Room", dec["room_decision"], f"{dec['room_confidence']:.0%} confident{scope}",
-                   delta_color="off", delta_arrow="off")
+        if dec["out_of_scope"]:  # a short headline; the closest room is not a room decision
+            mid.metric("Room", "Out of scope", "P(one of the five rooms) {} < {}".format(
+                *distinct_digits(row["in_scope_prob"], thresholds.min_in_scope, least=2)),
+                delta_color="off", delta_arrow="off", help="Not one of the five rooms: an exterior, a hallway, "
+                                                           "a floor plan… The bars show the closest rooms.")
+        else:
+            scope = ("" if math.isnan(row["in_scope_prob"]) else
+                     f" · P(one of the five rooms) {row['in_scope_prob']:.2f}")
+            mid.metric("Room", dec["room_decision"], f"{dec['room_confidence']:.0%} confident{scope}",
+                       delta_color="off", delta_arrow="off")
         probs = [row[f"prob_{c}"] for c in classes]
         fig = go.Figure(go.Bar(x=probs, y=classes, orientation="h", text=[f"{p:.0%}" for p in probs]))
         fig.update_layout(height=220, margin=dict(l=0, r=0, t=10, b=0), xaxis=dict(range=[0, 1]))
         mid.plotly_chart(fig, key=f"room-{i}")
         q = dec["quality_decision"]
-        right.metric("Quality", q, f"P(GOOD) {row['quality_prob_good']:.2f} (threshold {thresholds.quality:.2f})",
+        right.metric("Quality", q, "P(GOOD) {} (threshold {})".format(
+                         *distinct_digits(row["quality_prob_good"], thresholds.quality, least=2)),
                      delta_color="green" if q == "GOOD" else "red", delta_arrow="off")
         m = row["metrics"]
         right.caption(f"Sharpness {m['sharpness']:.0f} · median luminance {m['lum_p50']:.0f} · "
@@ -83,6 +90,9 @@ predictor = get_predictor()
 if predictor is None:
     st.stop()
 thresholds = threshold_sidebar(predictor)
+st.caption(f"Model **{predictor.version}** · thresholds used: P(GOOD) ≥ {thresholds.quality:.4g} · room confidence "
+           f"≥ {thresholds.min_room_confidence:.4g} · P(one of the five rooms) ≥ {thresholds.min_in_scope:.4g} · "
+           f"aesthetic ≥ {thresholds.listing_ready_min_aesthetic:.4g} for listing-ready")
 
 files = st.file_uploader("Listing photos",
                          type=["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "heic", "heif"],

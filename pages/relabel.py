@@ -7,7 +7,8 @@ import streamlit as st
 from roomvision.decisions import quality_decision
 from roomvision.features import build_feature_cache, cache_path
 from roomvision.config import ENV_RELABELS
-from roomvision.labels import ClaimBoard, LabelStore, annotator_agreement, export_csv, photo_history, relabel_queue
+from roomvision.labels import (ClaimBoard, LabelStore, annotator_agreement, export_csv, my_decision, photo_history,
+                               relabel_queue)
 from roomvision.webapp import (active_priority, cached_p_good, dataset_roots_sidebar, ensure_app_navigation,
                                get_predictor, manifest_path, pick_from_grid, read_manifest, relabels_path,
                                save_decisions, thumbnail)
@@ -90,10 +91,13 @@ def move(step: int) -> None:
 
 
 def record(label: str, rows: list[dict]) -> None:
-    """Save one decision per photo, or undo this session's last action."""
+    """Save one decision per photo, or undo this session's last action (its photo is shown again)."""
+    undone = history[-1][0]["sha256"] if label == "UNDO" and history and history[-1] else None
     st.session_state["relabel_msg"] = save_decisions(
         store, history, label, rows, annotator, predictor.version, ENV_RELABELS,
         lambda row: {"proxy_label": row["quality_label"], "rating": st.session_state.get(f"rating-{row['sha256']}")})
+    if label == "UNDO" and undone and not st.session_state["relabel_msg"].startswith("Not saved"):
+        st.session_state["relabel_revisit"] = undone
     if label == "UNDO" or st.session_state["relabel_msg"].startswith("Not saved"):
         return
     if st.session_state.pop("relabel_revisit", None) is not None:
@@ -115,7 +119,12 @@ elif grid_mode:
     if annotator.strip():  # every photo on this screen is held for this annotator
         held = claims.claim([r["sha256"] for r in page_rows], annotator)
         page_rows = [r for r in page_rows if r["sha256"] in held]
-    picked = pick_from_grid(page_rows, roots, lambda row: f"proxy {row['quality_label']}")
+    for r in page_rows:
+        r["p_good"] = p_good.get(r["sha256"], float("nan")) if p_good is not None else float("nan")
+    picked = pick_from_grid(page_rows, roots, lambda row: (
+        f"{row['path']} · proxy {row['quality_label']}"
+        + (f" · P(GOOD) {row['p_good']:.2f}" if row["p_good"] == row["p_good"] else "")
+        + f" · sharpness {row['sharpness']:.0f} · luminance {row['lum_p50']:.0f}"))
     blocked = "Enter your name in the sidebar to start labelling." if not annotator.strip() else ""
     g1, g2, g3 = st.columns(3)
     g1.button(f"GOOD for {len(picked)} selected", on_click=record, args=("GOOD", picked), type="primary",
@@ -129,7 +138,9 @@ else:
     if revisit is not None:
         row = manifest[manifest["sha256"] == revisit].iloc[0].to_dict()
         row["p_good"] = p_good.get(row["sha256"], float("nan")) if p_good is not None else float("nan")
-        st.info("A photo you decided earlier: a new decision replaces the old one (next returns to the queue).")
+        mine = my_decision(store.read_raw(), revisit, annotator)
+        st.info(("A photo you decided earlier" + (f" (your decision: **{mine}**)" if mine else " (no decision now)")
+                 + ": a new decision replaces the old one (next returns to the queue)."))
     else:
         row = queue.iloc[pos].to_dict()
     image_file = os.path.join(roots.get(row["source"], ""), row["path"])
@@ -179,10 +190,11 @@ else:
         right.caption("Keys: g = GOOD, b = BAD, s = skip, u = undo, p = previous, n = next")
         past = photo_history(store.read_raw(), row["sha256"], row["path"])
         if len(past):
-            with right.expander(f"History of this photo ({len(past)} decisions)"):
+            with right.expander(f"History of this photo ({len(past)} decision{'s' if len(past) != 1 else ''})"):
                 st.dataframe(past, hide_index=True)
 
 agreement = annotator_agreement(store.read_raw())
+agreement = agreement[agreement["photos"] > 0]  # pairs who have decided a photo in common
 if len(agreement):
     st.subheader("Agreement between annotators")
     st.caption("Cohen's kappa over the photos both people decided GOOD/BAD (each one's latest decision).")

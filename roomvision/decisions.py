@@ -63,6 +63,16 @@ def room_decision(probs: dict[str, float], min_confidence: float, in_scope_prob:
     return (room if confidence >= min_confidence else UNCERTAIN), confidence
 
 
+def distinct_digits(value: float, threshold: float, least: int = 1, most: int = 6) -> tuple[str, str]:
+    """Both numbers with the fewest decimals (at least `least`) that tell them apart, so that a printed comparison
+    never reads '5.5 < 5.5'."""
+    for digits in range(least, most + 1):
+        shown = f"{value:.{digits}f}", f"{threshold:.{digits}f}"
+        if shown[0] != shown[1]:
+            return shown
+    return shown
+
+
 def listing_ready(quality: str, room: str, aesthetic_score: float, min_aesthetic: float) -> tuple[bool, str]:
     """Ready for a listing when GOOD, the room is known and the aesthetic score is high enough; else why not."""
     reasons = []
@@ -73,7 +83,7 @@ def listing_ready(quality: str, room: str, aesthetic_score: float, min_aesthetic
     if room == UNCERTAIN:
         reasons.append("room uncertain")
     if aesthetic_score < min_aesthetic:
-        reasons.append(f"aesthetic {aesthetic_score:.1f} < {min_aesthetic:.1f}")
+        reasons.append("aesthetic {} < {}".format(*distinct_digits(aesthetic_score, min_aesthetic)))
     return not reasons, "; ".join(reasons)
 
 

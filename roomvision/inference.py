@@ -225,11 +225,12 @@ class Predictor:
         rows = []
         for i in range(len(probs)):
             if not finite[i]:
-                rows.append({"error": NON_FINITE})
+                rows.append({"model_version": self.version, "error": NON_FINITE})
                 continue
             row = {"room": self.classes[int(probs[i].argmax())]}
             row.update({f"prob_{c}": float(probs[i, j]) for j, c in enumerate(self.classes)})
-            row.update(in_scope_prob=float(in_scope[i]), quality_prob_good=float(p_good[i]),
+            row.update(model_version=self.version, in_scope_prob=float(in_scope[i]),
+                       quality_prob_good=float(p_good[i]),
                        aesthetic_score=float(mean[i]), aesthetic_std=float(std[i]),
                        aesthetic_distribution=raw["aesthetic"][i].round(4).tolist(), error="")
             if "room_cam" in raw:
@@ -256,7 +257,7 @@ class Predictor:
                 decoded.append(self.decode(data))
                 results.append(({"path": name}, decoded[-1]))
             except ImageDecodeError as exc:
-                results.append(({"path": name, "error": str(exc)}, None))
+                results.append(({"path": name, "model_version": self.version, "error": str(exc)}, None))
         rows = iter(self.predict_images(decoded, with_cam))
         return [({**row, **next(rows)}, img) if img is not None else (row, None) for row, img in results]
 
@@ -291,7 +292,8 @@ class Predictor:
                 scored = iter(self._rows(self._raw(x, self.head_outputs), metrics) if x is not None else [])
                 x = None
                 yield [{"path": printable_path(path)[0], **next(scored)} if not err else
-                       {"path": printable_path(path)[0], "error": err} for path, err in zip(batch, errors)]
+                       {"path": printable_path(path)[0], "model_version": self.version, "error": err}
+                       for path, err in zip(batch, errors)]
 
     def explain(self, img: Image.Image, class_index: int | None = None) -> tuple[np.ndarray, int]:
         """Grad-CAM of the room head: a 0-1 heat map over the last feature map and the class it explains.
@@ -316,7 +318,7 @@ class Predictor:
 
 def results_frame(results: list[dict], classes: list[str], thresholds: Thresholds) -> pd.DataFrame:
     """Predictions with the decisions at `thresholds` and the thresholds themselves, in a fixed column order."""
-    cols = ["path", "room_decision", "room_confidence", *[f"prob_{c}" for c in classes], "in_scope_prob",
+    cols = ["path", "model_version", "room_decision", "room_confidence", *[f"prob_{c}" for c in classes], "in_scope_prob",
             "out_of_scope", "quality_prob_good", "quality_decision", "aesthetic_score", "aesthetic_std",
             "listing_ready", "listing_reason", "quality_threshold", "min_room_confidence", "min_in_scope",
             "listing_ready_min_aesthetic", "error"]

@@ -305,6 +305,14 @@ def standing(raw: pd.DataFrame) -> dict[str, dict]:
     return result
 
 
+def my_decision(raw: pd.DataFrame, key: str, annotator: str) -> str:
+    """`annotator`'s own standing decision on one photo (sha256, else path), '' when none stands."""
+    rows = raw[(raw["sha256"] == key) | (raw["path"] == key)]
+    rows = rows[rows["annotator"] == normalise_annotator(annotator)]
+    last = _replay(rows.to_dict("records"))[-1][1] if len(rows) else None
+    return last["human_label"] if last else ""
+
+
 def photo_history(raw: pd.DataFrame, sha256: str, path: str) -> pd.DataFrame:
     """Every decision recorded for one photo, oldest first: when, who, the label standing before (the proxy or
     given label at first) and after it (an undo restores that annotator's previous decision)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import CLASSES, DEFAULT_WEIGHTS, QUALITY_THRESHOLDS
+from .config import CLASSES, DEFAULT_WEIGHTS, QUALITY_THRESHOLDS, settings
 from .data import load_manifest, load_out_of_scope
 from .features import build_feature_cache, load_feature_cache, run_files
 from .human import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules,
@@ -35,9 +35,10 @@ def _cached_pool(cache: Path, manifest: pd.DataFrame) -> tuple[np.ndarray, np.nd
 
 
 def output_path(weights: Path) -> Path:
-    """A new version's file name, unique to the microsecond (two runs never share one)."""
+    """A new version's file in the versions folder (runtime state, never the project's weights/), unique to the
+    microsecond (two runs never share one)."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
-    return Path(weights).parent / f"{Path(weights).stem.split('-people-')[0]}-people-{stamp}.pt"
+    return settings().versions_dir / f"{Path(weights).stem.split('-people-')[0]}-people-{stamp}.pt"
 
 
 def room_head_from_corrections(weights: Path, df: pd.DataFrame, data: dict,

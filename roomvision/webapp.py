@@ -60,17 +60,18 @@ def load_predictor(weights: str, mtime: float) -> Predictor:
     return Predictor(weights)
 
 
-def list_models(folder: Path) -> pd.DataFrame:
-    """Weights files in `folder` with their headline validation metrics."""
+def list_models(*folders: Path) -> pd.DataFrame:
+    """Weights files in `folders` with their headline validation metrics; damaged ones with the reason."""
     rows = []
-    for path in sorted(folder.glob("*.pt")):
+    for path in sorted({p for folder in folders for p in Path(folder).glob("*.pt")}):
         try:
             ckpt = read_model_info(path, verify=True)
         except CheckpointError as exc:
-            rows.append({"file": path.name, "version": "", "error": str(exc)})
+            rows.append({"file": path.name, "path": str(path), "version": "", "error": str(exc)})
             continue
         val = ckpt.metrics.get("validation", {})
-        rows.append({"file": path.name, "version": ckpt.version, "backbone": ckpt.backbone, "created": ckpt.created,
+        rows.append({"file": path.name, "path": str(path), "version": ckpt.version, "backbone": ckpt.backbone,
+                     "created": ckpt.created,
                      "val_room_accuracy": val.get("room_accuracy"), "val_room_macro_f1": val.get("room_macro_f1"),
                      "val_quality_roc_auc": val.get("quality_roc_auc"), "error": ""})
     return pd.DataFrame(rows)
@@ -101,13 +102,14 @@ def threshold_sidebar(predictor: Predictor) -> Thresholds:
             st.session_state[key] = float(defaults[name])
         st.session_state["thr_model"] = predictor.version
     st.sidebar.header("Decision thresholds")
-    st.sidebar.slider("Quality threshold: P(GOOD) at or above is GOOD", 0.0, 1.0, step=0.01, key=keys["quality"],
-                      help=f"Calibrated default: {defaults['quality']:.2f}")
+    st.sidebar.slider("Quality threshold: P(GOOD) at or above is GOOD", 0.0, 1.0, step=0.0005, format="%.4f",
+                      key=keys["quality"], help=f"Calibrated default: {defaults['quality']:.4f}")
     st.sidebar.slider("Minimum room confidence", 0.0, 1.0, step=0.01, key=keys["min_room_confidence"],
                       help="Below this the room shows as 'uncertain'")
-    st.sidebar.slider("Minimum P(one of the five rooms)", 0.0, 1.0, step=0.01, key=keys["min_in_scope"],
+    st.sidebar.slider("Minimum P(one of the five rooms)", 0.0, 1.0, step=0.0005, format="%.4f",
+                      key=keys["min_in_scope"],
                       help=f"Below this the photo is 'not one of the five rooms' (an exterior, a hallway, a floor "
-                           f"plan…). Calibrated default: {defaults['min_in_scope']:.2f}",
+                           f"plan…). Calibrated default: {defaults['min_in_scope']:.4f}",
                       disabled=predictor.scope is None)
     st.sidebar.slider("Minimum aesthetic score for 'listing-ready'", 1.0, 10.0, step=0.1,
                       key=keys["listing_ready_min_aesthetic"])
@@ -183,6 +185,10 @@ def dataset_roots_sidebar() -> dict[str, str]:
 def pick_from_grid(rows: list[dict], roots: dict[str, str], caption) -> list[dict]:
     """Thumbnails of `rows` in four columns, each with a checkbox labelled `caption(row)`; the rows ticked. A photo
     that cannot be shown has no checkbox: nothing is decided for a photo nobody saw."""
+    shown = [r for r in rows if r["source"] in roots]
+    if shown and st.button("Select all", key="grid-select-all"):
+        for r in shown:
+            st.session_state[f"pick-{r['sha256']}"] = True
     grid = st.columns(4)
     picked = []
     for i, row in enumerate(rows):

@@ -78,8 +78,12 @@ def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, monke
     at.slider(key="thr_quality").set_value(math.ceil(p * 100) / 100).run()
     assert decisions("Quality") == {"BAD"}
     at.slider(key="thr_scope").set_value(math.ceil(row["in_scope_prob"] * 100) / 100).run()
-    assert decisions("Room") == {OUT_OF_SCOPE}
+    assert decisions("Room") == {"Out of scope"}  # a headline that fits the card
+    deltas = {m.delta for m in at.metric if m.label == "Room"}
+    assert len(deltas) == 1 and "confident" not in deltas.pop()
     assert any("2 scored, 1 unreadable · 2 not one of the five rooms" in c.value for c in at.caption)
+    table = at.dataframe[0].value
+    assert (table[table["error"] == ""]["room_decision"] == OUT_OF_SCOPE).all()
     at.slider(key="thr_scope").set_value(math.floor(row["in_scope_prob"] * 100) / 100).run()
     at.slider(key="thr_room").set_value(math.floor(conf * 100) / 100).run()
     assert decisions("Room") == {row["room"]}
@@ -96,6 +100,9 @@ def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, monke
     calibrated = Predictor(DEFAULT_WEIGHTS, device="cpu").thresholds.quality
     assert at.slider(key="thr_quality").value == pytest.approx(calibrated)
     assert at.dataframe and at.get("download_button")
+    version = Predictor(DEFAULT_WEIGHTS, device="cpu").version
+    assert any(f"Model **{version}**" in c.value and f"P(GOOD) ≥ {calibrated:.4g}" in c.value for c in at.caption)
+    assert set(at.dataframe[0].value["model_version"]) == {version}  # every row, the unreadable one too
     at.toggle(key="show_cam").set_value(True).run()
     assert not at.exception, [e.message for e in at.exception]
     captions = [i.caption for el in at.get("image") for i in el.proto.imgs]
@@ -213,7 +220,7 @@ def test_relabel_previous_and_next(app_env):
     assert b != a
     at.button(key="btn-previous").click().run()  # back to the photo just decided
     assert not at.exception, [e.message for e in at.exception]
-    assert shown() == a and any("decided earlier" in i.value for i in at.info)
+    assert shown() == a and any("decided earlier (your decision: **BAD**)" in i.value for i in at.info)
     at.button(key="btn-good").click().run()  # change the decision
     assert shown() == b
     assert LabelStore(app_env["relabels"]).merged().set_index("path")["human_label"].tolist() == ["GOOD"]
@@ -222,6 +229,28 @@ def test_relabel_previous_and_next(app_env):
     assert c not in (a, b) and len(LabelStore(app_env["relabels"]).read_raw()) == 2
     at.button(key="btn-previous").click().run()
     assert shown() == b
+
+
+def test_relabel_undo_after_next_shows_the_undone_photo_and_history_counts_right(app_env):
+    from roomvision.labels import LabelStore
+    at = run_page("pages/relabel.py")
+    at.text_input(key="annotator").set_value("ana").run()
+
+    def shown():
+        return at.image[0].proto.imgs[0].caption
+
+    a = shown()
+    at.button(key="btn-bad").click().run()
+    at.button(key="btn-next").click().run()
+    assert shown() != a
+    at.button(key="btn-undo").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert shown() == a and any("(no decision now)" in i.value for i in at.info)
+    labels = [e.label for e in at.expander]
+    assert "History of this photo (2 decisions)" in labels, labels
+    at.button(key="btn-good").click().run()
+    assert LabelStore(app_env["relabels"]).merged()["human_label"].tolist() == ["GOOD"]
+    assert not at.get("subheader") or all("Agreement" not in h.value for h in at.subheader)
 
 
 def test_relabel_grid_mode_and_two_annotators_get_different_photos(app_env):
@@ -249,6 +278,15 @@ def test_relabel_grid_mode_and_two_annotators_get_different_photos(app_env):
         return {c.key for c in at.checkbox if c.key and c.key.startswith("pick-")}
     assert len(on_screen(ana)) == 12 and len(on_screen(ben)) == 12
     assert not on_screen(ana) & on_screen(ben)  # grid mode claims every photo it shows
+    boxes = [c for c in ben.checkbox if c.key and c.key.startswith("pick-")]
+    assert all(".jpg · proxy " in c.label and "sharpness" in c.label for c in boxes), boxes[0].label
+    ben.button(key="grid-select-all").click().run()
+    assert all(c.value for c in ben.checkbox if c.key and c.key.startswith("pick-"))
+    assert ben.button(key="grid-good").proto.label == "GOOD for 12 selected"
+    ben.button(key="grid-good").click().run()
+    rows = pd.read_csv(app_env["relabels"], keep_default_na=False)
+    assert (rows["annotator"] == "ben").sum() == 12
+    assert not any("Agreement" in h.value for h in ben.subheader)  # ana and ben share no photo: no table yet
 
 
 def test_label_issues_grid_mode_shows_two_annotators_different_photos(app_env):

@@ -127,12 +127,13 @@ def test_predict_csv_from_a_subprocess(tiny_dataset, tmp_path, tiny_checkpoint):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(out, keep_default_na=False)
-    assert list(df.columns) == ["path", "room_decision", "room_confidence", *[f"prob_{c}" for c in CLASSES],
+    assert list(df.columns) == ["path", "model_version", "room_decision", "room_confidence", *[f"prob_{c}" for c in CLASSES],
                                 "in_scope_prob", "out_of_scope", "quality_prob_good", "quality_decision",
                                 "aesthetic_score", "aesthetic_std", "listing_ready", "listing_reason",
                                 "quality_threshold", "min_room_confidence", "min_in_scope",
                                 "listing_ready_min_aesthetic", "error"]
     assert (df["in_scope_prob"] == "").all() and not df["out_of_scope"].any()  # a model without the head
+    assert (df["model_version"] == "tiny").all()
     assert (df["quality_threshold"] == 0.4).all()  # the checkpoint's calibrated threshold
     assert len(df) == 8 and (df["error"] == "").all()
 

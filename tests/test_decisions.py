@@ -40,7 +40,7 @@ def test_room_decision_just_above_and_below_its_confidence():
 def test_listing_ready_says_why_not():
     assert listing_ready("GOOD", "Kitchen", 6.0, 6.0 - EPS) == (True, "")
     ready, reason = listing_ready("BAD", "uncertain", 6.0, 6.0 + EPS)
-    assert not ready and reason == "quality BAD; room uncertain; aesthetic 6.0 < 6.0"
+    assert not ready and reason == "quality BAD; room uncertain; aesthetic 6.000 < 6.001"
 
 
 def test_calibration_gives_the_default_thresholds():
@@ -94,3 +94,11 @@ def test_one_decode_policy_for_every_entry_point(tmp_path):
     assert page["metrics"]["width"] == 4032  # resolution rule still sees the file's size
     for key in ("quality_prob_good", "aesthetic_score", *[f"prob_{c}" for c in CLASSES]):
         assert cli[key] == api[key] == page[key], key
+
+
+@pytest.mark.parametrize("score,threshold,shown", [(5.4695, 5.5, "aesthetic 5.47 < 5.50"), (4.2, 5.5, "aesthetic 4.2 < 5.5"),
+                                                   (5.49999, 5.5, "aesthetic 5.49999 < 5.50000")])
+def test_a_listing_reason_never_contradicts_itself(score, threshold, shown):
+    from roomvision.decisions import listing_ready
+    ready, reason = listing_ready("GOOD", "Kitchen", score, threshold)
+    assert not ready and reason == shown

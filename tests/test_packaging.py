@@ -102,3 +102,20 @@ def test_learning_without_pytorch_says_which_extra_to_install(tmp_path, tiny_dat
     assert done.returncode == 2, done.stderr[-2000:]
     assert "error: this needs PyTorch" in done.stderr and "pip install -e '.[train]'" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out.pt").exists()
+
+
+def test_runtime_state_stays_in_git_ignored_places(monkeypatch):
+    """Labels, claims, learned versions, caches and job logs never show up as untracked files."""
+    from roomvision.config import DEFAULT_RELABELS, DEFAULT_ROOM_RELABELS, settings
+    from roomvision.labels import ClaimBoard
+    from roomvision.retrain import output_path
+    monkeypatch.delenv("ROOMVISION_VERSIONS_DIR", raising=False)
+    monkeypatch.delenv("ROOMVISION_CACHE_DIR", raising=False)
+    settings.cache_clear()
+    version = output_path(DEFAULT_WEIGHTS)
+    assert version.parent == settings().versions_dir and version.parent != DEFAULT_WEIGHTS.parent
+    state = [DEFAULT_RELABELS, DEFAULT_ROOM_RELABELS, ClaimBoard(DEFAULT_RELABELS).path,
+             ClaimBoard(DEFAULT_ROOM_RELABELS).path, version, settings().cache_dir / "jobs" / "learn.log"]
+    for path in state:
+        done = subprocess.run(["git", "check-ignore", "-q", str(path.relative_to(ROOT))], cwd=ROOT)
+        assert done.returncode == 0, f"{path} would be an untracked file"
