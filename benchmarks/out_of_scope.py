@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from roomvision.config import settings  # noqa: E402
 from roomvision.data import load_manifest, load_out_of_scope, manifest_roots, resolve_paths  # noqa: E402
+from roomvision.decisions import out_of_scope  # noqa: E402
 from roomvision.features import run_files  # noqa: E402
 from roomvision.inference import Predictor, room_probabilities  # noqa: E402
 from unseen_kinds import unseen_kinds, whole_package_photos  # noqa: E402
@@ -74,7 +75,7 @@ def main() -> None:
     room_scores = scores(predictor, {k: v[ok] for k, v in rooms.items()})
     kind_scores = {k: scores(predictor, v) for k, v in kinds.items()}
     threshold = predictor.thresholds.min_in_scope
-    flagged_rooms = float(np.mean(room_scores["served: in_scope_prob"] < threshold))
+    flagged_rooms = float(np.mean(out_of_scope(room_scores["served: in_scope_prob"], threshold)))
     print(f"model {predictor.version}: threshold {threshold:.3f} flags {flagged_rooms:.1%} of {ok.sum()} in-scope "
           "test photos (baselines: thresholds flagging the same share)\n")
     methods = list(room_scores)
@@ -91,14 +92,14 @@ def main() -> None:
                 pooled[m].append(s[m])
         base_cut = np.quantile(room_scores["top room probability"], flagged_rooms)
         print(f"| {kind} | {len(s[methods[0]])} | " + " | ".join(f"{v:.3f}" for v in aucs)
-              + f" | {np.mean(s['served: in_scope_prob'] < threshold):.0%}"
+              + f" | {np.mean(out_of_scope(s['served: in_scope_prob'], threshold)):.0%}"
               + f" | {np.mean(s['top room probability'] < base_cut):.0%} |")
     all_unseen = {m: np.concatenate(v) for m, v in pooled.items()}
     aucs = [roc_auc_score(np.r_[np.ones(len(room_scores[m])), np.zeros(len(all_unseen[m]))],
                           np.r_[room_scores[m], all_unseen[m]]) for m in methods]
     base_cut = np.quantile(room_scores["top room probability"], flagged_rooms)
     print(f"| **all unseen kinds** | {len(all_unseen[methods[0]])} | " + " | ".join(f"**{v:.3f}**" for v in aucs)
-          + f" | **{np.mean(all_unseen['served: in_scope_prob'] < threshold):.0%}**"
+          + f" | **{np.mean(out_of_scope(all_unseen['served: in_scope_prob'], threshold)):.0%}**"
           + f" | {np.mean(all_unseen['top room probability'] < base_cut):.0%} |")
     print("\ntargets: AUROC >= 0.95 on unseen kinds; >= 80% of them flagged while <= 5% of in-scope test photos are")
 

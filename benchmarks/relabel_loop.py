@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from roomvision.config import DEFAULT_WEIGHTS, settings  # noqa: E402
 from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa: E402
+from roomvision.decisions import is_good  # noqa: E402
 from roomvision.features import CACHE_VERSION  # noqa: E402
 from roomvision.human import active_queue, fit_human_aesthetic, fit_human_quality  # noqa: E402
 from roomvision.inference import Predictor  # noqa: E402
@@ -107,7 +108,7 @@ def scores(head, features, metrics, truth_bad, held) -> tuple[float, float]:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
     p = head.p_good(features[held], metrics.iloc[held])
     good = ~truth_bad[held]
-    return balanced_accuracy_score(good, p >= head.threshold), roc_auc_score(good, p)
+    return balanced_accuracy_score(good, is_good(p, head.threshold)), roc_auc_score(good, p)
 
 
 def main() -> None:
@@ -149,7 +150,7 @@ def main() -> None:
         from sklearn.metrics import balanced_accuracy_score, roc_auc_score
         good_held = ~truth[held]
         line = (f"{name:<27} {truth[held].mean():>4.0%} "
-                f"{balanced_accuracy_score(good_held, proxy_p[held] >= predictor.thresholds.quality):.2f}/"
+                f"{balanced_accuracy_score(good_held, is_good(proxy_p[held], predictor.thresholds.quality)):.2f}/"
                 f"{roc_auc_score(good_held, proxy_p[held]):.2f}")
         for order in ("random", "queue"):
             order_rng = np.random.default_rng(a.seed + 1)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from roomvision.decisions import quality_decision
+from roomvision.decisions import distinct_digits, quality_decision
 from roomvision.features import build_feature_cache, cache_path
 from roomvision.config import ENV_RELABELS
 from roomvision.labels import (ClaimBoard, LabelStore, annotator_agreement, export_csv, my_decision, photo_history,
@@ -163,10 +163,10 @@ else:
                       f"noise {row['noise']:.1f} · blockiness {row['blockiness']:.2f} · "
                       f"{row['width']}×{row['height']} px")
         if model_p is not None:
-            model_label = quality_decision(model_p, predictor.thresholds.quality)
-            side = ">=" if model_label == "GOOD" else "<"
-            right.metric("Model P(GOOD)", f"{model_p:.3f}",
-                         f"{side} {predictor.thresholds.quality:.3f}: {model_label}, "
+            (model_label,) = quality_decision([model_p], predictor.thresholds.quality)
+            shown_p, shown_threshold = distinct_digits(model_p, predictor.thresholds.quality, least=3)
+            right.metric("Model P(GOOD)", shown_p,
+                         f"threshold {shown_threshold}: {model_label}, "
                          + ("agrees with the proxy" if model_label == row["quality_label"]
                             else "disagrees with the proxy"),
                          delta_color="off", delta_arrow="off")

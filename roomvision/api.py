@@ -21,8 +21,7 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import MAX_UPLOAD_BYTES
-from .decisions import decide
-from .inference import Predictor
+from .inference import Predictor, results_frame
 
 MAX_FILES = 64
 MAX_FORM_FIELDS = 16          # text fields of a predict form (image_url and four thresholds)
@@ -200,14 +199,16 @@ def fetch_image_url(url: str, max_bytes: int = MAX_UPLOAD_BYTES, timeout: float 
 
 
 class ImageResult(BaseModel):
+    """One image: the columns of the results CSV/Parquet (`inference.results_frame`), probabilities grouped."""
     filename: str
-    room: str | None = None
+    model_version: str | None = None
+    room_decision: str | None = None
     room_confidence: float | None = None
     probabilities: dict[str, float] | None = None
     in_scope_prob: float | None = None
     out_of_scope: bool | None = None
     quality_prob_good: float | None = None
-    quality_label: str | None = None
+    quality_decision: str | None = None
     aesthetic_score: float | None = None
     aesthetic_std: float | None = None
     listing_ready: bool | None = None
@@ -318,22 +319,18 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
     def _score(p: Predictor, thresholds, image_url: str | None, files: list) -> PredictResponse:
         inputs: list[tuple[str, object]] = [(image_url, fetch_image_url(image_url))] if image_url else []
         inputs += [(f.filename or "upload", f.file) for f in files]  # each read only when its turn comes
-        results = []
         with state["gate"]:
             scored = p.predict_named(inputs)
-        for row, _ in scored:
+        table = results_frame([row for row, _ in scored], p.classes, thresholds, decimals=None)
+        results = []
+        for row in json.loads(table.to_json(orient="records")):  # NaN -> null
             if row["error"]:
-                results.append(ImageResult(filename=row["path"], error=row["error"]))
+                results.append(ImageResult(filename=row["path"], model_version=row["model_version"],
+                                           error=row["error"]))
                 continue
-            d = decide(row, thresholds, p.classes)
-            results.append(ImageResult(
-                filename=row["path"], room=d["room_decision"], room_confidence=d["room_confidence"],
-                probabilities={c: row[f"prob_{c}"] for c in p.classes},
-                in_scope_prob=None if math.isnan(row["in_scope_prob"]) else row["in_scope_prob"],
-                out_of_scope=d["out_of_scope"],
-                quality_prob_good=row["quality_prob_good"], quality_label=d["quality_decision"],
-                aesthetic_score=row["aesthetic_score"], aesthetic_std=row["aesthetic_std"],
-                listing_ready=d["listing_ready"], listing_reason=d["listing_reason"]))
+            probabilities = {c: row.pop(f"prob_{c}") for c in p.classes}
+            results.append(ImageResult(filename=row["path"], probabilities=probabilities,
+                                       **{k: v for k, v in row.items() if k in ImageResult.model_fields}))
         return PredictResponse(model_version=p.version, thresholds=ThresholdsUsed(**vars(thresholds)),
                                results=results)
 

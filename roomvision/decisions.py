@@ -1,13 +1,16 @@
-"""Every decision roomvision makes, each defined once as a pure function of probabilities and thresholds.
+"""Every decision roomvision makes, each defined once as a pure vectorised function of probabilities and thresholds
+(arrays in, arrays out; one photo is the one-element case).
 
 The model produces probabilities; calibration (what training measured) supplies the default thresholds; the user
-may move them. The CLI, the API, the app and every CSV call these functions and nothing else.
+may move them. The CLI, the API, the app, every CSV and Parquet file, retraining and the benchmarks call these
+functions and nothing else, and `decide_frame` gives every surface the same decision columns.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import math
+import numpy as np
+import pandas as pd
 
 from .config import (DEFAULT_IN_SCOPE_THRESHOLD, DEFAULT_QUALITY_THRESHOLD, LISTING_READY_MIN_AESTHETIC,
                      MIN_ROOM_CONFIDENCE)
@@ -42,25 +45,37 @@ class Thresholds:
         return replace(self, **{k: float(v) for k, v in values.items() if v is not None})
 
 
-def quality_decision(p_good: float, threshold: float) -> str:
-    """GOOD when P(GOOD) is at or above the threshold, else BAD."""
-    return "GOOD" if p_good >= threshold else "BAD"
+def is_good(p_good, threshold: float) -> np.ndarray:
+    """GOOD where P(GOOD) is at or above the threshold (NaN is never GOOD). Arrays in, a bool array out."""
+    return np.asarray(p_good, dtype=float) >= threshold
 
 
-def out_of_scope(in_scope_prob: float | None, min_in_scope: float) -> bool:
-    """Not one of the five rooms: P(in scope) below the threshold (a model without the signal never says so)."""
-    return in_scope_prob is not None and not math.isnan(in_scope_prob) and in_scope_prob < min_in_scope
+def quality_decision(p_good, threshold: float) -> np.ndarray:
+    """'GOOD' where P(GOOD) is at or above the threshold, else 'BAD'."""
+    return np.where(is_good(p_good, threshold), "GOOD", "BAD")
 
 
-def room_decision(probs: dict[str, float], min_confidence: float, in_scope_prob: float | None = None,
-                  min_in_scope: float = DEFAULT_IN_SCOPE_THRESHOLD) -> tuple[str, float]:
-    """The most probable room and its probability; 'not one of the five rooms' when out of scope, 'uncertain'
-    when the probability is below `min_confidence`."""
-    room = max(probs, key=probs.get)
-    confidence = probs[room]
-    if out_of_scope(in_scope_prob, min_in_scope):
-        return OUT_OF_SCOPE, confidence
-    return (room if confidence >= min_confidence else UNCERTAIN), confidence
+def rule_fires(value, side: str, threshold: float):
+    """A proxy quality rule (quality.RULES) fires: the metric is 'below' (or 'above') its threshold."""
+    return value < threshold if side == "below" else value > threshold
+
+
+def out_of_scope(in_scope_prob, min_in_scope: float) -> np.ndarray:
+    """Not one of the five rooms: P(in scope) below the threshold (NaN: a model without the signal never says so)."""
+    p = np.asarray(in_scope_prob, dtype=float)
+    return ~np.isnan(p) & (p < min_in_scope)
+
+
+def room_decision(probs, classes, min_confidence: float, in_scope_prob=None,
+                  min_in_scope: float = DEFAULT_IN_SCOPE_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `probs` (n × classes): the most probable room and its probability; 'not one of the five rooms'
+    when out of scope, 'uncertain' when the probability is below `min_confidence`."""
+    probs = np.atleast_2d(np.asarray(probs, dtype=float))
+    confidence = probs.max(axis=1)
+    room = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
+    room = np.where(confidence >= min_confidence, room, UNCERTAIN)
+    scope = np.full(len(probs), np.nan) if in_scope_prob is None else in_scope_prob
+    return np.where(out_of_scope(scope, min_in_scope), OUT_OF_SCOPE, room).astype(object), confidence
 
 
 def distinct_digits(value: float, threshold: float, least: int = 1, most: int = 6) -> tuple[str, str]:
@@ -73,29 +88,47 @@ def distinct_digits(value: float, threshold: float, least: int = 1, most: int = 
     return shown
 
 
-def listing_ready(quality: str, room: str, aesthetic_score: float, min_aesthetic: float) -> tuple[bool, str]:
-    """Ready for a listing when GOOD, the room is known and the aesthetic score is high enough; else why not."""
-    reasons = []
-    if room == OUT_OF_SCOPE:
-        reasons.append(OUT_OF_SCOPE)
-    if quality != "GOOD":
-        reasons.append("quality BAD")
-    if room == UNCERTAIN:
-        reasons.append("room uncertain")
-    if aesthetic_score < min_aesthetic:
-        reasons.append("aesthetic {} < {}".format(*distinct_digits(aesthetic_score, min_aesthetic)))
-    return not reasons, "; ".join(reasons)
+def listing_ready(quality, room, aesthetic_score, min_aesthetic: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ready for a listing where GOOD, the room is known and the aesthetic score is high enough; else why not."""
+    quality, room = np.atleast_1d(np.asarray(quality, dtype=object)), np.atleast_1d(np.asarray(room, dtype=object))
+    aesthetic = np.atleast_1d(np.asarray(aesthetic_score, dtype=float))
+    low = aesthetic < min_aesthetic
+    reasons = np.empty(len(quality), dtype=object)
+    for i in range(len(quality)):
+        why = ([OUT_OF_SCOPE] if room[i] == OUT_OF_SCOPE else []) + (["quality BAD"] if quality[i] != "GOOD" else []) \
+            + (["room uncertain"] if room[i] == UNCERTAIN else []) \
+            + (["aesthetic {} < {}".format(*distinct_digits(aesthetic[i], min_aesthetic))] if low[i] else [])
+        reasons[i] = "; ".join(why)
+    return reasons == "", reasons
+
+
+DECISION_COLUMNS = ("room_decision", "room_confidence", "out_of_scope", "quality_decision", "listing_ready",
+                    "listing_reason")
+
+
+def decide_frame(frame: pd.DataFrame, thresholds: Thresholds, classes: list[str]) -> pd.DataFrame:
+    """Every decision for prediction rows (columns prob_<class>, in_scope_prob, quality_prob_good,
+    aesthetic_score, error) at `thresholds`: the DECISION_COLUMNS, one row per input row. Rows with an error get
+    no decision."""
+    n = len(frame)
+    errors = frame["error"].fillna("").astype(bool).to_numpy() if "error" in frame else np.zeros(n, bool)
+    probs = frame.reindex(columns=[f"prob_{c}" for c in classes]).to_numpy(dtype=float)
+    scope = frame["in_scope_prob"].to_numpy(dtype=float) if "in_scope_prob" in frame else np.full(n, np.nan)
+    room, confidence = room_decision(np.nan_to_num(probs, nan=0.0) if n else np.zeros((0, len(classes))), classes,
+                                     thresholds.min_room_confidence, scope, thresholds.min_in_scope)
+    quality = quality_decision(frame.get("quality_prob_good", pd.Series(np.nan, index=frame.index)),
+                               thresholds.quality)
+    ready, reason = listing_ready(quality, room, frame.get("aesthetic_score", pd.Series(np.nan, index=frame.index)),
+                                  thresholds.listing_ready_min_aesthetic)
+    out = pd.DataFrame({"room_decision": room, "room_confidence": confidence,
+                        "out_of_scope": room == OUT_OF_SCOPE, "quality_decision": quality,
+                        "listing_ready": ready, "listing_reason": reason}, index=frame.index)
+    out = out.astype({"room_decision": object, "quality_decision": object, "listing_reason": object,
+                      "room_confidence": object, "out_of_scope": object})
+    out.loc[errors, :] = ["", None, None, "", False, ""]
+    return out
 
 
 def decide(row: dict, thresholds: Thresholds, classes: list[str]) -> dict:
-    """Every decision for one prediction row (prob_<class>, quality_prob_good, aesthetic_score) at `thresholds`."""
-    if row.get("error"):
-        return {"room_decision": "", "room_confidence": None, "out_of_scope": None, "quality_decision": "",
-                "listing_ready": False, "listing_reason": ""}
-    room, confidence = room_decision({c: row[f"prob_{c}"] for c in classes}, thresholds.min_room_confidence,
-                                     row.get("in_scope_prob"), thresholds.min_in_scope)
-    quality = quality_decision(row["quality_prob_good"], thresholds.quality)
-    ready, reason = listing_ready(quality, room, row["aesthetic_score"], thresholds.listing_ready_min_aesthetic)
-    return {"room_decision": room, "room_confidence": confidence, "out_of_scope": room == OUT_OF_SCOPE,
-            "quality_decision": quality,
-            "listing_ready": ready, "listing_reason": reason}
+    """Every decision for one prediction row: the one-row case of `decide_frame`."""
+    return decide_frame(pd.DataFrame([row]), thresholds, classes).iloc[0].to_dict()

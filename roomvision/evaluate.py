@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import (accuracy_score, average_precision_score, classification_report, confusion_matrix,
                              f1_score, precision_recall_curve, roc_auc_score, roc_curve)
@@ -18,7 +17,6 @@ from .config import settings
 from .data import load_manifest, manifest_roots, resolve_paths, scan_root
 from .inference import Predictor, room_probabilities
 from .labels import LabelStore, room_corrections
-from .modelinfo import HEAD_OUTPUTS
 from .reports import report_paths
 from .samples import degraded_cache_path, degraded_samples, real_samples
 
@@ -73,11 +71,11 @@ def save_confusion(cm: list[list[int]], classes: list[str], csv_path: Path, png_
 def evaluate(predictor: Predictor, samples: pd.DataFrame, batch_size: int = 64, human: pd.DataFrame | None = None,
              progress: str | None = "evaluating") -> tuple[dict, pd.DataFrame]:
     """All metrics for real (and optional degraded) samples; returns metrics and per-sample outputs."""
-    raw = predictor.run_samples(samples, HEAD_OUTPUTS, batch_size, progress=progress)
+    raw = predictor.run_samples(samples, predictor.head_outputs, batch_size, progress=progress)
     cal = predictor.calibration
-    probs_raw, probs = room_probabilities(raw["room"]), room_probabilities(raw["room"], cal.temperature)
-    p_good = expit(raw["quality"])
-    aest = raw["aesthetic"] @ np.arange(1, 11)
+    served = predictor.scores(raw, samples.reset_index(drop=True) if predictor.needs_metrics else None)
+    probs_raw, probs = room_probabilities(raw["room"]), served["probs"]
+    p_good, aest = served["p_good"], served["aesthetic"]  # the heads learned from people where the model has them
     clean = (samples["degrade"] == "").values
     y = samples["class_idx"].values
     m = {"room": room_metrics(probs[clean], y[clean], predictor.classes)}

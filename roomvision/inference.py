@@ -19,7 +19,7 @@ from scipy.special import expit, softmax
 from tqdm import tqdm
 
 from .config import settings
-from .decisions import Thresholds, decide
+from .decisions import DECISION_COLUMNS, Thresholds, decide_frame
 from .devices import resolve_device
 from .images import ImageDecodeError, printable_path
 from .human import HumanAestheticHead, HumanQualityHead
@@ -110,6 +110,8 @@ def onnx_session(path: Path, threads: int | None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+THRESHOLD_COLUMNS = {"quality_threshold": "quality", "min_room_confidence": "min_room_confidence",
+                     "min_in_scope": "min_in_scope", "listing_ready_min_aesthetic": "listing_ready_min_aesthetic"}
 NON_FINITE = "the model returned non-finite outputs for this photo (damaged weights?); it was not scored"
 
 
@@ -211,15 +213,23 @@ class Predictor:
         """The one decode policy of every entry point: bounded decoding, JPEGs at the scale the model needs."""
         return decode_for_model(source, self.info.preprocess)
 
-    def _rows(self, raw: dict, metrics: pd.DataFrame | None = None) -> list[dict]:
-        """Result rows of probabilities (no decisions); with 'room_cam' in `raw`, each row also gets the 0-1 heat
-        map of its most probable room."""
-        probs = room_probabilities(raw["room"], self.calibration.temperature)
-        p_good = self.p_good(raw["quality"], raw.get("quality_features"), metrics)
+    def scores(self, raw: dict, metrics: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+        """The served numbers from raw outputs (the one place they are computed): calibrated room probabilities,
+        P(GOOD) and the aesthetic score from the heads learned from people where the model has them, the aesthetic
+        spread, P(in scope)."""
         mean, std = aesthetic_stats(raw["aesthetic"])
         if self.human_aesthetic is not None:
             mean = self.human_aesthetic.score(raw["quality_features"])
-        in_scope = self.in_scope_prob(raw)
+        return {"probs": room_probabilities(raw["room"], self.calibration.temperature),
+                "p_good": self.p_good(raw["quality"], raw.get("quality_features"), metrics),
+                "aesthetic": mean, "aesthetic_std": std, "in_scope": self.in_scope_prob(raw)}
+
+    def _rows(self, raw: dict, metrics: pd.DataFrame | None = None) -> list[dict]:
+        """Result rows of probabilities (no decisions); with 'room_cam' in `raw`, each row also gets the 0-1 heat
+        map of its most probable room."""
+        served = self.scores(raw, metrics)
+        probs, p_good, in_scope = served["probs"], served["p_good"], served["in_scope"]
+        mean, std = served["aesthetic"], served["aesthetic_std"]
         finite = (np.isfinite(probs).all(1) & np.isfinite(p_good) & np.isfinite(mean) & np.isfinite(std)
                   & (np.isfinite(in_scope) | (self.scope is None)))  # NaN: a model without the out-of-scope head
         rows = []
@@ -316,18 +326,21 @@ class Predictor:
         return results
 
 
-def results_frame(results: list[dict], classes: list[str], thresholds: Thresholds) -> pd.DataFrame:
-    """Predictions with the decisions at `thresholds` and the thresholds themselves, in a fixed column order."""
-    cols = ["path", "model_version", "room_decision", "room_confidence", *[f"prob_{c}" for c in classes], "in_scope_prob",
-            "out_of_scope", "quality_prob_good", "quality_decision", "aesthetic_score", "aesthetic_std",
-            "listing_ready", "listing_reason", "quality_threshold", "min_room_confidence", "min_in_scope",
+def results_frame(results: list[dict], classes: list[str], thresholds: Thresholds,
+                  decimals: int | None = 4) -> pd.DataFrame:
+    """Predictions with the decisions at `thresholds` and the thresholds themselves, in a fixed column order: the
+    one output schema of CSV, JSON, Parquet, the API and the app (numbers rounded to `decimals`; None keeps all)."""
+    cols = ["path", "model_version", *DECISION_COLUMNS[:2], *[f"prob_{c}" for c in classes], "in_scope_prob",
+            DECISION_COLUMNS[2], "quality_prob_good", DECISION_COLUMNS[3], "aesthetic_score", "aesthetic_std",
+            *DECISION_COLUMNS[4:], "quality_threshold", "min_room_confidence", "min_in_scope",
             "listing_ready_min_aesthetic", "error"]
-    rows = [{**r, **decide(r, thresholds, classes), "quality_threshold": thresholds.quality,
-             "min_room_confidence": thresholds.min_room_confidence, "min_in_scope": thresholds.min_in_scope,
-             "listing_ready_min_aesthetic": thresholds.listing_ready_min_aesthetic} for r in results]
-    df = pd.DataFrame(rows).reindex(columns=cols)
-    df["error"] = df["error"].fillna("")
-    return df.round(4)
+    frame = pd.DataFrame(results).reindex(columns=sorted(set(cols) - set(DECISION_COLUMNS) - set(THRESHOLD_COLUMNS)))
+    frame["error"] = frame["error"].fillna("")
+    df = pd.concat([frame, decide_frame(frame, thresholds, classes)], axis=1)
+    for column, name in THRESHOLD_COLUMNS.items():
+        df[column] = getattr(thresholds, name)
+    df = df.reindex(columns=cols)
+    return df if decimals is None else df.round(decimals)
 
 
 RESULT_FORMATS = (".csv", ".json", ".parquet")

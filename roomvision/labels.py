@@ -401,7 +401,7 @@ def relabel_queue(manifest: pd.DataFrame, p_good: pd.Series | None, threshold: f
         return q.sort_values(["source", "path"]).reset_index(drop=True)
     if order != "informative":
         raise ValueError(f"unknown queue order {order!r}")
-    model_label = q["p_good"].map(lambda p: quality_decision(p, threshold) if p == p else "")
+    model_label = np.where(q["p_good"].notna(), quality_decision(q["p_good"], threshold), "")
     q["disagree"] = q["p_good"].notna() & (model_label != q["quality_label"])
     q["margin"] = (q["p_good"] - threshold).abs().fillna(np.inf)
     q["priority"] = q["sha256"].map(priority).fillna(np.inf) if priority is not None else np.inf

@@ -14,6 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from .config import AESTHETIC_BINS, AESTHETIC_TARGET_STD, METRIC_SIZE, QUALITY_THRESHOLDS
+from .decisions import rule_fires
 
 METRIC_NAMES = ("sharpness", "lum_p05", "lum_p50", "lum_p95", "dark_clip", "bright_clip", "width", "height",
                 "noise", "blockiness", "contrast", "colourfulness", "tilt_deg", "border_frac")
@@ -153,19 +154,15 @@ def rule_metric(m, metric: str):
 
 def rule_flags(metrics: pd.DataFrame, t: dict = QUALITY_THRESHOLDS) -> pd.DataFrame:
     """Which rules fire for each photo of a metrics frame (one boolean column per threshold key)."""
-    return pd.DataFrame({key: (rule_metric(metrics, metric) < t[key]) if side == "below" else
-                         (rule_metric(metrics, metric) > t[key]) for key, metric, side, _ in RULES},
+    return pd.DataFrame({key: rule_fires(rule_metric(metrics, metric), side, t[key]) for key, metric, side, _ in RULES},
                         index=metrics.index)
 
 
 def quality_reasons(m: dict, t: dict = QUALITY_THRESHOLDS) -> list[str]:
-    """Human-readable reasons for every proxy rule that fires; empty means GOOD."""
-    reasons = []
-    for key, metric, side, text in RULES:
-        v = float(rule_metric(m, metric))
-        if (v < t[key]) if side == "below" else (v > t[key]):
-            reasons.append(text.format(v=v, t=t[key]))
-    return reasons
+    """Human-readable reasons for every proxy rule that fires (the same comparison as `rule_flags`); empty means
+    GOOD."""
+    return [text.format(v=float(rule_metric(m, metric)), t=t[key]) for key, metric, side, text in RULES
+            if rule_fires(float(rule_metric(m, metric)), side, t[key])]
 
 
 def quality_label(m: dict) -> tuple[str, str]:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .config import CLASSES, DEFAULT_WEIGHTS, QUALITY_THRESHOLDS, settings
+from .decisions import is_good, out_of_scope
 from .data import load_manifest, load_out_of_scope
 from .features import build_feature_cache, load_feature_cache, run_files
 from .human import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules,
@@ -126,11 +127,11 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
                          "in the Mistakes page")
     heads = {k: h.to_dict() for k, h in (("quality", quality), ("aesthetic", aesthetic)) if h is not None}
     metrics = {"human_labels": int(labelled.sum()), "human_ratings": int((~np.isnan(score)).sum()),
-               "agreement_before": float(np.mean((before >= predictor.thresholds.quality) == human_good))
+               "agreement_before": float(np.mean(is_good(before, predictor.thresholds.quality) == human_good))
                if labelled.any() else None}
     if quality is not None:
         metrics.update(balanced_accuracy_before=float(balanced_accuracy(human_good,
-                                                                        before >= predictor.thresholds.quality)),
+                                                                        is_good(before, predictor.thresholds.quality))),
                        balanced_accuracy_after_cv=quality.cv_balanced_accuracy, threshold=quality.threshold,
                        rules_moved=moved_rules(QUALITY_THRESHOLDS, quality.rule_thresholds),
                        learned_from_rules_too=quality.uses_rules)
@@ -171,8 +172,8 @@ def scope_report(in_scope: np.ndarray, is_room: np.ndarray, threshold: float) ->
     p_rooms, p_others = in_scope[is_room], in_scope[~is_room]
     return {"auroc": float(roc_auc_score(np.r_[np.ones(len(p_rooms)), np.zeros(len(p_others))],
                                          np.r_[p_rooms, p_others])),
-            "others_flagged": float(np.mean(p_others < threshold)),
-            "rooms_flagged": float(np.mean(p_rooms < threshold)),
+            "others_flagged": float(np.mean(out_of_scope(p_others, threshold))),
+            "rooms_flagged": float(np.mean(out_of_scope(p_rooms, threshold))),
             "rooms": int(len(p_rooms)), "others": int(len(p_others))}
 
 

@@ -39,11 +39,12 @@ def test_predict_probabilities_and_per_image_errors(client, make_room):
     body = r.json()
     results = body["results"]
     assert [x["filename"] for x in results] == ["a.jpg", "bad.png", "b.jpg"]
-    assert "not an image" in results[1]["error"] and results[1]["room"] is None
+    assert "not an image" in results[1]["error"] and results[1]["room_decision"] is None
     assert body["thresholds"]["quality"] == pytest.approx(0.4)  # the checkpoint's calibrated default
     for x in (results[0], results[2]):
         assert abs(sum(x["probabilities"].values()) - 1) < 1e-5 and set(x["probabilities"]) == set(CLASSES)
-        assert x["quality_label"] in ("GOOD", "BAD") and isinstance(x["listing_ready"], bool)
+        assert x["quality_decision"] in ("GOOD", "BAD") and isinstance(x["listing_ready"], bool)
+        assert x["model_version"] == "tiny"
 
 
 def test_clear_client_errors(client, make_room):
@@ -109,7 +110,7 @@ def test_real_uvicorn_on_localhost(tiny_checkpoint, make_room):
         import httpx
         r = httpx.post(f"http://127.0.0.1:{port}/v1/predict",
                        files=[("files", ("a.jpg", jpeg(make_room(4)), "image/jpeg"))], timeout=60)
-        assert r.status_code == 200 and r.json()["results"][0]["room"] in (*CLASSES, "uncertain")
+        assert r.status_code == 200 and r.json()["results"][0]["room_decision"] in (*CLASSES, "uncertain")
     finally:
         proc.terminate()
         proc.wait(timeout=20)

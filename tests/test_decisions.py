@@ -1,5 +1,6 @@
 """Each decision is one pure function; every surface (results frame, CLI, API) gives the same answer at thresholds
 just above and just below the probability the committed model returns."""
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -7,7 +8,8 @@ from fastapi.testclient import TestClient
 from roomvision.api import create_app
 from roomvision.cli import main
 from roomvision.config import CLASSES, DEFAULT_WEIGHTS
-from roomvision.decisions import Calibration, Thresholds, decide, listing_ready, quality_decision, room_decision
+from roomvision.decisions import (DECISION_COLUMNS, OUT_OF_SCOPE, UNCERTAIN, Calibration, Thresholds, decide,
+                                  decide_frame, is_good, listing_ready, out_of_scope, quality_decision, room_decision)
 from roomvision.inference import Predictor, results_frame
 
 EPS = 1e-3
@@ -25,22 +27,70 @@ def scored(tmp_path_factory):
     return predictor, path, row
 
 
-def test_quality_decision_at_the_boundary():
-    assert quality_decision(0.4, 0.4) == "GOOD"
-    assert quality_decision(0.4, 0.4 + EPS) == "BAD"
-    assert quality_decision(0.4, 0.4 - EPS) == "GOOD"
+AT = 0.4035  # a probability as the committed model gives them, not a round number
 
 
-def test_room_decision_just_above_and_below_its_confidence():
-    probs = {"Kitchen": 0.61, "Dining": 0.39}
-    assert room_decision(probs, 0.61 - EPS) == ("Kitchen", 0.61)
-    assert room_decision(probs, 0.61 + EPS) == ("uncertain", 0.61)
+@pytest.mark.parametrize("threshold,expected", [(AT - EPS, "GOOD"), (AT, "GOOD"), (AT + EPS, "BAD")])
+def test_quality_decision_below_at_and_above_the_threshold(threshold, expected):
+    assert quality_decision([AT], threshold).tolist() == [expected]
+    assert is_good(np.array([AT, np.nan]), threshold).tolist() == [expected == "GOOD", False]  # NaN is never GOOD
+
+
+@pytest.mark.parametrize("threshold,expected", [(AT - EPS, "Kitchen"), (AT, "Kitchen"), (AT + EPS, UNCERTAIN)])
+def test_room_decision_below_at_and_above_its_confidence(threshold, expected):
+    rooms, confidence = room_decision([[AT, 1 - AT - 0.3, 0.3]], ["Kitchen", "Dining", "Bedroom"], threshold)
+    assert rooms.tolist() == [expected] and confidence.tolist() == [AT]
+
+
+@pytest.mark.parametrize("minimum,expected", [(AT - EPS, False), (AT, False), (AT + EPS, True)])
+def test_out_of_scope_below_at_and_above_the_threshold(minimum, expected):
+    assert out_of_scope([AT, np.nan], minimum).tolist() == [expected, False]  # NaN: a model without the signal
+    rooms, _ = room_decision([[0.9, 0.1]], ["Kitchen", "Dining"], 0.5, [AT], minimum)
+    assert rooms.tolist() == [OUT_OF_SCOPE if expected else "Kitchen"]
+
+
+@pytest.mark.parametrize("minimum,expected", [(6.0 - EPS, True), (6.0, True), (6.0 + EPS, False)])
+def test_listing_ready_below_at_and_above_the_aesthetic_minimum(minimum, expected):
+    ready, reason = listing_ready(["GOOD"], ["Kitchen"], [6.0], minimum)
+    assert ready.tolist() == [expected] and (reason[0] == "") == expected
 
 
 def test_listing_ready_says_why_not():
-    assert listing_ready("GOOD", "Kitchen", 6.0, 6.0 - EPS) == (True, "")
-    ready, reason = listing_ready("BAD", "uncertain", 6.0, 6.0 + EPS)
-    assert not ready and reason == "quality BAD; room uncertain; aesthetic 6.000 < 6.001"
+    ready, reason = listing_ready(["GOOD", "BAD", "GOOD"], ["Kitchen", UNCERTAIN, OUT_OF_SCOPE], [6.0, 6.0, 7.0],
+                                  6.0 + EPS)
+    assert ready.tolist() == [False, False, False]
+    assert reason.tolist() == ["aesthetic 6.000 < 6.001", "quality BAD; room uncertain; aesthetic 6.000 < 6.001",
+                               OUT_OF_SCOPE]
+
+
+def test_decide_frame_is_the_vectorised_decide():
+    """Many rows at once equal one row at a time; an error row gets no decision."""
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), 200)
+    frame = pd.DataFrame({**{f"prob_{c}": probs[:, j] for j, c in enumerate(CLASSES)},
+                          "in_scope_prob": rng.random(200), "quality_prob_good": rng.random(200),
+                          "aesthetic_score": rng.uniform(1, 10, 200), "error": [""] * 199 + ["unreadable"]})
+    t = Thresholds(quality=0.5, min_room_confidence=0.35, listing_ready_min_aesthetic=5.0, min_in_scope=0.2)
+    many = decide_frame(frame, t, list(CLASSES))
+    assert list(many.columns) == list(DECISION_COLUMNS)
+    one = pd.DataFrame([decide(r, t, list(CLASSES)) for r in frame.to_dict("records")])
+    pd.testing.assert_frame_equal(many[:-1].reset_index(drop=True), one[:-1], check_dtype=False)
+    assert many.iloc[-1]["room_decision"] == "" and not many.iloc[-1]["listing_ready"]
+    assert set(many["room_decision"][:-1]) >= {UNCERTAIN, OUT_OF_SCOPE}
+
+
+def test_no_threshold_comparison_outside_the_decisions_module():
+    """Code that decides GOOD/BAD, uncertain, out of scope or listing-ready calls roomvision.decisions."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    pattern = re.compile(r"(?<![-=])[<>]=?\s*(\w+\.)*(thresholds?\b|threshold\.|quality_threshold|min_in_scope|"
+                         r"min_room_confidence|listing_ready_min_aesthetic|\.quality\b)")
+    offenders = [f"{f.relative_to(root)}:{i}: {line.strip()}"
+                 for folder in ("roomvision", "pages", "benchmarks") for f in sorted((root / folder).glob("*.py"))
+                 if f.name != "decisions.py"
+                 for i, line in enumerate(f.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not offenders, "\n".join(offenders)
 
 
 def test_calibration_gives_the_default_thresholds():
@@ -72,7 +122,7 @@ def test_cli_and_api_decide_alike(scored, tmp_path, delta, expected):
     with TestClient(create_app(DEFAULT_WEIGHTS, device="cpu")) as client:
         body = client.post("/v1/predict", files=[("files", ("c.jpg", path.read_bytes(), "image/jpeg"))],
                            data={"quality_threshold": threshold}).json()
-    assert body["results"][0]["quality_label"] == expected
+    assert body["results"][0]["quality_decision"] == expected
     assert body["thresholds"]["quality"] == pytest.approx(float(threshold))
 
 
@@ -99,6 +149,5 @@ def test_one_decode_policy_for_every_entry_point(tmp_path):
 @pytest.mark.parametrize("score,threshold,shown", [(5.4695, 5.5, "aesthetic 5.47 < 5.50"), (4.2, 5.5, "aesthetic 4.2 < 5.5"),
                                                    (5.49999, 5.5, "aesthetic 5.49999 < 5.50000")])
 def test_a_listing_reason_never_contradicts_itself(score, threshold, shown):
-    from roomvision.decisions import listing_ready
-    ready, reason = listing_ready("GOOD", "Kitchen", score, threshold)
-    assert not ready and reason == shown
+    ready, reason = listing_ready(["GOOD"], ["Kitchen"], [score], threshold)
+    assert reason.tolist() == [shown] and not ready[0]

@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from roomvision.config import QUALITY_THRESHOLDS
-from roomvision.quality import (DEGRADATIONS, aesthetic_target, compute_metrics, crop_borders, degrade,
-                                quality_label, quality_reasons, score_distribution, sharpness)
+from roomvision.quality import (DEGRADATIONS, RULES, aesthetic_target, compute_metrics, crop_borders, degrade,
+                                quality_label, quality_reasons, rule_flags, score_distribution, sharpness)
 
 
 def test_sharpness_falls_monotonically_with_blur(make_room):
@@ -86,3 +86,31 @@ def test_score_distribution_is_a_distribution_centred_on_the_score():
 def test_unknown_degradation_is_a_clear_error(make_room):
     with pytest.raises(ValueError, match="unknown degradation"):
         degrade(make_room(9), "sepia", np.random.default_rng(0))
+
+
+def _neutral_metrics() -> dict:
+    """Metrics of a photo no rule fires on."""
+    t = QUALITY_THRESHOLDS
+    return {"sharpness": t["sharpness_min"] * 2, "lum_p50": (t["dark_p50_max"] + t["bright_p50_min"]) / 2,
+            "dark_clip": 0.0, "bright_clip": 0.0, "width": t["resolution_min"] * 3, "height": t["resolution_min"] * 2,
+            "noise": 0.0, "blockiness": 0.0, "tilt_deg": 0.0}
+
+
+@pytest.mark.parametrize("rule", [r[0] for r in RULES])
+@pytest.mark.parametrize("offset", [-1e-3, 0.0, 1e-3])
+def test_each_rule_fires_just_past_its_threshold_and_flags_agree_with_reasons(rule, offset):
+    """At the threshold a rule does not fire; just past it (below for a minimum, above for a maximum) it does, and
+    the per-photo flags, the reasons and the proxy label say the same."""
+    import pandas as pd
+    key, metric, side, _ = next(r for r in RULES if r[0] == rule)
+    m = _neutral_metrics()
+    value = QUALITY_THRESHOLDS[key] + offset
+    if metric == "short_side":
+        m["width"], m["height"] = value + 1000, value
+    else:
+        m[metric] = value
+    fires = (offset < 0) if side == "below" else (offset > 0)
+    flags = rule_flags(pd.DataFrame([m])).iloc[0]
+    assert bool(flags[key]) is fires and flags.drop(key).sum() == 0
+    assert len(quality_reasons(m)) == int(fires)
+    assert quality_label(m)[0] == ("BAD" if fires else "GOOD")

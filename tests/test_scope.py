@@ -9,21 +9,12 @@ from conftest import needs_shared
 from roomvision.api import create_app
 from roomvision.cli import main
 from roomvision.config import CLASSES, DEFAULT_WEIGHTS
-from roomvision.decisions import OUT_OF_SCOPE, Thresholds, decide, listing_ready, out_of_scope, room_decision
+from roomvision.decisions import OUT_OF_SCOPE, Thresholds, decide
 from roomvision.inference import Predictor
 from roomvision.modelinfo import read_model_info
 from roomvision.scope import MAX_FLAGGED_ROOMS, ScopeHead, fit_scope_head, out_of_scope_split
 
 EPS = 1e-3
-
-
-def test_out_of_scope_just_above_and_below_the_probability():
-    assert out_of_scope(0.3, 0.3 + EPS) and not out_of_scope(0.3, 0.3 - EPS)
-    assert not out_of_scope(float("nan"), 0.9) and not out_of_scope(None, 0.9)  # a model without the head
-    probs = {"Kitchen": 0.9, "Dining": 0.1}
-    assert room_decision(probs, 0.5, 0.3, 0.3 + EPS) == (OUT_OF_SCOPE, 0.9)
-    assert room_decision(probs, 0.5, 0.3, 0.3 - EPS) == ("Kitchen", 0.9)
-    assert listing_ready("GOOD", OUT_OF_SCOPE, 7.0, 5.0) == (False, OUT_OF_SCOPE)
 
 
 def _clusters(rng, n, centre, spread=0.3):
@@ -88,7 +79,7 @@ def test_cli_api_and_results_frame_decide_out_of_scope_alike(coffee, tmp_path, d
         body = client.post("/v1/predict", files=[("files", ("c.jpg", path.read_bytes(), "image/jpeg"))],
                            data={"min_in_scope": threshold, "min_room_confidence": "0"}).json()
     result = body["results"][0]
-    assert result["out_of_scope"] is expected and (result["room"] == OUT_OF_SCOPE) == expected
+    assert result["out_of_scope"] is expected and (result["room_decision"] == OUT_OF_SCOPE) == expected
     assert result["in_scope_prob"] == pytest.approx(row["in_scope_prob"], abs=1e-6)
     assert body["thresholds"]["min_in_scope"] == pytest.approx(float(threshold))
     d = decide(row, Thresholds(min_in_scope=float(threshold), min_room_confidence=0), CLASSES)
