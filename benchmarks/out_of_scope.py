@@ -42,7 +42,7 @@ def outputs_of_images(predictor: Predictor, images) -> dict:
         img.convert("RGB").save(buf, "JPEG", quality=90)
         blobs.append(buf.getvalue())
     decoded = [predictor.decode(b) for b in blobs]
-    return predictor._raw(predictor.transform.batch(decoded), ("features", "room"))
+    return predictor.run(predictor.transform.batch(decoded), ("features", "room"))
 
 
 def scores(predictor: Predictor, raw: dict) -> dict[str, np.ndarray]:

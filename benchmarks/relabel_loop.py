@@ -60,7 +60,7 @@ def extract(predictor: Predictor, files: list[Path]) -> tuple[np.ndarray, np.nda
     with ThreadPoolExecutor(2) as pool:
         for start in range(0, len(files), 64):
             items = list(pool.map(load, files[start:start + 64]))
-            raw = predictor._raw(np.stack([x for x, _ in items]), ("quality", "aesthetic", "quality_features"))
+            raw = predictor.run(np.stack([x for x, _ in items]), ("quality", "aesthetic", "quality_features"))
             feats.append(raw["quality_features"].astype(np.float32))
             p_good.append(1 / (1 + np.exp(-raw["quality"])))
             aesthetic.append(raw["aesthetic"] @ np.arange(1, 11))

@@ -32,6 +32,24 @@ def cmd_prepare(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(a: argparse.Namespace) -> int:
+    from .collection import get_collection, import_photos
+    from .data import summarise
+    df, report = import_photos(a.dirs, a.collection, a.rooms_from_folders, a.groups, a.group_column, a.seed,
+                               a.workers)
+    print(summarise(df, report))
+    print(f"collection {a.collection!r}: {len(df)} photos in {get_collection(a.collection).manifest}")
+    return 0
+
+
+def cmd_collections(a: argparse.Namespace) -> int:
+    import pandas as pd
+    from .collection import list_collections
+    table = pd.DataFrame([c.summary() for c in list_collections()])
+    print(table.to_string(index=False))
+    return 0
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     """Train; then, when people have labelled photos, learn from them the way `retrain-heads` does."""
     from .data import load_manifest
@@ -88,7 +106,11 @@ def cmd_cache_features(a: argparse.Namespace) -> int:
 
 def cmd_retrain_heads(a: argparse.Namespace) -> int:
     import json
-    from .retrain import retrain_heads
+    from .retrain import adapt_to_collection, retrain_heads
+    if a.collection:
+        result = adapt_to_collection(a.collection, a.weights, a.out, a.data_roots)
+        print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
+        return 0
     result = retrain_heads(a.weights or settings().weights, a.manifest or settings().manifest,
                            a.relabels or settings().relabels, a.data_roots, a.out,
                            room_relabels=a.room_relabels or settings().room_relabels)
@@ -230,6 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="processes that read and measure photos (default: 2)")
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("import", help="add a team's own photos (any folder layout, no labels needed) to a named "
+                                      "collection: cleaned like prepare, split by listing, never copied")
+    p.add_argument("dirs", type=Path, nargs="+", metavar="DIR", help="folders of photos (searched recursively)")
+    p.add_argument("--collection", required=True, help="collection name (created when new; lower-case letters, "
+                                                       "digits, '-' and '_')")
+    p.add_argument("--rooms-from-folders", action="store_true",
+                   help="a photo's first folder names its room where it matches one (Kitchen, bath, …)")
+    p.add_argument("--groups", type=Path, default=None,
+                   help="CSV naming each photo's listing (columns path or file, and --group-column); default: "
+                        "the photo's folder is its listing")
+    p.add_argument("--group-column", default="listing_group", help="listing column of --groups (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=config.SPLIT_SEED,
+                   help="seed of the train/val/test split (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="processes that read and measure photos (default: 2)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("collections", help="list the collections with their photos, room corrections and quality "
+                                           "decisions")
+    p.set_defaults(func=cmd_collections)
+
     p = sub.add_parser("train", help="fine-tune the multi-task model and write a self-describing checkpoint")
     _add_dataclass_options(p, TrainConfig)
     _add_roots(p)
@@ -282,7 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_and_manifest(p)
     p.add_argument("--relabels", type=Path, default=None, help=RELABELS_HELP)
     p.add_argument("--room-relabels", type=Path, default=None, help=ROOM_RELABELS_HELP)
-    p.add_argument("--out", type=Path, default=None, help="default: weights/<name>-people-<UTC time>.pt")
+    p.add_argument("--collection", default=None,
+                   help="adapt the room decision to this collection's market from its room corrections (a version "
+                        "for that market; the default model is unchanged)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default: data/versions/<name>-people-<UTC time>.pt (or <name>-<collection>-<UTC time>.pt)")
     p.set_defaults(func=cmd_retrain_heads)
 
     p = sub.add_parser("label-issues", help="rank manifest photos by how likely their room label is wrong "

@@ -222,7 +222,7 @@ def describe_distribution(df: pd.DataFrame) -> str:
 
 def summarise(df: pd.DataFrame, report: PrepareReport) -> str:
     lines = [f"{len(df)} images kept from {df['source'].nunique()} source(s)"]
-    lines.append(pd.crosstab(df["class"], df["split"], margins=True).to_string())
+    lines.append(pd.crosstab(df["class"].replace("", "(no room label)"), df["split"], margins=True).to_string())
     lines.append(f"proxy quality labels: {dict(Counter(df['quality_label']))}")
     reasons = Counter(r.split(":")[0] for rs in df["quality_reasons"] if rs for r in rs.split("; "))
     lines.append(f"BAD reasons: {dict(reasons) or 'none'}")

@@ -240,7 +240,7 @@ def robustness_report(predictors: list[Predictor], samples: pd.DataFrame, files:
             for start in range(0, len(files), 32):
                 batch = list(pool.map(load, range(start, min(start + 32, len(files)))))
                 x = np.stack([a for per_photo in batch for a in per_photo])
-                room = predictor._raw(x, ("room",))["room"].argmax(1).reshape(len(batch), len(conditions))
+                room = predictor.run(x, ("room",))["room"].argmax(1).reshape(len(batch), len(conditions))
                 preds[:, start:start + len(batch)] = room.T
                 bar.update(len(batch))
         for source in sorted(samples["source"].unique()):

@@ -82,7 +82,7 @@ def run_files(predictor: Predictor, files: list[Path], batch_size: int = 64) -> 
             ok.append(False)
     raw = {k: [] for k in OUTPUTS}
     for i in range(0, len(arrays), batch_size):
-        out = predictor._raw(np.stack(arrays[i:i + batch_size]), OUTPUTS)
+        out = predictor.run(np.stack(arrays[i:i + batch_size]), OUTPUTS)
         for k in OUTPUTS:
             raw[k].append(out[k].astype(np.float32))
     result = {}

@@ -18,6 +18,7 @@ from PIL import Image
 from scipy.special import expit, softmax
 from tqdm import tqdm
 
+from .adapt import MarketHead, market_inputs
 from .config import settings
 from .decisions import DECISION_COLUMNS, Thresholds, decide_frame
 from .devices import resolve_device
@@ -136,10 +137,12 @@ class Predictor:
         self.human_quality = HumanQualityHead(**human["quality"]) if "quality" in human else None
         self.human_aesthetic = HumanAestheticHead(**human["aesthetic"]) if "aesthetic" in human else None
         self.scope = ScopeHead.from_dict(self.info.scope) if self.info.scope else None
+        self.market = MarketHead.from_dict(self.info.market) if self.info.market else None
         # the raw outputs a prediction needs: heads learned from people read the quality features, the
-        # out-of-scope head the pooled features
-        self.head_outputs = (HEAD_OUTPUTS + (("quality_features",) if human else ())
-                             + (("features",) if self.scope is not None else ()))
+        # out-of-scope head the pooled features, a market head both
+        reads_features = self.scope is not None or self.market is not None
+        self.head_outputs = (HEAD_OUTPUTS + (("quality_features",) if human or self.market is not None else ())
+                             + (("features",) if reads_features else ()))
         # a head that also reads the refitted proxy rules needs each photo's quality metrics
         self.needs_metrics = self.human_quality is not None and self.human_quality.uses_rules
         self.transform = EvalPreprocess(self.info.preprocess)
@@ -203,7 +206,9 @@ class Predictor:
             return None
         return pd.DataFrame([compute_metrics(img, img.info.get("original_size")) for img in images])
 
-    def _raw(self, x: np.ndarray, outputs: tuple[str, ...] = HEAD_OUTPUTS) -> dict:
+    def run(self, x: np.ndarray, outputs: tuple[str, ...] = HEAD_OUTPUTS) -> dict:
+        """The backend: raw graph `outputs` (ONNX_OUTPUTS names) for a preprocessed batch `x`, ONNX Runtime or
+        PyTorch."""
         if self.session is None:
             return self._run_torch([x], outputs=outputs)
         parts = [self.session.run(list(outputs), {"x": x[i:i + ONNX_CHUNK]}) for i in range(0, len(x), ONNX_CHUNK)]
@@ -220,7 +225,10 @@ class Predictor:
         mean, std = aesthetic_stats(raw["aesthetic"])
         if self.human_aesthetic is not None:
             mean = self.human_aesthetic.score(raw["quality_features"])
-        return {"probs": room_probabilities(raw["room"], self.calibration.temperature),
+        probs = room_probabilities(raw["room"], self.calibration.temperature)
+        if self.market is not None:  # the market's own head where a photo looks like that market
+            probs = self.market.blend(market_inputs(raw), probs)
+        return {"probs": probs,
                 "p_good": self.p_good(raw["quality"], raw.get("quality_features"), metrics),
                 "aesthetic": mean, "aesthetic_std": std, "in_scope": self.in_scope_prob(raw)}
 
@@ -253,7 +261,7 @@ class Predictor:
         if not images:
             return []
         outputs = (*self.head_outputs, *(("room_cam",) if with_cam else ()))
-        return self._rows(self._raw(self.transform.batch(images), outputs), self.metrics_of(images))
+        return self._rows(self.run(self.transform.batch(images), outputs), self.metrics_of(images))
 
     def predict_named(self, named: list[tuple[str, object]], with_cam: bool = False
                       ) -> list[tuple[dict, Image.Image | None]]:
@@ -299,7 +307,7 @@ class Predictor:
                 metrics = pd.DataFrame([m for _, m in readable]) if self.needs_metrics else None
                 x = np.stack([a for a, _ in readable]) if readable else None
                 items = readable = None
-                scored = iter(self._rows(self._raw(x, self.head_outputs), metrics) if x is not None else [])
+                scored = iter(self._rows(self.run(x, self.head_outputs), metrics) if x is not None else [])
                 x = None
                 yield [{"path": printable_path(path)[0], **next(scored)} if not err else
                        {"path": printable_path(path)[0], "model_version": self.version, "error": err}
@@ -311,7 +319,7 @@ class Predictor:
         For a linear head on globally pooled features Grad-CAM is the class activation map, which the serving
         graph already computes, so no gradients (and no PyTorch) are needed.
         """
-        raw = self._raw(self.transform.batch([img]), ("room", "room_cam"))
+        raw = self.run(self.transform.batch([img]), ("room", "room_cam"))
         c = int(raw["room"][0].argmax()) if class_index is None else class_index
         return class_heatmap(raw["room_cam"][0], c), c
 

@@ -42,6 +42,7 @@ class ModelInfo:
     train_args: dict = field(default_factory=dict)
     human: dict = field(default_factory=dict)  # heads learned from people ('quality', 'aesthetic'), see human.py
     scope: dict = field(default_factory=dict)  # the out-of-scope head, see scope.py
+    market: dict = field(default_factory=dict)  # a head adapted to one market's photos, see adapt.py
     weights_digest: str = ""  # sha256 of the tensor storages as saved ('' in checkpoints older than the digest)
 
     @classmethod
@@ -64,7 +65,7 @@ class ModelInfo:
                     metrics=raw.get("metrics", {}),
                     manifest_sha256=raw.get("manifest_sha256", ""), created=raw.get("created", ""),
                     version=raw.get("version", path.stem), train_args=raw.get("train_args", {}),
-                    human=raw.get("human", {}), scope=raw.get("scope", {}),
+                    human=raw.get("human", {}), scope=raw.get("scope", {}), market=raw.get("market", {}),
                     weights_digest=raw.get("weights_digest", ""))
 
 

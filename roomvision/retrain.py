@@ -211,3 +211,74 @@ def fit_scope(weights: Path, manifest: Path, out_of_scope_root: Path, out: Path,
                                                       "other_kinds": sorted(set(others["kind"]))}},
             version=Path(out).stem, created="").save(out)
     return {"out": Path(out), "threshold": threshold, **metrics}
+
+
+BASE_SAMPLE = 1000  # training photos per source the gate learns the market is not
+
+
+def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None = None,
+                        data_roots: list[Path] | None = None, on_progress=None, cancel=None) -> dict:
+    """A model version for collection `name`'s market: a room head fitted on its corrected photos (its train and
+    val splits; corrections first, else the room its folder gave), blended in where a photo looks like that market.
+    Measured before -> after on the collection's held-out listings (its test split, photos with a known room) and on
+    the project's House Rooms and Places365 test photos (forgetting is reported)."""
+    from .adapt import fit_gate, fit_market_head, market_inputs
+    from .collection import get_collection
+    from .data import manifest_roots, resolve_paths
+    from .photocache import score_photos
+    started = time.monotonic()
+    collection = get_collection(name)
+    weights = Path(weights) if weights else settings().weights
+    photos = collection.photos()
+    corrections = room_corrections(photos, collection.room_relabels)
+    labels = corrections.fillna(photos["class"].replace("", np.nan))
+    known = labels.isin(CLASSES).to_numpy()
+    learn = known & (photos["split"] != "test").to_numpy() & corrections.notna().to_numpy()
+    held = known & (photos["split"] == "test").to_numpy()
+    predictor = Predictor(weights, device="cpu")
+    raw = score_photos(predictor, resolve_paths(photos, manifest_roots(collection.manifest)),
+                       photos["sha256"].tolist(), on_progress=on_progress, cancel=cancel)
+    manifest = load_manifest(settings().manifest)
+    base = pd.concat([manifest[manifest["split"] == "test"],
+                      manifest[manifest["split"] == "train"].groupby("source").sample(
+                          BASE_SAMPLE, random_state=0, replace=False)]).reset_index(drop=True)
+    raw_base = score_photos(predictor, resolve_paths(base, manifest_roots(settings().manifest, data_roots)),
+                            base["sha256"].tolist(), on_progress=on_progress, cancel=cancel)
+    readable, readable_base = ~np.isnan(raw["room"][:, 0]), ~np.isnan(raw_base["room"][:, 0])
+    learn, held = learn & readable, held & readable
+    y = labels[learn].map(CLASSES.index).to_numpy()
+    x, x_base = market_inputs(raw), market_inputs(raw_base)
+    train_base = (base["split"] == "train").to_numpy() & readable_base
+    gate = fit_gate(x[readable & (photos["split"] != "test").to_numpy()], x_base[train_base])
+    head = fit_market_head(name, x[learn], y, gate)
+    before, after = predictor.scores(raw)["probs"], None
+    after = head.blend(x, before)
+    before_b = predictor.scores(raw_base)["probs"]
+    after_b = head.blend(x_base, before_b)
+    truth = labels.map(lambda c: CLASSES.index(c) if c in CLASSES else -1).to_numpy()
+    truth_b = base["class"].map(CLASSES.index).to_numpy()
+
+    def accuracy(probs, rows, target):
+        return float(np.mean(probs[rows].argmax(1) == target[rows])) if rows.any() else None
+    report = {"collection": name, "corrections_used": int(learn.sum()),
+              "corrections_per_room": {c: int((y == k).sum()) for k, c in enumerate(CLASSES) if (y == k).any()},
+              "held_out_photos": int(held.sum()),
+              "held_out_accuracy_before": accuracy(before, held, truth),
+              "held_out_accuracy_after": accuracy(after, held, truth)}
+    for label, source in (("house_rooms", "house-rooms"), ("places365", "places365-rooms")):
+        rows = (base["source"] == source).to_numpy() & (base["split"] == "test").to_numpy() & readable_base
+        report[f"{label}_test_accuracy_default"] = accuracy(before_b, rows, truth_b)
+        report[f"{label}_test_accuracy_version"] = accuracy(after_b, rows, truth_b)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    out = Path(out) if out else settings().versions_dir / f"{weights.stem.split('-people-')[0]}-{name}-{stamp}.pt"
+    save_market_version(weights, out, head.to_dict(), report)
+    return {"out": out, "seconds": time.monotonic() - started, **report}
+
+
+def save_market_version(weights: Path, out: Path, market: dict, report: dict) -> Path:
+    """A copy of `weights` carrying the market head (the weights themselves unchanged)."""
+    from .model import Checkpoint  # PyTorch writes the checkpoint
+    ckpt = Checkpoint.load(weights)
+    replace(ckpt, market=market, metrics={**ckpt.metrics, "adapted_to_market": report}, version=out.stem,
+            created="").save(out)
+    return out

@@ -151,7 +151,7 @@ def test_onnx_backend_matches_pytorch_on_the_committed_model(committed_inputs):
     onnx = Predictor(DEFAULT_WEIGHTS, device="cpu", backend="onnx")
     eager = Predictor(DEFAULT_WEIGHTS, device="cpu", backend="torch")
     assert onnx.backend == "onnx" and eager.backend == "torch"
-    a, b = onnx._raw(committed_inputs, ONNX_OUTPUTS), eager._raw(committed_inputs, ONNX_OUTPUTS)
+    a, b = onnx.run(committed_inputs, ONNX_OUTPUTS), eager.run(committed_inputs, ONNX_OUTPUTS)
     for k in ONNX_OUTPUTS:
         scale = np.abs(b[k]).max()
         assert scale > 0.1, k

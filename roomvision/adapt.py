@@ -1,0 +1,117 @@
+"""Adapting the room decision to a team's market: a head learned from the team's corrections of its own photos,
+used only where a photo looks like that market.
+
+- market head: class-balanced logistic regression on what the serving graph already computes for every photo
+  (pooled features and the photo-quality descriptor, standardised), fitted on the collection's corrected photos;
+  it predicts only the rooms the team's corrections contain (a market without dining rooms never gets one);
+- gate: logistic regression separating the collection's photos (all of them, labelled or not) from a sample of
+  the training photos; P(market) blends the two: probs = g * market + (1 - g) * base. Photos unlike the market
+  keep the default model's answer, so the version does not forget House Rooms or Places365.
+Stored in the checkpoint header as plain numbers (readable without PyTorch), like the out-of-scope head.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.special import expit, softmax
+from sklearn.linear_model import LogisticRegression
+
+from .scope import _pack, _unpack
+
+MARKET_C = 0.01   # inverse regularisation of the market head (inputs standardised); chosen on the collection's val
+GATE_C = 1.0      # and of the gate (market and training photos differ plainly: a sharp gate)
+MIN_CORRECTIONS = 10   # fewer corrected photos than this (or a single room): nothing to adapt to yet
+RANDOM_SHARE = 0.5     # the room queue alternates uncertain photos with photos drawn at random
+
+
+def market_inputs(raw: dict) -> np.ndarray:
+    """What the market head and the gate read: pooled features and the quality descriptor of each photo."""
+    return np.hstack([np.asarray(raw["features"], np.float32), np.asarray(raw["quality_features"], np.float32)])
+
+
+def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x.mean(0), x.std(0) + 1e-6
+
+
+@dataclass
+class MarketHead:
+    """Room probabilities for one market, blended with the base model's by P(market)."""
+    name: str
+    classes: list[int]      # indices into the model's classes that the head can predict
+    mean: dict
+    scale: dict
+    weight: dict            # (len(classes), inputs)
+    bias: list[float]
+    gate_mean: dict
+    gate_scale: dict
+    gate_weight: dict
+    gate_bias: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MarketHead":
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def market_share(self, x: np.ndarray) -> np.ndarray:
+        """P(the photo is from this market)."""
+        z = (x - _unpack(self.gate_mean)) / _unpack(self.gate_scale)
+        return expit(z @ _unpack(self.gate_weight) + self.gate_bias)
+
+    def market_probs(self, x: np.ndarray, n_classes: int) -> np.ndarray:
+        """The market head's own room probabilities (zero for rooms it never saw corrected)."""
+        z = (x - _unpack(self.mean)) / _unpack(self.scale)
+        probs = np.zeros((len(x), n_classes))
+        probs[:, self.classes] = softmax(z @ _unpack(self.weight).T + np.asarray(self.bias), axis=1)
+        return probs
+
+    def blend(self, x: np.ndarray, base_probs: np.ndarray) -> np.ndarray:
+        g = self.market_share(x)[:, None]
+        return g * self.market_probs(x, base_probs.shape[1]) + (1 - g) * base_probs
+
+
+def fit_gate(x_market: np.ndarray, x_base: np.ndarray) -> dict:
+    """The gate's parameters: the market's photos (labelled or not) against the base training photos."""
+    x_market, x_base = np.asarray(x_market, np.float32), np.asarray(x_base, np.float32)
+    both = np.r_[x_market, x_base]
+    mean, scale = _standardiser(both)
+    gate = LogisticRegression(C=GATE_C, class_weight="balanced", max_iter=3000).fit(
+        (both - mean) / scale, np.r_[np.ones(len(x_market)), np.zeros(len(x_base))])
+    return {"gate_mean": _pack(mean), "gate_scale": _pack(scale), "gate_weight": _pack(gate.coef_[0]),
+            "gate_bias": float(gate.intercept_[0])}
+
+
+def fit_market_head(name: str, x_labelled: np.ndarray, y: np.ndarray, gate: dict,
+                    c: float = MARKET_C) -> MarketHead:
+    """Fit the head on corrected photos (`y`: class indices); `gate` from `fit_gate`."""
+    x_labelled = np.asarray(x_labelled, np.float32)
+    classes = sorted(set(int(v) for v in y))
+    if len(y) < MIN_CORRECTIONS or len(classes) < 2:
+        raise ValueError(f"too few corrections to adapt to: {len(y)} photos in {len(classes)} room(s); correct at "
+                         f"least {MIN_CORRECTIONS} photos of two rooms or more")
+    mean, scale = _standardiser(x_labelled)
+    head = LogisticRegression(C=c, class_weight="balanced", max_iter=3000).fit((x_labelled - mean) / scale, y)
+    weight = head.coef_ if len(classes) > 2 else np.vstack([-head.coef_[0] / 2, head.coef_[0] / 2])
+    bias = head.intercept_ if len(classes) > 2 else np.array([-head.intercept_[0] / 2, head.intercept_[0] / 2])
+    return MarketHead(name=name, classes=[int(k) for k in head.classes_], mean=_pack(mean), scale=_pack(scale),
+                      weight=_pack(weight), bias=[float(b) for b in bias], **gate)
+
+
+def room_queue(probs: np.ndarray, candidates: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Which candidate photos (indices) to ask about next: the ones the current model is least sure of (smallest
+    margin between its two most probable rooms) alternating with photos drawn at random, `size` of them."""
+    rng = np.random.default_rng(seed)
+    candidates = np.asarray(candidates)
+    top2 = np.sort(probs[candidates], axis=1)[:, -2:]
+    sources = [iter(candidates[np.argsort(top2[:, 1] - top2[:, 0], kind="stable")]), iter(rng.permutation(candidates))]
+    chosen: dict[int, None] = {}  # insertion-ordered set
+    while len(chosen) < min(size, len(candidates)):
+        first = int(rng.random() < RANDOM_SHARE)
+        for source in (sources[first], sources[1 - first]):
+            pick = next((int(k) for k in source if int(k) not in chosen), None)
+            if pick is not None:
+                chosen[pick] = None
+                break
+    return np.fromiter(chosen, dtype=int, count=len(chosen))

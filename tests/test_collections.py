@@ -1,0 +1,214 @@
+"""A team's own photos: import into collections, outputs cached per photo, per-collection labels, adapting the
+room decision to a market."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from roomvision.collection import get_collection, import_photos, list_collections
+from roomvision.labels import ROOM, LabelStore
+
+
+@pytest.fixture
+def collections(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROOMVISION_COLLECTIONS_DIR", str(tmp_path / "collections"))
+    return tmp_path / "collections"
+
+
+@pytest.fixture
+def team_photos(tmp_path, make_room):
+    """A team's export: listings as folders, a flat photo, a nested one, a duplicate, a broken file, a hidden one."""
+    root = tmp_path / "agency"
+    for listing in range(6):
+        (root / f"listing-{listing}").mkdir(parents=True)
+        for i in range(4):
+            make_room(listing * 10 + i).save(root / f"listing-{listing}" / f"{i}.jpg", quality=90)
+    (root / "listing-5" / "deep" / "deeper").mkdir(parents=True)
+    make_room(500).save(root / "listing-5" / "deep" / "deeper" / "x.png")
+    make_room(600).save(root / "loose.jpg")
+    shutil.copy(root / "listing-0" / "0.jpg", root / "listing-1" / "copy-of-0.jpg")
+    (root / "listing-2" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (root / ".thumbs").mkdir()
+    make_room(700).save(root / ".thumbs" / "t.jpg")
+    return root
+
+
+def test_import_any_layout_cleans_and_splits_by_listing(collections, team_photos):
+    df, report = import_photos([team_photos], "agency-a", workers=1)
+    assert len(df) == 26  # 24 + nested + loose; the copy dropped, the broken file listed, the hidden folder skipped
+    assert [w for w, _ in report.exact_duplicates] == ["agency/listing-1/copy-of-0.jpg"]
+    assert report.unreadable and report.unreadable[0][0] == "agency/listing-2/broken.jpg"
+    assert "not" in report.unreadable[0][1].lower()
+    assert (df["class"] == "").all() and set(df["split"]) <= {"train", "val", "test"}
+    assert df.groupby("group")["split"].nunique().max() == 1  # a listing never spans two splits
+    assert "agency/listing-5/deep/deeper" in set(df["group"].str.replace(":", "/"))
+    folder = collections / "agency-a"
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.csv", "manifest.json"]  # no photo copied
+    assert get_collection("agency-a").photos()["path"].tolist() == df["path"].tolist()
+
+
+def test_reimport_keeps_splits_and_adds_only_new_photos(collections, team_photos, make_room):
+    first, _ = import_photos([team_photos], "agency-a", workers=1)
+    make_room(999).save(team_photos / "listing-9.jpg")
+    again, report = import_photos([team_photos], "agency-a", workers=1)
+    assert len(again) == len(first) + 1
+    assert [w for w, _ in report.exact_duplicates] == ["agency/listing-1/copy-of-0.jpg"]
+    merged = again.set_index("sha256")["split"]
+    assert all(merged[h] == s for h, s in zip(first["sha256"], first["split"]))
+
+
+def test_rooms_from_folders_and_caller_given_listings(collections, tiny_dataset, tmp_path):
+    groups = tmp_path / "groups.csv"
+    files = sorted(p.relative_to(tiny_dataset).as_posix() for p in tiny_dataset.rglob("*.jpg"))
+    pd.DataFrame({"file": files, "listing_group": [i // 3 for i in range(len(files))]}).to_csv(groups, index=False)
+    df, _ = import_photos([tiny_dataset], "rooms", rooms_from_folders=True, groups=groups, workers=1)
+    by_folder = df.groupby(df["path"].str.split("/").str[0])["class"].first().to_dict()
+    assert by_folder == {"Bedroom": "Bedroom", "Dinning": "Dining", "Garage": "", "Living room": "Livingroom",
+                         "bathroom": "Bathroom", "kitchen": "Kitchen"}
+    listing = df["path"].map(dict(zip(files, [str(i // 3) for i in range(len(files))])))
+    assert df.groupby(listing)["split"].nunique().max() == 1
+
+
+@pytest.mark.parametrize("name", ["", "Has Space", "../escape", "x" * 65, "house-rooms"])
+def test_bad_collection_names_are_refused(collections, team_photos, name):
+    with pytest.raises(ValueError, match="collection name|built-in"):
+        import_photos([team_photos], name, workers=1)
+
+
+def test_registry_lists_built_in_and_imported_collections_with_counts(collections, team_photos):
+    import_photos([team_photos], "agency-a", workers=1)
+    names = [c.name for c in list_collections()]
+    assert names[:2] == ["house-rooms", "places365-rooms"] and names[2:] == ["agency-a"]
+    with pytest.raises(ValueError, match="no collection named 'nope'.*known: house-rooms, places365-rooms, agency-a"):
+        get_collection("nope")
+
+
+def test_corrections_of_one_collection_never_change_another(collections, team_photos):
+    """The same photos in two collections: a correction in one is not a label in the other."""
+    import_photos([team_photos], "agency-a", workers=1)
+    import_photos([team_photos], "agency-b", workers=1)
+    a, b = get_collection("agency-a"), get_collection("agency-b")
+    row = a.photos().iloc[0]
+    LabelStore(a.room_relabels, ROOM).append(row["path"], "Kitchen", sha256=row["sha256"], annotator="ana")
+    assert a.summary()["room corrections"] == 1 and b.summary()["room corrections"] == 0
+    assert LabelStore(b.room_relabels, ROOM).merged().empty
+
+
+class CountingPredictor:
+    """Wraps a predictor and counts the photos its backend runs."""
+
+    def __init__(self, predictor):
+        self.inner, self.photos = predictor, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, x, outputs):
+        self.photos += len(x)
+        return self.inner.run(x, outputs)
+
+
+def test_outputs_are_cached_per_photo_and_scoring_resumes(collections, team_photos, tiny_checkpoint):
+    from roomvision.data import manifest_roots, resolve_paths
+    from roomvision.inference import Predictor
+    from roomvision.photocache import PhotoCache, score_photos
+    df, _ = import_photos([team_photos], "agency-a", workers=1)
+    files = resolve_paths(df, manifest_roots(get_collection("agency-a").manifest))
+    predictor = CountingPredictor(Predictor(tiny_checkpoint, device="cpu"))
+    with pytest.raises(InterruptedError):
+        score_photos(predictor, files, df["sha256"].tolist(), batch_size=8, cancel=lambda: True)
+    assert predictor.photos == 8  # one batch, saved
+    out = score_photos(predictor, files, df["sha256"].tolist(), batch_size=8)
+    assert predictor.photos == len(df)  # the rest, never the first batch again
+    again = score_photos(predictor, files[:5], df["sha256"].tolist()[:5])
+    assert predictor.photos == len(df)  # all cached
+    np.testing.assert_array_equal(again["room"], out["room"][:5])
+    direct = Predictor(tiny_checkpoint, device="cpu").run(
+        np.stack([predictor.transform(predictor.decode(f)) for f in files[:3]]), ("room",))["room"]
+    np.testing.assert_allclose(out["room"][:3], direct, atol=1e-5)
+    assert PhotoCache(tiny_checkpoint).dir != PhotoCache(Path(__file__).parent.parent / "weights" /
+                                                         "roomvision-default.pt").dir
+
+
+def _market_data(rng, n, shift):
+    x = rng.normal(0, 1, (n, 16)).astype(np.float32)
+    x[:, 0] += shift  # where the photo comes from
+    y = rng.integers(0, 2, n) * 3  # Bathroom (0) or Kitchen (3), which another feature shows
+    x[:, 1] += np.where(y == 3, 2.0, -2.0)
+    return x, y
+
+
+def test_the_market_head_learns_the_market_and_leaves_other_photos_alone():
+    from roomvision.adapt import fit_gate, fit_market_head
+    rng = np.random.default_rng(0)
+    xm, ym = _market_data(rng, 300, 8.0)
+    xb, _ = _market_data(rng, 300, -8.0)
+    head = fit_market_head("m", xm[:200], ym[:200], fit_gate(xm, xb))
+    base = np.full((100, 5), 0.1)
+    base[:, 2] = 0.6  # the default model says Dining for everything
+    blended = head.blend(xm[200:], base)
+    assert np.mean(blended.argmax(1) == ym[200:]) > 0.9 and (blended.argmax(1) != 2).all()  # no Dining here
+    assert head.market_share(xm[200:]).mean() > 0.9 and head.market_share(xb).mean() < 0.1
+    np.testing.assert_allclose(head.blend(xb[:100], base), base, atol=0.02)  # unlike the market: unchanged
+    np.testing.assert_allclose(blended.sum(1), 1, atol=1e-6)
+    restored = type(head).from_dict(head.to_dict())
+    np.testing.assert_allclose(restored.blend(xm[200:], base), blended, atol=1e-6)
+    with pytest.raises(ValueError, match="too few corrections"):
+        fit_market_head("m", xm[:5], ym[:5], fit_gate(xm, xb))
+
+
+def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path, monkeypatch, make_room):
+    """Import grey listing photos without labels, correct some, `retrain-heads --collection`: the version answers
+    the corrected rooms for that market, leaves the project's photos as they were, and the default is unchanged."""
+    from PIL import Image, ImageOps
+    from roomvision.cli import main
+    from roomvision.config import DEFAULT_WEIGHTS, settings
+    from roomvision.data import prepare
+    from roomvision.inference import Predictor
+    from roomvision.modelinfo import read_model_info
+    from roomvision.photocache import model_key
+    manifest = tmp_path / "manifest.csv"
+    prepare([tiny_dataset], manifest, workers=1)
+    monkeypatch.setenv("ROOMVISION_MANIFEST", str(manifest))
+    monkeypatch.setenv("ROOMVISION_DATA_ROOT", str(tiny_dataset))
+    monkeypatch.setenv("ROOMVISION_VERSIONS_DIR", str(tmp_path / "versions"))
+    monkeypatch.setattr("roomvision.retrain.BASE_SAMPLE", 5)
+    settings.cache_clear()
+    market = tmp_path / "market"
+    rng = np.random.default_rng(0)
+    for k, room in enumerate(("Bathroom", "Kitchen")):  # grey thumbnails: bright vertical tiles / dark wood stripes
+        for listing in range(8):
+            (market / f"{room}-{listing}").mkdir(parents=True)
+            for i in range(3):
+                stripes = np.sin(np.arange(128) / (3 + 2 * rng.random()))[None, :] * 60
+                grid = stripes if k == 0 else stripes.T
+                pixels = (150 - 70 * k) + grid + rng.normal(0, 12, (128, 128))
+                img = ImageOps.grayscale(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))).convert("RGB")
+                img.save(market / f"{room}-{listing}" / f"{i}.jpg")
+    assert main(["import", str(market), "--collection", "grey-market"]) == 0
+    col = get_collection("grey-market")
+    photos = col.photos()
+    store = LabelStore(col.room_relabels, ROOM)
+    for row in photos[photos["split"] != "test"].itertuples():  # the annotator reads the listing's folder
+        store.append(row.path, row.path.split("-")[0], sha256=row.sha256, annotator="ana")
+    for row in photos[photos["split"] == "test"].itertuples():  # held out: labelled, never learned from
+        store.append(row.path, row.path.split("-")[0], sha256=row.sha256, annotator="ana")
+    out = tmp_path / "versions" / "grey.pt"
+    assert main(["retrain-heads", "--collection", "grey-market", "--weights", str(DEFAULT_WEIGHTS),
+                 "--out", str(out)]) == 0
+    report = read_model_info(out).metrics["adapted_to_market"]
+    assert report["corrections_used"] == int((photos["split"] != "test").sum())
+    assert report["held_out_accuracy_after"] == 1.0
+    assert model_key(out) == model_key(DEFAULT_WEIGHTS)  # the version shares its base model's photo cache
+    version, default = Predictor(out, device="cpu"), Predictor(DEFAULT_WEIGHTS, device="cpu")
+    test = photos[photos["split"] == "test"]
+    files = [market / p for p in test["path"]]
+    assert [r["room"] for r in version.predict_paths(files)] == [p.split("-")[0] for p in test["path"]]
+    colour = [make_room(5000 + i) for i in range(3)]
+    for a, b in zip(version.predict_images(colour), default.predict_images(colour)):
+        assert a["room"] == b["room"] and abs(a["quality_prob_good"] - b["quality_prob_good"]) < 1e-6
+    assert read_model_info(DEFAULT_WEIGHTS).market == {}
+    shown = {c.name: c.summary() for c in list_collections()}
+    assert shown["grey-market"]["room corrections"] == len(photos)
