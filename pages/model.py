@@ -12,24 +12,35 @@ from roomvision.features import cache_path
 from roomvision.human import MIN_PER_CLASS, MIN_RATINGS, TOO_FEW
 from roomvision.jobs import JobError, read_status, start, status_file
 from roomvision.labels import ROOM, LabelStore
+from roomvision.versions import (current_default, rollback_team_default, set_team_default, version_files,
+                                 versions_table)
 from roomvision.webapp import (active_weights, dataset_roots_sidebar, ensure_app_navigation, get_predictor,
-                               learning_unavailable, list_models, manifest_path, progress_fragment, relabels_path,
+                               learning_unavailable, manifest_path, progress_fragment, relabels_path,
                                room_relabels_path, show_job_result)
 
 ensure_app_navigation()
 st.title("Model")
-folders = (settings().weights.parent, settings().versions_dir)
-models = list_models(*folders)
+models = versions_table(version_files(), current_default())
 st.subheader("Model versions")
-st.caption(f"Shipped and trained models in `{folders[0]}`; versions learned from people in `{folders[1]}`.")
-st.dataframe(models.drop(columns="path") if len(models) else models, hide_index=True)
-usable = models[models["error"] == ""]["path"].tolist() if len(models) else []
+st.caption(f"Shipped and trained models in `weights/`; versions learned from people or adapted to a market in "
+           f"`{settings().versions_dir}`. The team default serves the app, CLI, API and batch scoring.")
+st.dataframe(models.drop(columns="path"), hide_index=True)
+usable = models[models["error"] == ""]["path"].tolist()
 current = str(active_weights())
 if usable:
-    choice = st.selectbox("Active model for this session", usable, format_func=lambda p: Path(p).name,
-                          index=usable.index(current) if current in usable else 0)
+    choice = st.selectbox("Active model for this session", usable, format_func=lambda p: Path(p).stem,
+                          index=usable.index(current) if current in usable else 0, key="session_model")
     if choice != current:
         st.session_state["active_weights"] = choice
+        st.rerun()
+    team, back = st.columns(2)
+    if team.button(f"Make {Path(current).stem} the team default", key="team-default",
+                   disabled=Path(current).resolve() == current_default().resolve()):
+        set_team_default(Path(current), st.session_state.get("annotator", ""))
+        st.rerun()
+    if back.button("Roll back the team default", key="team-rollback"):
+        rollback_team_default(st.session_state.get("annotator", ""))
+        st.session_state.pop("active_weights", None)
         st.rerun()
 
 predictor = get_predictor()

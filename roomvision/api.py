@@ -1,4 +1,5 @@
-"""REST API (FastAPI): GET /health, POST /v1/predict. Start with `python -m roomvision serve`."""
+"""REST API (FastAPI): GET /health, POST /v1/predict, GET /v1/models, POST /v1/feedback. Start with
+`python -m roomvision serve`."""
 from __future__ import annotations
 
 import asyncio
@@ -20,13 +21,18 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .collection import UPLOADS, add_upload, get_collection, record_feedback
 from .config import MAX_UPLOAD_BYTES
 from .inference import Predictor, results_frame
+from .labels import LabelError
+from .modelinfo import CheckpointError
+from .versions import find_version, version_files, versions_table
 
 MAX_FILES = 64
 MAX_FORM_FIELDS = 16          # text fields of a predict form (image_url and four thresholds)
 MAX_FIELD_BYTES = 64 * 1024   # one text field
 MAX_IN_FLIGHT = 8             # predict requests admitted at once; more get 503
+MAX_LOADED_VERSIONS = 3       # model versions (the `model` field) kept loaded besides the default
 RETRY_AFTER_S = 2
 HEADER_TIMEOUT_S = 10         # a request's line and headers must arrive within this
 MAX_REQUEST_BYTES = MAX_FILES * 8 * 1024 * 1024
@@ -236,7 +242,7 @@ THRESHOLD_FIELDS = {"quality_threshold": ("quality", 0.0, 1.0),
 PREDICT_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_FILES},
-        "image_url": {"type": "string"},
+        "image_url": {"type": "string"}, "model": {"type": "string", "description": "a version from /v1/models"},
         **{field: {"type": "number", "minimum": lo, "maximum": hi} for field, (_, lo, hi) in THRESHOLD_FIELDS.items()},
     }}}}}}
 
@@ -290,6 +296,60 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
         return {"status": "ok", "model_version": p.version, "device": str(p.device), "classes": p.classes,
                 "predictions_in_flight": state["in_flight"]}
 
+    @app.get("/v1/models")
+    async def models() -> dict:
+        """The model versions this server can use (`model` field of /v1/predict) and the one serving by default."""
+        table = versions_table(version_files(), state["predictor"].weights)
+        return {"default": state["predictor"].version,
+                "models": json.loads(table.drop(columns="path").to_json(orient="records"))}
+
+    def predictor_for(name: str | None) -> Predictor:
+        """The default predictor, or the version named (loaded once, a few kept)."""
+        if not name:
+            return state["predictor"]
+        try:
+            path = find_version(name)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        loaded = state.setdefault("versions", {})
+        if str(path) not in loaded:
+            if len(loaded) >= MAX_LOADED_VERSIONS:
+                loaded.pop(next(iter(loaded)))
+            try:
+                loaded[str(path)] = Predictor(path, device=device)
+            except CheckpointError as exc:
+                raise HTTPException(422, str(exc)) from None
+        return loaded[str(path)]
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict:
+        """A correction for a photo: multipart `image` (or `sha256` of a photo sent before), `room` (a class,
+        AMBIGUOUS or NOT_A_ROOM) and/or `quality` (GOOD or BAD), `annotator`, optional `collection` (default:
+        uploads) and `model_version` (what scored it). Stored in the collection's label stores."""
+        form = await _read_form(request)
+        image, sha = form.get("image"), str(form.get("sha256") or "")
+        name = str(form.get("collection") or UPLOADS)
+        try:
+            if isinstance(image, StarletteUploadFile):
+                data = await image.read(MAX_UPLOAD_BYTES + 1)
+                if len(data) > MAX_UPLOAD_BYTES:
+                    raise HTTPException(413, f"image larger than {MAX_UPLOAD_BYTES:,} bytes")
+                if name != UPLOADS:
+                    raise ValueError("an image joins the uploads collection; to correct a photo of another "
+                                     "collection, send its sha256")
+                sha = (await run_in_threadpool(add_upload, data, image.filename or "upload"))["sha256"]
+            elif not sha:
+                raise ValueError("send the photo as multipart field 'image', or the sha256 of a photo sent before")
+            saved = await run_in_threadpool(
+                record_feedback, get_collection(name), sha, str(form.get("room") or "") or None,
+                str(form.get("quality") or "") or None, str(form.get("annotator") or ""),
+                str(form.get("model_version") or ""))
+        except LabelError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {"collection": name, "sha256": sha, "saved": saved}
+
     @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=PREDICT_FORM)
     async def predict(request: Request) -> PredictResponse:
         """Multipart form: `files` (up to MAX_FILES images), or `image_url`, and optional thresholds."""
@@ -303,7 +363,8 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
             image_url = form.get("image_url") or None
             if len(form.getlist("files")) != len(files) or not isinstance(image_url, (str, type(None))):
                 raise HTTPException(400, "'files' must be file parts and 'image_url' a text field")
-            p: Predictor = state["predictor"]
+            model = form.get("model")
+            p = await run_in_threadpool(predictor_for, model if isinstance(model, str) else None)
             thresholds = p.thresholds.with_values(**{name: _threshold(form, field, *bounds)
                                                      for field, (name, *bounds) in THRESHOLD_FIELDS.items()})
             if len(files) + bool(image_url) > MAX_FILES:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from . import config
 from .config import TrainConfig, missing_extra, settings
+from .modelinfo import CheckpointError
+from .versions import current_default
 
 
 WEIGHTS_HELP = "model checkpoint (.pt; default: $ROOMVISION_WEIGHTS, else the committed default model)"
@@ -47,6 +49,23 @@ def cmd_collections(a: argparse.Namespace) -> int:
     from .collection import list_collections
     table = pd.DataFrame([c.summary() for c in list_collections()])
     print(table.to_string(index=False))
+    return 0
+
+
+def cmd_versions(a: argparse.Namespace) -> int:
+    from .versions import current_default, version_files, versions_table
+    table = versions_table(version_files(), current_default())
+    print(table.drop(columns="path").to_string(index=False))
+    return 0
+
+
+def cmd_use(a: argparse.Namespace) -> int:
+    from .versions import find_version, rollback_team_default, set_team_default
+    if a.rollback == bool(a.version):
+        raise ValueError("name a version to use, or --rollback (not both)")
+    pointer = rollback_team_default(a.by) if a.rollback else set_team_default(find_version(a.version), a.by)
+    print(f"team default: {pointer['weights'] or 'the committed model'} (previous: "
+          f"{pointer['previous'] or 'the committed model'})")
     return 0
 
 
@@ -111,7 +130,7 @@ def cmd_retrain_heads(a: argparse.Namespace) -> int:
         result = adapt_to_collection(a.collection, a.weights, a.out, a.data_roots)
         print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
         return 0
-    result = retrain_heads(a.weights or settings().weights, a.manifest or settings().manifest,
+    result = retrain_heads(a.weights or current_default(), a.manifest or settings().manifest,
                            a.relabels or settings().relabels, a.data_roots, a.out,
                            room_relabels=a.room_relabels or settings().room_relabels)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
@@ -142,7 +161,7 @@ def cmd_label_issues(a: argparse.Namespace) -> int:
 def cmd_fit_scope(a: argparse.Namespace) -> int:
     import json
     from .retrain import fit_scope
-    weights = a.weights or settings().weights
+    weights = a.weights or current_default()
     out = a.out or Path(weights).with_name(Path(weights).stem + "-scope.pt")
     result = fit_scope(weights, a.manifest or settings().manifest, a.out_of_scope_root or settings().out_of_scope_root,
                        out, a.data_roots, a.room_relabels or settings().room_relabels)
@@ -154,7 +173,7 @@ def cmd_export_onnx(a: argparse.Namespace) -> int:
     import json
     from .engine import export_onnx
     from .inference import onnx_path, onnx_provenance
-    weights = a.weights or settings().weights
+    weights = a.weights or current_default()
     out = export_onnx(weights, a.out or onnx_path(weights))
     if a.out:  # an export to ship: the sidecar lets installs without PyTorch trust it for these weights only
         Path(str(out) + ".json").write_text(json.dumps(onnx_provenance(weights)) + "\n")
@@ -169,7 +188,7 @@ def cmd_app(a: argparse.Namespace) -> int:
     """
     import os
     from .inference import ensure_onnx
-    weights = settings().weights
+    weights = current_default()
     if weights.is_file():
         ensure_onnx(weights)
     env = dict(os.environ)
@@ -271,6 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collections", help="list the collections with their photos, room corrections and quality "
                                            "decisions")
     p.set_defaults(func=cmd_collections)
+
+    p = sub.add_parser("versions", help="list the model versions (shipped, learned from people, adapted to a "
+                                        "market) and which one is the team default")
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("use", help="make a version the team-wide default (app, CLI, API, batch scoring), or roll "
+                                   "back the last change")
+    p.add_argument("version", nargs="?", default="", help="version name (file name or stem; see `versions`)")
+    p.add_argument("--rollback", action="store_true", help="back to the default the last change replaced")
+    p.add_argument("--by", default="", help="who made the change (kept in the pointer)")
+    p.set_defaults(func=cmd_use)
 
     p = sub.add_parser("train", help="fine-tune the multi-task model and write a self-describing checkpoint")
     _add_dataclass_options(p, TrainConfig)
@@ -398,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:

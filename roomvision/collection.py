@@ -8,6 +8,7 @@ photos are: they are never copied) and the label files `quality_relabels.csv` an
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -15,14 +16,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagehash
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 from tqdm import tqdm
 
 from .config import SPLIT_SEED, normalise_class_name, settings
 from .data import MANIFEST_COLUMNS, PrepareReport, analyse_file, assign_splits, load_manifest, near_duplicate_groups
-from .images import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES, ImageDecodeError, load_image
 from .labels import QUALITY, ROOM, LabelStore
+from .quality import aesthetic_target, compute_metrics, quality_label
 
 BUILT_IN = {"house-rooms": "house-rooms", "places365-rooms": "places365-rooms"}  # name -> manifest source
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -198,3 +202,70 @@ def _merge_groups(near: np.ndarray, listing: np.ndarray) -> np.ndarray:
     cols = np.concatenate([n + near, n + near.max() + 1 + listing_ids])
     graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(nodes, nodes))
     return connected_components(graph, directed=False)[1][:n]
+
+
+UPLOADS = "uploads"  # the collection of photos people corrected where they saw them (Predict page, API feedback)
+
+
+def add_upload(data: bytes, filename: str = "upload", name: str = UPLOADS) -> dict:
+    """Keep an uploaded photo (content-addressed under the uploads folder: the same photo is stored once) and add it
+    to collection `name`; returns its manifest row. ValueError when it is not a readable image."""
+    try:
+        img = load_image(data)
+    except ImageDecodeError as exc:
+        raise ValueError(f"{filename}: {exc}") from None
+    sha = hashlib.sha256(data).hexdigest()
+    suffix = Path(filename).suffix.lower() if Path(filename).suffix.lower() in IMAGE_SUFFIXES else ".jpg"
+    rel = f"{sha[:2]}/{sha}{suffix}"
+    store = settings().uploads_dir / rel
+    if not store.is_file():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(store)
+    folder = settings().collections_dir / check_name(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / "manifest.csv.lock")):
+        manifest = folder / "manifest.csv"
+        df = load_manifest(manifest) if manifest.is_file() else pd.DataFrame(columns=[*MANIFEST_COLUMNS, "group"])
+        known = df[df["sha256"] == sha]
+        if len(known):
+            return known.iloc[0].to_dict()
+        metrics = compute_metrics(img)
+        label, reasons = quality_label(metrics)
+        row = {"source": UPLOADS, "path": rel, "class": "", "sha256": sha, "phash": str(imagehash.phash(img)),
+               "split": "train", "dup_group": len(df), "quality_label": label, "quality_reasons": reasons,
+               "aesthetic_target": aesthetic_target(metrics), **metrics, "group": f"{UPLOADS}:{sha}"}
+        df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)[[*MANIFEST_COLUMNS, "group"]]
+        tmp = folder / f"manifest.{os.getpid()}.tmp"
+        df.to_csv(tmp, index=False, float_format="%.5g")
+        tmp.replace(manifest)
+        (folder / "manifest.json").write_text(json.dumps({"roots": {UPLOADS: str(settings().uploads_dir)}}) + "\n")
+    return row
+
+
+def record_feedback(collection: Collection, sha256: str, room: str | None = None, quality: str | None = None,
+                    annotator: str = "", model_version: str = "") -> list[dict]:
+    """Record a room correction and/or a GOOD/BAD decision for a photo of `collection` in its label stores (the
+    stores' validation and guarantees); ValueError when the photo is not in the collection or nothing is given."""
+    photos = collection.photos()
+    match = photos[photos["sha256"] == sha256]
+    if match.empty:
+        raise ValueError(f"no photo with sha256 {sha256[:16]}… in collection {collection.name!r}; send the image")
+    if not room and not quality:
+        raise ValueError("give a room and/or a quality decision (GOOD or BAD)")
+    if not str(annotator).strip():
+        raise ValueError("an annotator name is required")
+    row = match.iloc[0]
+    saved = []
+    if room:
+        saved.append(LabelStore(collection.room_relabels, ROOM).append(
+            row["path"], room, sha256=sha256, annotator=annotator, model_version=model_version,
+            given_label=row["class"]))
+    if quality:
+        if str(quality).upper() not in ("GOOD", "BAD"):
+            raise ValueError(f"quality must be GOOD or BAD, not {quality!r}")
+        saved.append(LabelStore(collection.relabels, QUALITY).append(
+            row["path"], quality, sha256=sha256, annotator=annotator, model_version=model_version,
+            proxy_label=row["quality_label"]))
+    return saved

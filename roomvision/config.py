@@ -28,6 +28,7 @@ DEFAULT_RELABELS = DATA_DIR / "labels" / "quality_relabels.csv"
 DEFAULT_ROOM_RELABELS = DATA_DIR / "labels" / "room_relabels.csv"
 DEFAULT_CACHE_DIR = DATA_DIR / "cache"
 DEFAULT_COLLECTIONS_DIR = DATA_DIR / "collections"  # imported photo collections and their labels (git-ignored)
+DEFAULT_UPLOADS_DIR = DATA_DIR / "uploads"  # photos kept because people corrected them (content-addressed)
 DEFAULT_VERSIONS_DIR = DATA_DIR / "versions"  # model versions learned from people (git-ignored, like labels and caches)
 DEFAULT_DATASET_ROOTS = (
     PROJECT_ROOT.parent / "shared" / "datasets" / "house-rooms",
@@ -43,6 +44,7 @@ ENV_ROOM_RELABELS = "ROOMVISION_ROOM_RELABELS"
 ENV_CACHE_DIR = "ROOMVISION_CACHE_DIR"
 ENV_VERSIONS_DIR = "ROOMVISION_VERSIONS_DIR"
 ENV_COLLECTIONS_DIR = "ROOMVISION_COLLECTIONS_DIR"
+ENV_UPLOADS_DIR = "ROOMVISION_UPLOADS_DIR"
 ENV_OUT_OF_SCOPE_ROOT = "ROOMVISION_OUT_OF_SCOPE_ROOT"
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"  # Debian's libjemalloc2
 
@@ -115,6 +117,7 @@ class Settings:
     cache_dir: Path = DEFAULT_CACHE_DIR
     versions_dir: Path = DEFAULT_VERSIONS_DIR
     collections_dir: Path = DEFAULT_COLLECTIONS_DIR
+    uploads_dir: Path = DEFAULT_UPLOADS_DIR
     data_roots: tuple[Path, ...] = ()
     out_of_scope_root: Path = DEFAULT_OUT_OF_SCOPE_ROOT
 
@@ -129,6 +132,7 @@ class Settings:
                    cache_dir=Path(env.get(ENV_CACHE_DIR) or DEFAULT_CACHE_DIR),
                    versions_dir=Path(env.get(ENV_VERSIONS_DIR) or DEFAULT_VERSIONS_DIR),
                    collections_dir=Path(env.get(ENV_COLLECTIONS_DIR) or DEFAULT_COLLECTIONS_DIR),
+                   uploads_dir=Path(env.get(ENV_UPLOADS_DIR) or DEFAULT_UPLOADS_DIR),
                    out_of_scope_root=Path(env.get(ENV_OUT_OF_SCOPE_ROOT) or DEFAULT_OUT_OF_SCOPE_ROOT),
                    data_roots=tuple(Path(p).expanduser() for p in roots.split(os.pathsep) if p) if roots else
                    tuple(p for p in DEFAULT_DATASET_ROOTS if p.is_dir()))

@@ -28,6 +28,7 @@ from .modelinfo import HEAD_OUTPUTS, file_sha256, read_model_info
 from .preprocess import EvalPreprocess, decode_for_model
 from .quality import compute_metrics
 from .scope import ScopeHead
+from .versions import current_default
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
 ONNX_GRAPH_VERSION = 7  # bump when the exported outputs change: cached exports keyed by it (6: layout; 7: colour)
@@ -127,7 +128,7 @@ class Predictor:
                  backend: str = "auto"):
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be auto, torch or onnx, not {backend!r}")
-        self.weights = Path(weights) if weights else settings().weights
+        self.weights = Path(weights) if weights else current_default()
         self.info = read_model_info(self.weights, verify=True)
         self.classes = list(self.info.classes)
         self.calibration = self.info.calibration

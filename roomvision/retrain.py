@@ -20,6 +20,7 @@ from .human import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_q
 from .labels import NOT_A_ROOM, room_corrections
 from .inference import Predictor
 from .scope import fit_scope_head
+from .versions import current_default
 
 
 def any_human_labels(decision: np.ndarray, score: np.ndarray) -> bool:
@@ -228,7 +229,7 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     from .photocache import score_photos
     started = time.monotonic()
     collection = get_collection(name)
-    weights = Path(weights) if weights else settings().weights
+    weights = Path(weights) if weights else current_default()
     photos = collection.photos()
     corrections = room_corrections(photos, collection.room_relabels)
     labels = corrections.fillna(photos["class"].replace("", np.nan))

@@ -21,6 +21,7 @@ from .decisions import Thresholds
 from .images import ImageDecodeError, load_image
 from .inference import Predictor
 from .modelinfo import CheckpointError, read_model_info
+from .versions import current_default
 from .quality import compute_metrics, quality_reasons
 
 PHOTOS_PER_PAGE = 12  # cards the Predict page draws at once: a threshold step redraws one page
@@ -60,26 +61,9 @@ def load_predictor(weights: str, mtime: float) -> Predictor:
     return Predictor(weights)
 
 
-def list_models(*folders: Path) -> pd.DataFrame:
-    """Weights files in `folders` with their headline validation metrics; damaged ones with the reason."""
-    rows = []
-    for path in sorted({p for folder in folders for p in Path(folder).glob("*.pt")}):
-        try:
-            ckpt = read_model_info(path, verify=True)
-        except CheckpointError as exc:
-            rows.append({"file": path.name, "path": str(path), "version": "", "error": str(exc)})
-            continue
-        val = ckpt.metrics.get("validation", {})
-        rows.append({"file": path.name, "path": str(path), "version": ckpt.version, "backbone": ckpt.backbone,
-                     "created": ckpt.created,
-                     "val_room_accuracy": val.get("room_accuracy"), "val_room_macro_f1": val.get("room_macro_f1"),
-                     "val_quality_roc_auc": val.get("quality_roc_auc"), "error": ""})
-    return pd.DataFrame(rows)
-
-
 def active_weights() -> Path:
     """The model chosen on the Model page for this session, else the configured default."""
-    return Path(st.session_state.get("active_weights", str(settings().weights)))
+    return Path(st.session_state.get("active_weights", str(current_default())))
 
 
 def get_predictor() -> Predictor | None:

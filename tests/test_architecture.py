@@ -10,10 +10,10 @@ PACKAGE = ROOT / "roomvision"
 LAYERS = [
     {"config", "images", "decisions", "preprocess", "modelinfo", "devices", "calibration", "reports", "quality",
      "robustness", "scope"},
-    {"labels", "data", "model", "losses", "transforms", "human", "jobs"},
-    {"engine", "samples"},
+    {"labels", "data", "model", "losses", "transforms", "human", "jobs", "adapt", "versions"},
+    {"engine", "samples", "collection"},
     {"inference", "train"},
-    {"features", "evaluate"},
+    {"features", "evaluate", "photocache"},
     {"retrain", "label_issues"},
     {"api", "score", "webapp"},
     {"cli", "__main__"},

@@ -212,3 +212,53 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
     assert read_model_info(DEFAULT_WEIGHTS).market == {}
     shown = {c.name: c.summary() for c in list_collections()}
     assert shown["grey-market"]["room corrections"] == len(photos)
+
+
+def test_api_feedback_models_and_model_field(collections, tmp_path, monkeypatch, tiny_checkpoint, make_room):
+    """A platform sends corrections for photos it had scored; lists the versions; picks one per request."""
+    import io
+    from fastapi.testclient import TestClient
+    from roomvision.api import create_app
+    from roomvision.config import DEFAULT_WEIGHTS, settings
+    monkeypatch.setenv("ROOMVISION_UPLOADS_DIR", str(tmp_path / "uploads"))
+    monkeypatch.setenv("ROOMVISION_VERSIONS_DIR", str(tmp_path / "versions"))
+    (tmp_path / "versions").mkdir()
+    shutil.copy(tiny_checkpoint, tmp_path / "versions" / "tiny-market.pt")
+    settings.cache_clear()
+    buf = io.BytesIO()
+    make_room(3).save(buf, "JPEG")
+    photo = buf.getvalue()
+    with TestClient(create_app(DEFAULT_WEIGHTS, device="cpu")) as client:
+        listed = client.get("/v1/models").json()
+        assert {"roomvision-default.pt", "tiny-market.pt"} <= {m["file"] for m in listed["models"]}
+        r = client.post("/v1/predict", files=[("files", ("a.jpg", photo, "image/jpeg"))], data={"model": "tiny-market"})
+        assert r.status_code == 200 and r.json()["model_version"] == "tiny"
+        r = client.post("/v1/predict", files=[("files", ("a.jpg", photo, "image/jpeg"))], data={"model": "nope"})
+        assert r.status_code == 422 and "no model version 'nope'" in r.json()["detail"]
+        r = client.post("/v1/feedback", files=[("image", ("a.jpg", photo, "image/jpeg"))],
+                        data={"room": "Kitchen", "quality": "BAD", "annotator": "platform-7"})
+        assert r.status_code == 200, r.text
+        sha = r.json()["sha256"]
+        assert [s["human_label"] for s in r.json()["saved"]] == ["Kitchen", "BAD"]
+        r = client.post("/v1/feedback", data={"sha256": sha, "room": "Dining", "annotator": "platform-7"})
+        assert r.status_code == 200  # by hash: the photo was sent before
+        r = client.post("/v1/feedback", files=[("image", ("again.jpg", photo, "image/jpeg"))],
+                        data={"quality": "GOOD", "annotator": "x"})
+        assert r.status_code == 200
+        assert len(list((tmp_path / "uploads").rglob("*.jpg"))) == 1  # stored once, by content
+        for data, status, message in [
+                ({"sha256": sha, "room": "Garage", "annotator": "x"}, 422, "label must be one of"),
+                ({"sha256": sha, "room": "Kitchen"}, 400, "an annotator name is required"),
+                ({"sha256": "0" * 64, "room": "Kitchen", "annotator": "x"}, 400, "no photo with sha256"),
+                ({"room": "Kitchen", "annotator": "x"}, 400, "send the photo as multipart field 'image'"),
+                ({"sha256": sha, "annotator": "x"}, 400, "give a room and/or a quality decision"),
+                ({"sha256": sha, "quality": "MAYBE", "annotator": "x"}, 400, "quality must be GOOD or BAD")]:
+            r = client.post("/v1/feedback", data=data)
+            assert r.status_code == status and message in r.json()["detail"], (data, r.text)
+        r = client.post("/v1/feedback", files=[("image", ("junk.jpg", b"not an image", "image/jpeg"))],
+                        data={"room": "Kitchen", "annotator": "x"})
+        assert r.status_code == 400 and "junk.jpg" in r.json()["detail"]
+    uploads = get_collection("uploads")
+    assert uploads.summary()["photos"] == 1
+    room = LabelStore(uploads.room_relabels, ROOM).merged()
+    assert room["human_label"].tolist() == ["Dining"] and room["annotator"].tolist() == ["platform-7"]

@@ -101,7 +101,7 @@ def test_a_damaged_version_is_refused_everywhere_it_could_be_used(tiny_checkpoin
     from fastapi.testclient import TestClient
     from roomvision.api import create_app
     from roomvision.inference import Predictor
-    from roomvision.webapp import list_models
+    from roomvision.versions import versions_table
 
     def serve():
         with TestClient(create_app(bad, device="cpu")):
@@ -113,7 +113,8 @@ def test_a_damaged_version_is_refused_everywhere_it_could_be_used(tiny_checkpoin
                  lambda: Predictor(bad, device="cpu"), serve):
         with pytest.raises(CheckpointError, match="is damaged: its weights do not match the checksum"):
             load()
-    listed = list_models(tmp_path).set_index("file")
+    listed = versions_table([tiny_checkpoint, bad]).set_index("file")
+    assert listed.loc[tiny_checkpoint.name, "error"] == ""
     assert "is damaged" in listed.loc["tiny-people-1.pt", "error"]
 
 
