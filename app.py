@@ -10,6 +10,7 @@ pages = [
     st.Page("pages/mistakes.py", title="Mistakes", icon=":material/error:"),
     st.Page("pages/relabel.py", title="Relabel", icon=":material/label:"),
     st.Page("pages/model.py", title="Model", icon=":material/monitoring:"),
+    st.Page("pages/collections.py", title="Collections", icon=":material/photo_library:"),
 ]
 st.session_state[APP_NAVIGATION] = True
 st.navigation(pages).run()

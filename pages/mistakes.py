@@ -10,12 +10,13 @@ from roomvision.config import CLASSES, ENV_DATA_ROOT, ENV_ROOM_RELABELS
 from roomvision.features import cache_path
 from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, ClaimBoard, LabelStore, export_csv
 from roomvision.reports import filter_failures, report_paths
-from roomvision.webapp import (active_weights, cached_label_issues, dataset_roots_sidebar, ensure_app_navigation,
-                               get_predictor, manifest_path, pick_from_grid, room_relabels_path, save_decisions,
-                               thumbnail)
+from roomvision.webapp import (active_weights, cached_label_issues, cached_rooms_to_confirm, collection_sidebar,
+                               dataset_roots_sidebar, ensure_app_navigation, get_predictor, manifest_path,
+                               pick_from_grid, read_manifest, room_relabels_path, save_decisions, thumbnail)
 
 CLASS_KEYS = {c: str(i + 1) for i, c in enumerate(CLASSES)}  # 1..5
 CORRECTION_NAMES = {AMBIGUOUS: "Ambiguous / open plan", NOT_A_ROOM: "Not one of the five rooms"}
+ROOMS_TO_CONFIRM = "Rooms to confirm, least sure first"
 
 ensure_app_navigation()
 st.title("Mistakes")
@@ -23,6 +24,8 @@ weights = active_weights()
 paths = report_paths(weights)
 view = st.segmented_control("View", ["Misclassified test photos", "Label issues"], default="Misclassified test photos",
                             key="mistakes_view")
+if view == "Label issues":
+    collection_sidebar()
 st.sidebar.header("Data")
 failures_file = st.sidebar.text_input("Failures CSV", str(paths["failures"]))
 roots = dataset_roots_sidebar()
@@ -100,14 +103,22 @@ def label_issues_view() -> None:
                 "or score the photos once from the Relabel page.")
         return
     annotator = st.sidebar.text_input("Your name", key="annotator")
-    show = st.sidebar.selectbox("Show", ["Flagged label issues", "All photos, most suspect first",
-                                         "Misclassified test photos"], key="issues_show",
-                                help="Flagged: the photos confident learning counts as label issues")
+    unlabelled = not (read_manifest(str(manifest_file), manifest_file.stat().st_mtime)["class"] != "").any()
+    show = st.sidebar.selectbox("Show", [ROOMS_TO_CONFIRM] if unlabelled else
+                                ["Flagged label issues", "All photos, most suspect first", "Misclassified test photos"],
+                                key=f"issues_show{'-unlabelled' if unlabelled else ''}",
+                                help="Flagged: the photos confident learning counts as label issues. Rooms to "
+                                     "confirm: photos without a room label, the model's room as the starting "
+                                     "point, the ones it is least sure of first")
     split = st.sidebar.selectbox("Split", ["all", "train", "val", "test"], key="issues_split")
     grid_mode = st.sidebar.toggle("Grid mode (correct many at once)")
     store = LabelStore(room_relabels_path(), ROOM)
-    ranked = cached_label_issues(str(cache), cache.stat().st_mtime, str(manifest_file),
-                                 predictor.calibration.temperature)
+    if unlabelled:
+        ranked = cached_rooms_to_confirm(str(cache), cache.stat().st_mtime, str(manifest_file), predictor.version,
+                                         predictor)
+    else:
+        ranked = cached_label_issues(str(cache), cache.stat().st_mtime, str(manifest_file),
+                                     predictor.calibration.temperature)
     corrected = store.decided_keys()
     if show == "Flagged label issues":
         candidates = ranked[ranked["issue"]]

@@ -28,11 +28,9 @@ st.dataframe(models.drop(columns="path"), hide_index=True)
 usable = models[models["error"] == ""]["path"].tolist()
 current = str(active_weights())
 if usable:
-    choice = st.selectbox("Active model for this session", usable, format_func=lambda p: Path(p).stem,
-                          index=usable.index(current) if current in usable else 0, key="session_model")
-    if choice != current:
-        st.session_state["active_weights"] = choice
-        st.rerun()
+    st.session_state["session_model"] = current if current in usable else usable[0]  # follows every other switch
+    st.selectbox("Active model for this session", usable, format_func=lambda p: Path(p).stem, key="session_model",
+                 on_change=lambda: st.session_state.update(active_weights=st.session_state["session_model"]))
     team, back = st.columns(2)
     if team.button(f"Make {Path(current).stem} the team default", key="team-default",
                    disabled=Path(current).resolve() == current_default().resolve()):

@@ -6,8 +6,9 @@ import streamlit as st
 
 from roomvision.decisions import OUT_OF_SCOPE, UNCERTAIN, distinct_digits
 from roomvision.inference import results_frame
-from roomvision.labels import neutralise_formulas
-from roomvision.webapp import PHOTOS_PER_PAGE, ensure_app_navigation, get_predictor, score_uploads, threshold_sidebar
+from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, neutralise_formulas
+from roomvision.webapp import (PHOTOS_PER_PAGE, ensure_app_navigation, get_predictor, save_upload_feedback,
+                               score_uploads, threshold_sidebar)
 
 FILTERS = {  # what a team screens a batch for; each reads the decisions of the results table
     "BAD": lambda d: d["quality_decision"] == "BAD",
@@ -16,6 +17,28 @@ FILTERS = {  # what a team screens a batch for; each reads the decisions of the 
     "not one of the five rooms": lambda d: d["room_decision"] == OUT_OF_SCOPE,
     "unreadable": lambda d: bool(d["error"]),
 }
+
+
+def feedback(i: int, room: str | None = None, quality: str | None = None) -> None:
+    """Record a correction for uploaded photo `i` (button callback)."""
+    name, data = uploads[i]
+    st.session_state[f"feedback-{i}"] = save_upload_feedback(data, name, st.session_state.get("annotator", ""),
+                                                             predictor.version, room, quality)
+
+
+def correction_row(i: int, row: dict, classes: list[str]) -> None:
+    """Fix a wrong prediction where it is seen: the room it really is, GOOD or BAD."""
+    room_col, save_col, good_col, bad_col = st.columns([2, 1, 1, 1], vertical_alignment="bottom")
+    room = room_col.selectbox("This photo is a…", [*classes, AMBIGUOUS, NOT_A_ROOM], key=f"fix-room-{i}",
+                              index=classes.index(row["room"]) if row["room"] in classes else 0)
+    save_col.button("Save room", key=f"fix-save-{i}", on_click=feedback, args=(i, room))
+    good_col.button("GOOD", key=f"fix-good-{i}", on_click=feedback, args=(i, None, "GOOD"))
+    bad_col.button("BAD", key=f"fix-bad-{i}", on_click=feedback, args=(i, None, "BAD"))
+    if msg := st.session_state.pop(f"feedback-{i}", None):
+        if msg.startswith("Not saved"):
+            st.error(msg)
+        else:
+            st.success(msg)
 
 
 def photo_card(i: int, row: dict, dec: dict, classes: list[str], thresholds, show_cam: bool) -> None:
@@ -59,6 +82,7 @@ def photo_card(i: int, row: dict, dec: dict, classes: list[str], thresholds, sho
         dist.update_layout(height=140, margin=dict(l=0, r=0, t=0, b=0), xaxis=dict(dtick=1))
         right.plotly_chart(dist, key=f"aes-{i}")
         right.write("✅ Listing-ready" if dec["listing_ready"] else f"Not listing-ready: {dec['listing_reason']}")
+        correction_row(i, row, classes)
 
 
 @st.fragment
@@ -90,6 +114,7 @@ predictor = get_predictor()
 if predictor is None:
     st.stop()
 thresholds = threshold_sidebar(predictor)
+st.sidebar.text_input("Your name", key="annotator", help="Needed to save corrections made on the photo cards")
 st.caption(f"Model **{predictor.version}** · thresholds used: P(GOOD) ≥ {thresholds.quality:.4g} · room confidence "
            f"≥ {thresholds.min_room_confidence:.4g} · P(one of the five rooms) ≥ {thresholds.min_in_scope:.4g} · "
            f"aesthetic ≥ {thresholds.listing_ready_min_aesthetic:.4g} for listing-ready")
@@ -101,8 +126,9 @@ if not files:
     st.info("Upload one or more photos (jpg, png, webp, bmp, tiff, heic) to score them.")
     st.stop()
 
+uploads = [(f.name, f.getvalue()) for f in files]
 bar = st.progress(0.0, text=f"Scoring {len(files)} photo(s)…")
-results = score_uploads(predictor, [(f.name, f.getvalue()) for f in files],
+results = score_uploads(predictor, uploads,
                         progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Scored {done}/{total}"))
 bar.empty()
 table = results_frame(results, predictor.classes, thresholds)

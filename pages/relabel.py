@@ -9,12 +9,13 @@ from roomvision.features import build_feature_cache, cache_path
 from roomvision.config import ENV_RELABELS
 from roomvision.labels import (ClaimBoard, LabelStore, annotator_agreement, export_csv, my_decision, photo_history,
                                relabel_queue)
-from roomvision.webapp import (active_priority, cached_p_good, dataset_roots_sidebar, ensure_app_navigation,
-                               get_predictor, manifest_path, pick_from_grid, read_manifest, relabels_path,
-                               save_decisions, thumbnail)
+from roomvision.webapp import (active_priority, cached_p_good, collection_sidebar, dataset_roots_sidebar,
+                               ensure_app_navigation, get_predictor, manifest_path, pick_from_grid, read_manifest,
+                               relabels_path, save_decisions, thumbnail)
 
 ensure_app_navigation()
 st.title("Relabel photo quality")
+collection_sidebar()
 predictor = get_predictor()
 manifest_file = manifest_path()
 if predictor is None:

@@ -269,3 +269,14 @@ def record_feedback(collection: Collection, sha256: str, room: str | None = None
             row["path"], quality, sha256=sha256, annotator=annotator, model_version=model_version,
             proxy_label=row["quality_label"]))
     return saved
+
+
+def import_job(dirs: list[str], name: str, rooms_from_folders: bool = False, on_progress=None) -> dict:
+    """`import_photos` as a background job (the Collections page): what was imported, in words and counts."""
+    if on_progress is not None:
+        on_progress(0, 1, f"reading and measuring the photos of {', '.join(dirs)}")
+    df, report = import_photos([Path(d).expanduser() for d in dirs], name, rooms_from_folders, workers=2)
+    return {"collection": name, "photos": len(df), "with room label": int((df["class"] != "").sum()),
+            "unreadable": [f"{where}: {why}" for where, why in report.unreadable[:20]],
+            "unreadable_count": len(report.unreadable), "exact_duplicates": len(report.exact_duplicates),
+            "near_duplicate_groups": report.near_duplicate_groups}

@@ -89,3 +89,25 @@ def find_room_label_issues(manifest: Path, cache: Path, temperature: float, spli
     if split != "all":
         out = out[out["split"] == split]
     return out.sort_values("score", ascending=False).reset_index(drop=True).round(4)
+
+
+def rooms_to_confirm(manifest: Path, cache: Path, probabilities: np.ndarray, room_relabels: Path | None = None,
+                     seed: int = 0) -> pd.DataFrame:
+    """For photos without a room label (a team's own photos): the model's room as the starting point ('given' and
+    'suggested'), the photos it is least sure of first, alternating with photos drawn at random; photos people
+    already corrected are not listed. `probabilities`: the served model's, one row per manifest photo."""
+    from .adapt import room_queue
+    df = load_manifest(manifest).reset_index(drop=True)
+    data = load_feature_cache(cache, df)
+    corrected = room_corrections(df, room_relabels).notna().to_numpy()
+    readable = ~np.isnan(data["room"][:, 0])
+    candidates = np.flatnonzero(readable & ~corrected)
+    order = room_queue(probabilities, candidates, len(candidates), seed)
+    top2 = np.sort(probabilities, axis=1)[:, -2:]
+    suggested = np.asarray(CLASSES)[probabilities.argmax(1)]
+    known = df["class"].isin(CLASSES).to_numpy()
+    out = df.loc[order, ["source", "path", "split"]].assign(
+        given=np.where(known, df["class"], suggested)[order], suggested=suggested[order],
+        score=(1 - (top2[:, 1] - top2[:, 0]))[order], issue=True,
+        **{f"prob_{c}": probabilities[order, i] for i, c in enumerate(CLASSES)}, sha256=df.loc[order, "sha256"])
+    return out.reset_index(drop=True).round(4)

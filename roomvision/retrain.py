@@ -240,9 +240,10 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     raw = score_photos(predictor, resolve_paths(photos, manifest_roots(collection.manifest)),
                        photos["sha256"].tolist(), on_progress=on_progress, cancel=cancel)
     manifest = load_manifest(settings().manifest)
+    train = manifest[manifest["split"] == "train"]
     base = pd.concat([manifest[manifest["split"] == "test"],
-                      manifest[manifest["split"] == "train"].groupby("source").sample(
-                          BASE_SAMPLE, random_state=0, replace=False)]).reset_index(drop=True)
+                      *[g.sample(min(BASE_SAMPLE, len(g)), random_state=0) for _, g in train.groupby("source")]]
+                     ).reset_index(drop=True)
     raw_base = score_photos(predictor, resolve_paths(base, manifest_roots(settings().manifest, data_roots)),
                             base["sha256"].tolist(), on_progress=on_progress, cancel=cancel)
     readable, readable_base = ~np.isnan(raw["room"][:, 0]), ~np.isnan(raw_base["room"][:, 0])

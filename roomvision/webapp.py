@@ -16,13 +16,14 @@ import streamlit as st
 from PIL import Image
 
 from . import config
+from .collection import Collection, get_collection, list_collections
 from .config import settings
 from .decisions import Thresholds
 from .images import ImageDecodeError, load_image
 from .inference import Predictor
 from .modelinfo import CheckpointError, read_model_info
-from .versions import current_default
 from .quality import compute_metrics, quality_reasons
+from .versions import current_default
 
 PHOTOS_PER_PAGE = 12  # cards the Predict page draws at once: a threshold step redraws one page
 PREVIEW_SIDE = 640  # the Predict page shows (and overlays Grad-CAM on) a preview, not the full-size photo
@@ -43,16 +44,44 @@ def ensure_app_navigation() -> None:
         st.rerun()
 
 
+BUILT_IN_CHOICE = "House Rooms + Places365 (built-in)"
+
+
+def collection_sidebar() -> Collection | None:
+    """The collection this session works on (shared by the pages): the built-in research sets, or an imported one."""
+    names = [BUILT_IN_CHOICE, *[c.name for c in list_collections() if not c.built_in]]
+    if st.session_state.get("collection") not in names:
+        st.session_state["collection"] = BUILT_IN_CHOICE
+    st.sidebar.selectbox("Collection", names, key="collection",
+                         help="Whose photos to label: the built-in research sets, or a collection of your own "
+                              "(import one on the Collections page)")
+    return chosen_collection()
+
+
+def chosen_collection() -> Collection | None:
+    """The imported collection chosen in this session, None for the built-in research sets."""
+    name = st.session_state.get("collection")
+    if not name or name == BUILT_IN_CHOICE:
+        return None
+    try:
+        return get_collection(name)
+    except ValueError:
+        return None
+
+
 def manifest_path() -> Path:
-    return settings().manifest
+    chosen = chosen_collection()
+    return chosen.manifest if chosen else settings().manifest
 
 
 def relabels_path() -> Path:
-    return settings().relabels
+    chosen = chosen_collection()
+    return chosen.relabels if chosen else settings().relabels
 
 
 def room_relabels_path() -> Path:
-    return settings().room_relabels
+    chosen = chosen_collection()
+    return chosen.room_relabels if chosen else settings().room_relabels
 
 
 @st.cache_resource(show_spinner="Loading model…")
@@ -97,7 +126,7 @@ def threshold_sidebar(predictor: Predictor) -> Thresholds:
                       disabled=predictor.scope is None)
     st.sidebar.slider("Minimum aesthetic score for 'listing-ready'", 1.0, 10.0, step=0.1,
                       key=keys["listing_ready_min_aesthetic"])
-    if st.sidebar.button("Reset to defaults"):
+    if st.sidebar.button("Reset to defaults", key="thr-reset"):
         st.session_state["thr_reset"] = True
         st.rerun()
     return Thresholds(**{name: float(st.session_state[key]) for name, key in keys.items()})
@@ -162,7 +191,8 @@ def dataset_roots_sidebar() -> dict[str, str]:
     from .data import manifest_roots
     known = manifest_roots(manifest_path())
     text = st.sidebar.text_input(f"Dataset roots (separated by '{os.pathsep}'; also ${config.ENV_DATA_ROOT})",
-                                 os.pathsep.join(str(p) for p in known.values()), key="dataset_roots")
+                                 os.pathsep.join(str(p) for p in known.values()),
+                                 key=f"dataset_roots-{st.session_state.get('collection', '')}")
     return {os.path.basename(p.rstrip("/")): p for p in text.split(os.pathsep) if p}
 
 
@@ -185,6 +215,24 @@ def pick_from_grid(rows: list[dict], roots: dict[str, str], caption) -> list[dic
             else:
                 st.warning(f"Image not found: {row['source']}/{row['path']}")
     return picked
+
+
+def save_upload_feedback(data: bytes, name: str, annotator: str, model_version: str, room: str | None = None,
+                         quality: str | None = None) -> str:
+    """A correction made where the photo was seen (Predict page): the photo joins the uploads collection and the
+    decision goes to its stores. Returns what happened, 'Not saved: …' when nothing could be written."""
+    from .collection import UPLOADS, add_upload, record_feedback
+    from .labels import LabelError
+    if not annotator.strip():
+        return "Not saved: enter your name in the sidebar first."
+    try:
+        row = add_upload(data, name)
+        record_feedback(get_collection(UPLOADS), row["sha256"], room, quality, annotator, model_version)
+    except (LabelError, ValueError) as exc:
+        return f"Not saved: {exc}"
+    except OSError as exc:
+        return f"Not saved: cannot write to the uploads collection ({exc.strerror or type(exc).__name__})."
+    return f"Saved {' and '.join(v for v in (room, quality) if v)} for {name} (collection '{UPLOADS}')."
 
 
 def save_decisions(store, history: list, label: str, rows: list[dict], annotator: str, model_version: str,
@@ -243,6 +291,22 @@ def cached_label_issues(cache_file: str, mtime: float, manifest_file: str, tempe
     the page leaves out the photos people have corrected since."""
     from .label_issues import find_room_label_issues
     return find_room_label_issues(Path(manifest_file), Path(cache_file), temperature)
+
+
+@st.cache_data(show_spinner="Ranking the photos the model is least sure of…", max_entries=4)
+def cached_rooms_to_confirm(cache_file: str, mtime: float, manifest_file: str, model_version: str,
+                            _predictor: Predictor) -> pd.DataFrame:
+    """A collection without room labels: every photo with the model's room, least sure first (computed once per
+    cache and model; the page leaves out the photos people have corrected since)."""
+    from .features import load_feature_cache
+    from .label_issues import rooms_to_confirm
+    data = load_feature_cache(Path(cache_file))
+    readable = ~np.isnan(data["room"][:, 0])
+    probs = np.full((len(readable), len(_predictor.classes)), 1.0 / len(_predictor.classes))
+    raw = {k: data[k][readable].astype(np.float32) for k in ("room", "quality", "aesthetic", "quality_features",
+                                                             "features")}
+    probs[readable] = _predictor.scores(raw)["probs"]
+    return rooms_to_confirm(Path(manifest_file), Path(cache_file), probs)
 
 
 def learning_unavailable() -> str:

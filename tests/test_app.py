@@ -96,7 +96,7 @@ def test_predict_page_scores_uploads_and_sliders_change_decisions(app_env, monke
     at.pills(key="show_only").set_value(["unreadable"]).run()
     assert decisions("Quality") == set() and any("junk.jpg" in e.value for e in at.error)
     at.pills(key="show_only").set_value([]).run()
-    at.button[0].click().run()  # reset to defaults
+    at.button(key="thr-reset").click().run()  # reset to defaults
     calibrated = Predictor(DEFAULT_WEIGHTS, device="cpu").thresholds.quality
     assert at.slider(key="thr_quality").value == pytest.approx(calibrated)
     assert at.dataframe and at.get("download_button")
