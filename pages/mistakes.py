@@ -176,7 +176,9 @@ def label_issues_view() -> None:
         else:
             left.warning(f"Image not found: {image_file}. Set the dataset root in the sidebar.")
             blocked = blocked or "The photo is not shown, so its label cannot be corrected."
-        right.metric("Given label", row["given"], f"suggested: {row['suggested']} · suspicion {row['score']:.2f}",
+        right.metric("Model's room" if unlabelled else "Given label", row["given"],
+                     f"suggested: {row['suggested']} · " + (f"unsure {row['score']:.2f}" if unlabelled
+                                                              else f"suspicion {row['score']:.2f}"),
                      delta_color="off", delta_arrow="off")
         probs = [row[f"prob_{c}"] for c in CLASSES]
         fig = go.Figure(go.Bar(x=probs, y=list(CLASSES), orientation="h", text=[f"{p:.0%}" for p in probs]))

@@ -67,9 +67,14 @@ class MarketHead:
         probs[:, self.classes] = softmax(z @ _unpack(self.weight).T + np.asarray(self.bias), axis=1)
         return probs
 
-    def blend(self, x: np.ndarray, base_probs: np.ndarray) -> np.ndarray:
-        g = self.market_share(x)[:, None]
-        return g * self.market_probs(x, base_probs.shape[1]) + (1 - g) * base_probs
+    def blend(self, x: np.ndarray, base_probs: np.ndarray, base_in_scope: np.ndarray | None = None):
+        """Room probabilities blended by P(market); with `base_in_scope`, also P(in scope): the market's photos
+        count as rooms (its people corrected them as rooms), others keep the base model's signal."""
+        g = self.market_share(x)
+        probs = g[:, None] * self.market_probs(x, base_probs.shape[1]) + (1 - g[:, None]) * base_probs
+        if base_in_scope is None:
+            return probs
+        return probs, np.where(np.isnan(base_in_scope), np.nan, g + (1 - g) * base_in_scope)
 
 
 def fit_gate(x_market: np.ndarray, x_base: np.ndarray) -> dict:

@@ -227,11 +227,12 @@ class Predictor:
         if self.human_aesthetic is not None:
             mean = self.human_aesthetic.score(raw["quality_features"])
         probs = room_probabilities(raw["room"], self.calibration.temperature)
+        in_scope = self.in_scope_prob(raw)
         if self.market is not None:  # the market's own head where a photo looks like that market
-            probs = self.market.blend(market_inputs(raw), probs)
+            probs, in_scope = self.market.blend(market_inputs(raw), probs, in_scope)
         return {"probs": probs,
                 "p_good": self.p_good(raw["quality"], raw.get("quality_features"), metrics),
-                "aesthetic": mean, "aesthetic_std": std, "in_scope": self.in_scope_prob(raw)}
+                "aesthetic": mean, "aesthetic_std": std, "in_scope": in_scope}
 
     def _rows(self, raw: dict, metrics: pd.DataFrame | None = None) -> list[dict]:
         """Result rows of probabilities (no decisions); with 'room_cam' in `raw`, each row also gets the 0-1 heat

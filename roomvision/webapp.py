@@ -52,7 +52,10 @@ def collection_sidebar() -> Collection | None:
     names = [BUILT_IN_CHOICE, *[c.name for c in list_collections() if not c.built_in]]
     if st.session_state.get("collection") not in names:
         st.session_state["collection"] = BUILT_IN_CHOICE
-    st.sidebar.selectbox("Collection", names, key="collection",
+    # the choice lives in a plain session key (a widget's own key is dropped on pages that do not draw it)
+    st.session_state["collection_choice"] = st.session_state["collection"]
+    st.sidebar.selectbox("Collection", names, key="collection_choice",
+                         on_change=lambda: st.session_state.update(collection=st.session_state["collection_choice"]),
                          help="Whose photos to label: the built-in research sets, or a collection of your own "
                               "(import one on the Collections page)")
     return chosen_collection()

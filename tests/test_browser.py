@@ -76,11 +76,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path, tiny_dataset, tiny_checkpoint):
-    weights = tmp_path / "weights" / "tiny.pt"
+@contextlib.contextmanager
+def app_server(tmp_path, tiny_dataset, model: Path):
+    """`streamlit run app.py` on a copy of `model`, the tiny dataset's manifest and label files of its own."""
+    weights = tmp_path / "weights" / model.name
     weights.parent.mkdir()
-    shutil.copy(tiny_checkpoint, weights)
+    shutil.copy(model, weights)
     manifest = tmp_path / "manifest.csv"
     prepare([tiny_dataset], manifest, workers=1)
     relabels = tmp_path / "labels" / "relabels.csv"
@@ -88,7 +89,9 @@ def server(tmp_path, tiny_dataset, tiny_checkpoint):
     room_relabels = tmp_path / "labels" / "room_relabels.csv"
     env = {**os.environ, "ROOMVISION_WEIGHTS": str(weights), "ROOMVISION_MANIFEST": str(manifest),
            "ROOMVISION_RELABELS": str(relabels), "ROOMVISION_DATA_ROOT": str(tiny_dataset),
-           "ROOMVISION_ROOM_RELABELS": str(room_relabels)}
+           "ROOMVISION_ROOM_RELABELS": str(room_relabels),
+           "ROOMVISION_COLLECTIONS_DIR": str(tmp_path / "collections"),
+           "ROOMVISION_VERSIONS_DIR": str(tmp_path / "versions"), "ROOMVISION_UPLOADS_DIR": str(tmp_path / "uploads")}
     log = tmp_path / "app.log"
     with open(log, "wb") as out:  # the child keeps its own handle
         proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
@@ -105,10 +108,18 @@ def server(tmp_path, tiny_dataset, tiny_checkpoint):
     else:
         proc.kill()
         pytest.fail("streamlit did not start: " + log.read_text()[-2000:])
-    yield {"url": url, "relabels": relabels, "root": tiny_dataset, "weights": weights, "manifest": manifest,
-           "room_relabels": room_relabels, "log": log}
-    proc.terminate()
-    proc.wait(timeout=20)
+    try:
+        yield {"url": url, "relabels": relabels, "root": tiny_dataset, "weights": weights, "manifest": manifest,
+               "room_relabels": room_relabels, "log": log, "env": env}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture
+def server(tmp_path, tiny_dataset, tiny_checkpoint):
+    with app_server(tmp_path, tiny_dataset, tiny_checkpoint) as running:
+        yield running
 
 
 def assert_quiet_log(log: Path) -> None:
@@ -260,3 +271,87 @@ def test_confusion_matrix_cell_click_filters_the_mistakes(server):
         page.get_by_text("1 of 3 misclassified test photos match").wait_for()
         assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "mistakes-cell.png"), full_page=True)
+
+
+def grey_market(folder: Path, listings: int = 6) -> Path:
+    """A team's grey listing thumbnails, one folder per listing: bathrooms with bright vertical tiles, kitchens with
+    dark horizontal stripes (the folder name tells the simulated annotator the room, never the import)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for k, room in enumerate(("Bathroom", "Kitchen")):
+        for listing in range(listings):
+            (folder / f"{room}-{listing}").mkdir(parents=True)
+            for i in range(3):
+                stripes = np.sin(np.arange(128) / (3 + 2 * rng.random()))[None, :] * 60
+                pixels = (150 - 70 * k) + (stripes if k == 0 else stripes.T) + rng.normal(0, 12, (128, 128))
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert("RGB").save(
+                    folder / f"{room}-{listing}" / f"{i}.jpg")
+    return folder
+
+
+def test_a_team_adapts_the_model_to_its_market_in_the_browser(tmp_path, tiny_dataset, monkeypatch):
+    """Import a folder of the team's photos, score them, confirm rooms with the keyboard, adapt, see before -> after
+    beside House Rooms / Places365, use the market version, and score a new photo of that market with it."""
+    import numpy as np
+    from PIL import Image
+    from roomvision.config import CLASSES, DEFAULT_WEIGHTS
+    from roomvision.labels import ROOM
+    market = grey_market(tmp_path / "market")
+    with app_server(tmp_path, tiny_dataset, DEFAULT_WEIGHTS) as server, chromium_page() as page:
+        page.goto(server["url"] + "/collections")
+        page.get_by_role("textbox", name="Folders on this server (one per line)").fill(str(market))
+        page.get_by_role("textbox", name="Collection name").fill("grey-market")
+        page.get_by_role("button", name="Import").click()
+        page.get_by_text("Collection grey-market: 36 photos").wait_for()
+        assert_clean(page)
+        page.screenshot(path=str(ARTIFACTS / "collections-imported.png"), full_page=True)
+
+        page.goto(server["url"] + "/relabel")
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Collection").click()
+        page.get_by_role("option", name="grey-market").click()
+        score = page.get_by_role("button", name=re.compile("^Score all manifest photos now"))
+        score.click()
+        score.wait_for(state="detached", timeout=300_000)  # scored: the queue can rank by the model now
+        assert_clean(page)
+
+        page.get_by_role("link", name="Mistakes").click()  # the app's navigation: the same session, the same collection
+        page.get_by_text("Label issues", exact=True).click()
+        sign_in(page, page.get_by_role("button", name=re.compile("^Kitchen")))
+        page.screenshot(path=str(ARTIFACTS / "collections-label-issues.png"), full_page=True)
+        page.get_by_text("0 of 36 reviewed").wait_for()  # every photo of the collection, none confirmed yet
+        assert page.locator('[data-testid="stMetric"]').filter(has_text="Model's room").count() == 1
+        for _ in range(14):
+            caption = page.locator('[data-testid="stImage"] [data-testid="stImageCaption"]').first.inner_text()
+            room = caption.split("/")[1].split("-")[0]  # the annotator reads the listing's folder
+            page.get_by_role("heading", name="Mistakes").click()  # keyboard focus off the text box
+            page.keyboard.press(str(CLASSES.index(room) + 1))
+            page.wait_for_function("c => !document.body.innerText.includes(c)", arg=caption, timeout=60_000)
+        assert_clean(page)
+        page.screenshot(path=str(ARTIFACTS / "collections-rooms-confirmed.png"), full_page=True)
+
+        page.get_by_role("link", name="Collections").click()
+        page.get_by_role("button", name=re.compile("^Adapt .* to grey-market")).click()
+        page.get_by_text(re.compile("^Saved .*grey-market.*: 1[0-9] corrections")).wait_for(timeout=300_000)
+        page.locator('[data-testid="stMetric"]').filter(has_text="held-out photos of grey-market").wait_for()
+        assert_clean(page)
+        page.screenshot(path=str(ARTIFACTS / "collections-adapted.png"), full_page=True)
+        page.get_by_role("button", name=re.compile("in this session$")).click()
+
+        photo = tmp_path / "new-kitchen.jpg"
+        rng = np.random.default_rng(7)
+        pixels = 80 + np.sin(np.arange(128) / 4)[:, None] * 60 + rng.normal(0, 12, (128, 128))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert("RGB").save(photo)
+        page.get_by_role("link", name="Predict").click()
+        page.get_by_role("heading", name="Predict").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "collections-predict.png"), full_page=True)
+        page.locator("input[type=file]").set_input_files(str(photo))
+        room = page.locator('[data-testid="stMetric"]').filter(has_text="Room")
+        room.wait_for()
+        page.get_by_text(re.compile("^Model .*grey-market")).first.wait_for()  # the market version serves
+        assert "Kitchen" in room.inner_text()
+        assert_clean(page)
+        page.screenshot(path=str(ARTIFACTS / "collections-market-version.png"), full_page=True)
+        assert_quiet_log(server["log"])
+        corrections = LabelStore(tmp_path / "collections" / "grey-market" / "room_relabels.csv", ROOM).merged()
+    assert len(corrections) == 14 and set(corrections["annotator"]) == {"ana"}

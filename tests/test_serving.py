@@ -131,12 +131,12 @@ def test_non_finite_weights_without_a_digest_are_refused(tiny_checkpoint, tmp_pa
 def test_non_finite_outputs_are_an_error_row_never_a_prediction(make_room):
     from roomvision.inference import NON_FINITE, Predictor
     predictor = Predictor(DEFAULT_WEIGHTS, device="cpu")
-    real = predictor._raw
+    real = predictor.run
 
     def poisoned(x, outputs):
         raw = real(x, outputs)
         raw["room"][1] = np.nan
         return raw
-    predictor._raw = poisoned
+    predictor.run = poisoned
     rows = predictor.predict_images([make_room(1), make_room(2), make_room(3)])
     assert [r["error"] for r in rows] == ["", NON_FINITE, ""] and "room" not in rows[1]
