@@ -25,7 +25,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from roomvision.config import CACHE_DIR, CLASSES, DEFAULT_MANIFEST  # noqa: E402
+from roomvision.config import CLASSES, DEFAULT_MANIFEST, settings  # noqa: E402
 from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa: E402
 from roomvision.images import load_image  # noqa: E402
 from roomvision.model import create_backbone, preprocess_for_backbone  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> None:
     train, val = df[df["split"] == "train"], df[df["split"] == "val"]
     y_train = np.array([CLASSES.index(c) for c in train["class"]])
     y_val = np.array([CLASSES.index(c) for c in val["class"]])
-    cache = CACHE_DIR / "probe"
+    cache = settings().cache_dir / "probe"
     cache.mkdir(parents=True, exist_ok=True)
     print(f"{a.source}: {len(train)} train, {len(val)} val photos")
     manifest_key = file_sha256(a.manifest)[:12]
