@@ -118,7 +118,7 @@ def label_issues_view() -> None:
                                          predictor)
     else:
         ranked = cached_label_issues(str(cache), cache.stat().st_mtime, str(manifest_file),
-                                     predictor.calibration.temperature)
+                                     predictor.calibration.temperature, str(store.path), len(store.merged()) // 25)
     corrected = store.decided_keys()
     if show == "Flagged label issues":
         candidates = ranked[ranked["issue"]]

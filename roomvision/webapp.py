@@ -289,11 +289,14 @@ def active_priority(cache_file: str, manifest_file: str, relabels_file: str, lab
 
 @st.cache_data(show_spinner="Looking for wrong room labels (out-of-fold classifiers on the cached features)…",
                max_entries=4)
-def cached_label_issues(cache_file: str, mtime: float, manifest_file: str, temperature: float) -> pd.DataFrame:
-    """Every manifest photo ranked by how likely its room label is wrong (`label-issues`), computed once per cache;
-    the page leaves out the photos people have corrected since."""
+def cached_label_issues(cache_file: str, mtime: float, manifest_file: str, temperature: float, room_relabels: str,
+                        corrections_bucket: int) -> pd.DataFrame:
+    """Every manifest photo ranked by how likely its room label is wrong, exactly as `label-issues` ranks them
+    (people's room corrections applied, photos marked ambiguous or not a room left out); recomputed every 25
+    corrections (`corrections_bucket`), and the page leaves out the photos corrected since."""
     from .label_issues import find_room_label_issues
-    return find_room_label_issues(Path(manifest_file), Path(cache_file), temperature)
+    return find_room_label_issues(Path(manifest_file), Path(cache_file), temperature,
+                                  room_relabels=Path(room_relabels))
 
 
 @st.cache_data(show_spinner="Ranking the photos the model is least sure of…", max_entries=4)
