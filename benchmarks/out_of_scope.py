@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from roomvision.config import settings  # noqa: E402
 from roomvision.data import load_manifest, load_out_of_scope, manifest_roots, resolve_paths  # noqa: E402
 from roomvision.decisions import out_of_scope  # noqa: E402
-from roomvision.features import run_files  # noqa: E402
+from roomvision.photocache import run_files  # noqa: E402
 from roomvision.inference import Predictor, room_probabilities  # noqa: E402
 from unseen_kinds import unseen_kinds, whole_package_photos  # noqa: E402
 

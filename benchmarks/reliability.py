@@ -111,20 +111,8 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
 def _api(weights: Path, corpus: list) -> tuple[dict, str]:
     """Each input as its own request to a real server, then 8 concurrent clients with 30% bad files."""
     import httpx
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "roomvision", "serve", "--port", str(port), "--weights",
-                               str(weights), "--device", "cpu"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = _serve(weights)
     try:
-        for _ in range(240):
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.5)
         results = {}
         for name, data, _ in corpus:
             with open(f"/proc/{server.pid}/clear_refs", "w") as f:

@@ -17,11 +17,10 @@ from tqdm import tqdm
 
 from .config import settings
 from .data import load_manifest, manifest_roots, resolve_paths
-from .images import ImageDecodeError
 from .inference import Predictor
 from .modelinfo import file_sha256
+from .photocache import run_files
 
-OUTPUTS = ("quality", "aesthetic", "room", "quality_features", "features")
 PART = 512  # photos per saved part: an interrupted build resumes from the last finished part
 CACHE_VERSION = 4  # bump when OUTPUTS change: caches are keyed by it (3: layout; 4: colour spread)
 
@@ -69,29 +68,6 @@ def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[P
     tmp.replace(out)
     shutil.rmtree(parts_dir, ignore_errors=True)  # another builder may be removing it too
     return out
-
-
-def run_files(predictor: Predictor, files: list[Path], batch_size: int = 64) -> dict[str, np.ndarray]:
-    """The cached outputs of each file, in order (NaN rows for files that cannot be decoded)."""
-    arrays, ok = [], []
-    for f in files:
-        try:
-            arrays.append(predictor.transform(predictor.decode(f)))
-            ok.append(True)
-        except ImageDecodeError:
-            ok.append(False)
-    raw = {k: [] for k in OUTPUTS}
-    for i in range(0, len(arrays), batch_size):
-        out = predictor.run(np.stack(arrays[i:i + batch_size]), OUTPUTS)
-        for k in OUTPUTS:
-            raw[k].append(out[k].astype(np.float32))
-    result = {}
-    for k in OUTPUTS:
-        values = np.concatenate(raw[k]) if raw[k] else np.zeros((0,), np.float32)
-        full = np.full((len(files), *values.shape[1:]), np.nan, np.float32)
-        full[np.asarray(ok)] = values
-        result[k] = full.astype(np.float16) if k in ("quality_features", "features") else full
-    return result
 
 
 def load_feature_cache(path: Path, manifest: pd.DataFrame | None = None) -> dict[str, np.ndarray]:

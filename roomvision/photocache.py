@@ -83,8 +83,16 @@ def score_photos(predictor: Predictor, files: list[Path], shas: list[str], batch
     return {k: cached[k][rows] for k in OUTPUTS} if len(rows) else {k: np.zeros((0,)) for k in OUTPUTS}
 
 
-def run_files(predictor: Predictor, files: list[Path]) -> dict[str, np.ndarray]:
-    """Raw outputs of each file, in order (NaN rows for files that cannot be decoded)."""
+def run_files(predictor: Predictor, files: list[Path], batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Raw outputs of each file, in order (NaN rows for files that cannot be decoded), decoded and run one batch at
+    a time (memory bounded by the batch, whatever the number of files)."""
+    parts = [_run_batch(predictor, files[i:i + batch_size]) for i in range(0, len(files), batch_size)]
+    if not parts:
+        return _run_batch(predictor, [])
+    return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}
+
+
+def _run_batch(predictor: Predictor, files: list[Path]) -> dict[str, np.ndarray]:
     arrays, ok = [], []
     for f in files:
         try:

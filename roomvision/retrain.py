@@ -14,7 +14,8 @@ import pandas as pd
 from .config import CLASSES, DEFAULT_WEIGHTS, QUALITY_THRESHOLDS, settings
 from .decisions import is_good, out_of_scope
 from .data import load_manifest, load_out_of_scope
-from .features import build_feature_cache, load_feature_cache, run_files
+from .features import build_feature_cache, load_feature_cache
+from .photocache import run_files
 from .human import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules,
                     refit_room_head)
 from .labels import NOT_A_ROOM, room_corrections

@@ -206,14 +206,16 @@ def test_relabel_page_writes_a_row_and_undo_appends(app_env):
     assert list(rows["human_label"]) == ["BAD", "UNDO"]
 
 
-def test_relabel_previous_and_next(app_env):
-    from roomvision.labels import LabelStore
+def relabel_as_ana() -> tuple[AppTest, callable]:
+    """The Relabel page signed in as 'ana', and a function naming the photo it shows."""
     at = run_page("pages/relabel.py")
     at.text_input(key="annotator").set_value("ana").run()
+    return at, lambda: at.image[0].proto.imgs[0].caption
 
-    def shown():
-        return at.image[0].proto.imgs[0].caption
 
+def test_relabel_previous_and_next(app_env):
+    from roomvision.labels import LabelStore
+    at, shown = relabel_as_ana()
     a = shown()
     at.button(key="btn-bad").click().run()
     b = shown()
@@ -233,12 +235,7 @@ def test_relabel_previous_and_next(app_env):
 
 def test_relabel_undo_after_next_shows_the_undone_photo_and_history_counts_right(app_env):
     from roomvision.labels import LabelStore
-    at = run_page("pages/relabel.py")
-    at.text_input(key="annotator").set_value("ana").run()
-
-    def shown():
-        return at.image[0].proto.imgs[0].caption
-
+    at, shown = relabel_as_ana()
     a = shown()
     at.button(key="btn-bad").click().run()
     at.button(key="btn-next").click().run()
