@@ -110,16 +110,14 @@ def decide_frame(frame: pd.DataFrame, thresholds: Thresholds, classes: list[str]
     """Every decision for prediction rows (columns prob_<class>, in_scope_prob, quality_prob_good,
     aesthetic_score, error) at `thresholds`: the DECISION_COLUMNS, one row per input row. Rows with an error get
     no decision."""
-    n = len(frame)
-    errors = frame["error"].fillna("").astype(bool).to_numpy() if "error" in frame else np.zeros(n, bool)
-    probs = frame.reindex(columns=[f"prob_{c}" for c in classes]).to_numpy(dtype=float)
-    scope = frame["in_scope_prob"].to_numpy(dtype=float) if "in_scope_prob" in frame else np.full(n, np.nan)
-    room, confidence = room_decision(np.nan_to_num(probs, nan=0.0) if n else np.zeros((0, len(classes))), classes,
-                                     thresholds.min_room_confidence, scope, thresholds.min_in_scope)
-    quality = quality_decision(frame.get("quality_prob_good", pd.Series(np.nan, index=frame.index)),
-                               thresholds.quality)
-    ready, reason = listing_ready(quality, room, frame.get("aesthetic_score", pd.Series(np.nan, index=frame.index)),
-                                  thresholds.listing_ready_min_aesthetic)
+    frame = frame.reindex(columns=[*[f"prob_{c}" for c in classes], "in_scope_prob", "quality_prob_good",
+                                   "aesthetic_score", "error"])
+    errors = frame["error"].fillna("").astype(bool).to_numpy()
+    room, confidence = room_decision(np.nan_to_num(frame[[f"prob_{c}" for c in classes]].to_numpy(float), nan=0.0),
+                                     classes, thresholds.min_room_confidence, frame["in_scope_prob"].to_numpy(float),
+                                     thresholds.min_in_scope)
+    quality = quality_decision(frame["quality_prob_good"], thresholds.quality)
+    ready, reason = listing_ready(quality, room, frame["aesthetic_score"], thresholds.listing_ready_min_aesthetic)
     out = pd.DataFrame({"room_decision": room, "room_confidence": confidence,
                         "out_of_scope": room == OUT_OF_SCOPE, "quality_decision": quality,
                         "listing_ready": ready, "listing_reason": reason}, index=frame.index)

@@ -75,7 +75,12 @@ def test_decide_frame_is_the_vectorised_decide():
     assert list(many.columns) == list(DECISION_COLUMNS)
     one = pd.DataFrame([decide(r, t, list(CLASSES)) for r in frame.to_dict("records")])
     pd.testing.assert_frame_equal(many[:-1].reset_index(drop=True), one[:-1], check_dtype=False)
-    assert many.iloc[-1]["room_decision"] == "" and not many.iloc[-1]["listing_ready"]
+    assert many.iloc[-1].tolist() == ["", None, None, "", False, ""]  # an unreadable photo gets no decision
+    shifted = decide_frame(frame.set_axis(frame.index + 1000)[:-1].drop(columns="error"), t, list(CLASSES))
+    assert list(shifted.index) == list(range(1000, 1199))  # rows keep their index; no error column: all decided
+    assert (shifted["room_decision"] != "").all() and shifted["quality_decision"].isin(["GOOD", "BAD"]).all()
+    assert decide({"error": "unreadable"}, t, list(CLASSES)) == dict(zip(DECISION_COLUMNS, ["", None, None, "", False,
+                                                                                          ""]))
     assert set(many["room_decision"][:-1]) >= {UNCERTAIN, OUT_OF_SCOPE}
 
 
