@@ -59,9 +59,28 @@ if scope := ckpt.metrics.get("out_of_scope", {}).get("test"):
                f"the threshold {ckpt.calibration.in_scope:.3f}, {scope['others_flagged']:.1%} of {scope['others']} "
                f"non-room photos flagged and {scope['rooms_flagged']:.1%} of {scope['rooms']} room photos.")
 if not metrics_file.is_file():
-    st.info(f"No test metrics yet for this model. Run `python -m roomvision evaluate --weights {predictor.weights}`. "
-            "Validation figures from training:")
-    st.json(ckpt.metrics.get("validation", {}))
+    st.info(f"This version has not been evaluated on the test photos (its learned heads change what it answers): run "
+            f"`python -m roomvision evaluate --weights {predictor.weights}`. What it measured when it was made:")
+    val = ckpt.metrics.get("validation", {})
+    figures = [(f"Validation {name}", val[key]) for name, key in (("room accuracy", "room_accuracy"),
+                                                                   ("room macro-F1", "room_macro_f1"),
+                                                                   ("quality ROC-AUC", "quality_roc_auc"))
+               if isinstance(val.get(key), (int, float))]
+    people = ckpt.metrics.get("learned_from_people", {})
+    if people.get("balanced_accuracy_after_cv") is not None:
+        figures.append(("Agreement with people (held-out human labels)", people["balanced_accuracy_after_cv"]))
+    if (room := people.get("room")) and room.get("val_accuracy_after") is not None:
+        figures.append(("Validation room accuracy after corrections", room["val_accuracy_after"]))
+    market = ckpt.metrics.get("adapted_to_market", {})
+    if market.get("held_out_accuracy_after") is not None:
+        figures.append((f"Held-out {market['collection']} room accuracy", market["held_out_accuracy_after"]))
+    for label, key in (("House Rooms", "house_rooms"), ("Places365", "places365")):
+        if market.get(f"{key}_test_accuracy_version") is not None:
+            figures.append((f"{label} test accuracy", market[f"{key}_test_accuracy_version"]))
+    for col, (name, value) in zip(st.columns(max(len(figures), 1)), figures):
+        col.metric(name, f"{value:.3f}")
+    if not figures:
+        st.caption("It carries no figures of its own.")
 else:
     m = json.loads(metrics_file.read_text())
     r, q, cal, aes = m["room"], m["quality_vs_proxy"], m["calibration"], m["aesthetic"]

@@ -8,26 +8,27 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 from tqdm import tqdm
 
 from .config import settings
 from .data import load_manifest, manifest_roots, resolve_paths
 from .inference import Predictor
 from .modelinfo import file_sha256
-from .photocache import run_files
+from .photocache import model_key, run_files
 
 PART = 512  # photos per saved part: an interrupted build resumes from the last finished part
 CACHE_VERSION = 4  # bump when OUTPUTS change: caches are keyed by it (3: layout; 4: colour spread)
 
 
 def cache_path(weights: Path, manifest: Path) -> Path:
-    return (settings().cache_dir
-            / f"features-v{CACHE_VERSION}-{file_sha256(weights)[:12]}-{file_sha256(manifest)[:12]}.npz")
+    """Keyed by what produced the outputs (graph version and weights' tensors: a version that only adds heads learned
+    from people shares its base model's cache) and by the manifest."""
+    return settings().cache_dir / f"features-v{CACHE_VERSION}-{model_key(weights)}-{file_sha256(manifest)[:12]}.npz"
 
 
 def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[Path] | None = None,
@@ -39,6 +40,15 @@ def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[P
     out = cache_path(predictor.weights, manifest)
     if out.is_file():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):  # one builder per cache: a second one waits, then finds it built
+        if not out.is_file():
+            _build(predictor, manifest, data_roots, out, batch_size, on_batch, progress, cancel)
+    return out
+
+
+def _build(predictor: Predictor, manifest: Path, data_roots, out: Path, batch_size: int, on_batch, progress: bool,
+           cancel) -> None:
     df = load_manifest(manifest).reset_index(drop=True)
     files = resolve_paths(df, manifest_roots(manifest, data_roots))
     parts_dir = out.with_suffix(".parts")
@@ -48,7 +58,7 @@ def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[P
             part = parts_dir / f"{start:07d}.npz"
             if not part.is_file():
                 raw = run_files(predictor, files[start:start + PART], batch_size)
-                tmp = part.with_name(f"{part.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
+                tmp = part.with_name(f"{part.stem}.{os.getpid()}.tmp.npz")
                 np.savez(tmp, **raw)
                 tmp.replace(part)
             bar.update(min(PART, len(files) - start))
@@ -56,18 +66,12 @@ def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[P
                 on_batch(min(start + PART, len(files)), len(files))
             if cancel is not None and cancel():
                 raise InterruptedError("feature caching cancelled; finished parts are kept")
-    try:
-        parts = [np.load(parts_dir / f"{s:07d}.npz") for s in range(0, len(files), PART)]
-    except FileNotFoundError:
-        if out.is_file():  # another builder of the same cache finished first and cleared the parts
-            return out
-        raise
+    parts = [np.load(parts_dir / f"{s:07d}.npz") for s in range(0, len(files), PART)]
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0].files}
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")  # one per builder
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, sha256=df["sha256"].to_numpy(str), **merged)
     tmp.replace(out)
-    shutil.rmtree(parts_dir, ignore_errors=True)  # another builder may be removing it too
-    return out
+    shutil.rmtree(parts_dir)
 
 
 def load_feature_cache(path: Path, manifest: pd.DataFrame | None = None) -> dict[str, np.ndarray]:

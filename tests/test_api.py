@@ -246,9 +246,25 @@ def test_malformed_image_urls_are_400(url, phrase):
     assert exc.value.status_code == 400 and phrase in exc.value.detail
 
 
-def test_a_thousand_parts_are_refused_while_parsing(client):
-    """The file count is enforced as the form is parsed: the 65th file part ends the request with 413."""
-    many = [("files", (f"{i}.jpg", b"x" * 1000, "image/jpeg")) for i in range(1000)]
+def test_a_thousand_parts_are_refused_while_parsing(client, tiny_checkpoint):
+    """The file count is enforced as the form is parsed: the 65th file part ends the request with 413 (against a
+    running server with the default body limit, then the field limits)."""
+    import threading
+    import httpx
+    import uvicorn
+    server = uvicorn.Server(uvicorn.Config(create_app(tiny_checkpoint, device="cpu"), host="127.0.0.1", port=0,
+                                           log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        many = [("files", (f"{i}.jpg", b"x" * 1000, "image/jpeg")) for i in range(1000)]
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/predict", files=many, timeout=60)
+        assert r.status_code == 413
+        assert f"Too many files. Maximum number of files is {MAX_FILES}" in r.json()["detail"]
+    finally:
+        server.should_exit = True
     r = client.post("/v1/predict", files=many)
     assert r.status_code == 413 and f"Too many files. Maximum number of files is {MAX_FILES}" in r.json()["detail"]
     fields = {f"f{i}": "1" for i in range(100)}

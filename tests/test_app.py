@@ -377,6 +377,8 @@ def test_model_page_switches_to_the_learned_version_and_back(app_env):
         at.button(key="use-new-version").click().run()
         assert not at.exception, [e.message for e in at.exception]
         assert version() == "tiny-people-1" != before
+        assert any("has not been evaluated on the test photos" in i.value for i in at.info)
+        assert not at.get("json") and any(m.label == "Validation room accuracy" for m in at.metric)  # words, no JSON
         at.button(key="restore-previous-version").click().run()
         assert version() == before
     finally:

@@ -262,3 +262,22 @@ def test_api_feedback_models_and_model_field(collections, tmp_path, monkeypatch,
     assert uploads.summary()["photos"] == 1
     room = LabelStore(uploads.room_relabels, ROOM).merged()
     assert room["human_label"].tolist() == ["Dining"] and room["annotator"].tolist() == ["platform-7"]
+
+
+def test_two_builders_of_one_feature_cache_at_once(tmp_path, tiny_dataset, tiny_checkpoint):
+    """Two processes build the same cache at the same moment: both finish with the same file, neither dies on the
+    other's temporary files."""
+    import subprocess
+    import sys
+    from roomvision.data import prepare
+    manifest = tmp_path / "manifest.csv"
+    prepare([tiny_dataset], manifest, workers=1)
+    code = ("import sys; from pathlib import Path; from roomvision.features import build_feature_cache; "
+            "from roomvision.inference import Predictor; "
+            f"print(build_feature_cache(Predictor({str(tiny_checkpoint)!r}, device='cpu'), Path({str(manifest)!r}), "
+            f"[Path({str(tiny_dataset)!r})], batch_size=4, progress=False))")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outs]
+    assert outs[0][0] == outs[1][0] and Path(outs[0][0].strip()).is_file()
