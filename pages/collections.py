@@ -100,9 +100,10 @@ if status and status["state"] == "done":
             col.metric(f"{label} (forgetting shows here)", f"{version:.3f}",
                        f"{version - default:+.3f} vs the current model ({default:.3f})")
     use, team = st.columns(2)
-    if use.button(f"Use {Path(r['out']).stem} in this session", key="adapt-use"):
-        st.session_state["active_weights"] = r["out"]
-        st.rerun()
-    if team.button("Make it the team default", key="adapt-team-default"):
-        set_team_default(Path(r["out"]), st.session_state.get("annotator", ""))
-        st.rerun()
+    if str(active_weights()) == r["out"]:
+        use.success(f"{Path(r['out']).stem} is in use in this session (Predict, Relabel, Mistakes).")
+    else:
+        use.button(f"Use {Path(r['out']).stem} in this session", key="adapt-use",
+                   on_click=lambda: st.session_state.update(active_weights=r["out"]))
+    team.button("Make it the team default", key="adapt-team-default",
+                on_click=lambda: set_team_default(Path(r["out"]), st.session_state.get("annotator", "")))

@@ -337,6 +337,7 @@ def test_a_team_adapts_the_model_to_its_market_in_the_browser(tmp_path, tiny_dat
         assert_clean(page)
         page.screenshot(path=str(ARTIFACTS / "collections-adapted.png"), full_page=True)
         page.get_by_role("button", name=re.compile("in this session$")).click()
+        page.get_by_text(re.compile("is in use in this session")).wait_for()
 
         photo = tmp_path / "new-kitchen.jpg"
         rng = np.random.default_rng(7)
