@@ -12,7 +12,8 @@ from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, ClaimBoard, LabelStor
 from roomvision.reports import filter_failures, report_paths
 from roomvision.webapp import (active_weights, cached_label_issues, cached_rooms_to_confirm, collection_sidebar,
                                dataset_roots_sidebar, ensure_app_navigation, get_predictor, manifest_path,
-                               pick_from_grid, read_manifest, room_relabels_path, save_decisions, thumbnail)
+                               pick_from_grid, progress_with_estimate, read_manifest, room_relabels_path,
+                               save_decisions, thumbnail)
 
 CLASS_KEYS = {c: str(i + 1) for i, c in enumerate(CLASSES)}  # 1..5
 CORRECTION_NAMES = {AMBIGUOUS: "Ambiguous / open plan", NOT_A_ROOM: "Not one of the five rooms"}
@@ -117,8 +118,12 @@ def label_issues_view() -> None:
         ranked = cached_rooms_to_confirm(str(cache), cache.stat().st_mtime, str(manifest_file), predictor.version,
                                          predictor)
     else:
+        bar, on_progress = progress_with_estimate("Looking for wrong room labels (out-of-fold classifiers on the "
+                                                  "cached features; once per model and labels)…")
         ranked = cached_label_issues(str(cache), cache.stat().st_mtime, str(manifest_file),
-                                     predictor.calibration.temperature, str(store.path), len(store.merged()) // 25)
+                                     predictor.calibration.temperature, str(store.path), len(store.merged()) // 25,
+                                     on_progress)
+        bar.empty()
     corrected = store.decided_keys()
     if show == "Flagged label issues":
         candidates = ranked[ranked["issue"]]

@@ -9,6 +9,8 @@ cache exists.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +19,11 @@ from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .config import CLASSES
+from .config import CLASSES, settings
 from .data import load_manifest
 from .features import load_feature_cache
 from .inference import room_probabilities
@@ -39,14 +41,20 @@ def _classifier(features: np.ndarray, seed: int):
                          LogisticRegression(C=C, max_iter=500))
 
 
-def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Class probabilities of each row from a classifier fitted without that row's fold."""
+def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, seed: int = 0,
+                              on_progress=None) -> np.ndarray:
+    """Class probabilities of each row from a classifier fitted without that row's fold; `on_progress(done, total,
+    message)` after each fold."""
     counts = np.bincount(labels, minlength=len(CLASSES))
     if counts.min() < FOLDS:
         raise ValueError(f"finding label issues needs at least {FOLDS} photos of each class "
                          f"({', '.join(f'{c} {n}' for c, n in zip(CLASSES, counts))})")
-    folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
-    return cross_val_predict(_classifier(features, seed), features, labels, cv=folds, method="predict_proba")
+    probabilities = np.zeros((len(labels), len(CLASSES)))
+    for k, (fit, held) in enumerate(StratifiedKFold(FOLDS, shuffle=True, random_state=seed).split(features, labels)):
+        probabilities[held] = _classifier(features, seed).fit(features[fit], labels[fit]).predict_proba(features[held])
+        if on_progress is not None:
+            on_progress(k + 1, FOLDS, f"fitting classifier {k + 1} of {FOLDS} on the cached features")
+    return probabilities
 
 
 def in_sample_probabilities(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -62,22 +70,41 @@ def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np
 
 
 def find_room_label_issues(manifest: Path, cache: Path, temperature: float, split: str = "all",
-                           room_relabels: Path | None = None, seed: int = 0) -> pd.DataFrame:
+                           room_relabels: Path | None = None, seed: int = 0, on_progress=None) -> pd.DataFrame:
     """Manifest photos of `split`, most suspect room label first, with the suggested class and its probabilities.
 
     `temperature` is the served model's (its calibration). The K-fold classifier learns from every readable photo
     with its current label (people's corrections applied);
     photos people already marked ambiguous or not a room are left out, and photos they corrected are not listed.
+    The ranking is kept on disk per feature cache, temperature and corrections: asking again is instant.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     df = load_manifest(manifest).reset_index(drop=True)
-    data = load_feature_cache(cache, df)
     corrected = room_corrections(df, room_relabels)
+    key = hashlib.sha256("|".join([Path(cache).name, f"{temperature:.6f}", str(seed),
+                                   corrected.fillna("").str.cat(sep=",")]).encode()).hexdigest()[:24]
+    stored = settings().cache_dir / "label-issues" / f"{key}.parquet"
+    if stored.is_file():
+        out = pd.read_parquet(stored)
+    else:
+        out = _rank(df, load_feature_cache(cache, df), corrected, temperature, seed, on_progress)
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stored.with_name(f"{stored.stem}.{os.getpid()}.tmp")
+        out.to_parquet(tmp, index=False)
+        tmp.replace(stored)
+    if split != "all":
+        out = out[out["split"] == split]
+    return out.reset_index(drop=True)
+
+
+def _rank(df: pd.DataFrame, data: dict, corrected: pd.Series, temperature: float, seed: int,
+          on_progress) -> pd.DataFrame:
     given = corrected.fillna(df["class"])
     use = ~np.isnan(data["features"][:, 0].astype(np.float32)) & given.isin(CLASSES).to_numpy()
     labels = given[use].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
-    probabilities = out_of_fold_probabilities(data["features"][use].astype(np.float32), labels, seed).astype(float)
+    probabilities = out_of_fold_probabilities(data["features"][use].astype(np.float32), labels, seed,
+                                              on_progress).astype(float)
     unseen = (df.loc[use, "split"] != "train").to_numpy()
     probabilities[unseen] = room_probabilities(data["room"][use][unseen], temperature)
     score, issue = rank_label_issues(labels, probabilities)
@@ -86,8 +113,6 @@ def find_room_label_issues(manifest: Path, cache: Path, temperature: float, spli
         issue=issue, **{f"prob_{c}": probabilities[:, i] for i, c in enumerate(CLASSES)},
         sha256=df.loc[use, "sha256"].to_numpy())
     out = out[corrected[use].isna().to_numpy()]
-    if split != "all":
-        out = out[out["split"] == split]
     return out.sort_values("score", ascending=False).reset_index(drop=True).round(4)
 
 

@@ -287,16 +287,28 @@ def active_priority(cache_file: str, manifest_file: str, relabels_file: str, lab
     return next_to_label(Path(cache_file), Path(manifest_file), Path(relabels_file))
 
 
-@st.cache_data(show_spinner="Looking for wrong room labels (out-of-fold classifiers on the cached features)…",
-               max_entries=4)
+@st.cache_data(show_spinner=False, max_entries=4)
 def cached_label_issues(cache_file: str, mtime: float, manifest_file: str, temperature: float, room_relabels: str,
-                        corrections_bucket: int) -> pd.DataFrame:
+                        corrections_bucket: int, _on_progress=None) -> pd.DataFrame:
     """Every manifest photo ranked by how likely its room label is wrong, exactly as `label-issues` ranks them
-    (people's room corrections applied, photos marked ambiguous or not a room left out); recomputed every 25
-    corrections (`corrections_bucket`), and the page leaves out the photos corrected since."""
+    (people's room corrections applied, photos marked ambiguous or not a room left out; kept on disk, so a restart
+    opens at once); recomputed every 25 corrections (`corrections_bucket`), and the page leaves out the photos
+    corrected since."""
     from .label_issues import find_room_label_issues
     return find_room_label_issues(Path(manifest_file), Path(cache_file), temperature,
-                                  room_relabels=Path(room_relabels))
+                                  room_relabels=Path(room_relabels), on_progress=_on_progress)
+
+
+def progress_with_estimate(text: str):
+    """A progress bar and an `on_progress(done, total, message)` that fills it with the time left."""
+    import time
+    bar, started = st.progress(0.0, text=text), time.monotonic()
+
+    def on_progress(done: int, total: int, message: str = "") -> None:
+        elapsed = time.monotonic() - started
+        left = f" · about {elapsed / done * (total - done):.0f} s left" if done and done < total else ""
+        bar.progress(done / max(total, 1), text=f"{message or text}{left}")
+    return bar, on_progress
 
 
 @st.cache_data(show_spinner="Ranking the photos the model is least sure of…", max_entries=4)

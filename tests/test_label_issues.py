@@ -83,3 +83,29 @@ def test_too_few_photos_of_a_class_is_a_clear_error():
     labels = np.r_[np.zeros(10, int), np.ones(10, int), np.full(10, 2), np.full(10, 3), np.full(3, 4)]
     with pytest.raises(ValueError, match="at least 5 photos of each class .*Livingroom 3"):
         out_of_fold_probabilities(np.random.default_rng(0).normal(size=(len(labels), 8)), labels)
+
+
+def test_the_ranking_is_kept_per_model_and_corrections_and_reports_progress(issues_env, tmp_path, monkeypatch):
+    """A second ask with the same cache and corrections reads the stored ranking (no classifier is fitted); a new
+    correction ranks again; every fold reports its progress."""
+    import roomvision.label_issues as li
+    from roomvision.features import build_feature_cache
+    from roomvision.inference import Predictor
+    manifest, weights, root = issues_env
+    predictor = Predictor(weights, device="cpu")
+    cache = build_feature_cache(predictor, manifest, [root], progress=False)
+    relabels = tmp_path / "labels" / "room.csv"
+    steps = []
+    first = li.find_room_label_issues(manifest, cache, 1.0, room_relabels=relabels,
+                                      on_progress=lambda d, t, m: steps.append((d, t)))
+    assert steps == [(k, li.FOLDS) for k in range(1, li.FOLDS + 1)]
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the stored ranking should have been read")
+    monkeypatch.setattr(li, "out_of_fold_probabilities", no_fit)
+    again = li.find_room_label_issues(manifest, cache, 1.0, room_relabels=relabels)
+    pd.testing.assert_frame_equal(first, again)
+    row = first.iloc[0]
+    LabelStore(relabels, ROOM).append(row["path"], row["suggested"], sha256=row["sha256"], given_label=row["given"])
+    with pytest.raises(AssertionError, match="stored ranking"):
+        li.find_room_label_issues(manifest, cache, 1.0, room_relabels=relabels)  # new labels: ranked anew
