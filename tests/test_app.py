@@ -146,7 +146,8 @@ def test_label_issues_view_corrects_room_labels(app_env):
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     at.selectbox(key="issues_show").set_value("All photos, most suspect first").run()
-    assert at.button(key="room-Kitchen").disabled  # no name yet
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.button(key="room-Kitchen").disabled, [i.value for i in at.info] + [e.value for e in at.error]  # no name yet
     assert any("Enter your name" in i.value for i in at.info), [i.value for i in at.info]
     at.text_input(key="annotator").set_value("ana").run()
     first = at.metric[0].value
