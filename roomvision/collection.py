@@ -8,7 +8,6 @@ photos are: they are never copied) and the label files `quality_relabels.csv` an
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,17 +15,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import imagehash
 import numpy as np
 import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
 from .config import SPLIT_SEED, normalise_class_name, settings
-from .data import MANIFEST_COLUMNS, PrepareReport, analyse_file, assign_splits, load_manifest, near_duplicate_groups
-from .images import IMAGE_SUFFIXES, ImageDecodeError, load_image
+from .data import (MANIFEST_COLUMNS, PrepareReport, analyse_bytes, analyse_file, assign_splits, load_manifest,
+                   near_duplicate_groups)
+from .images import IMAGE_SUFFIXES
 from .labels import QUALITY, ROOM, LabelStore
-from .quality import aesthetic_target, compute_metrics, quality_label
 
 BUILT_IN = {"house-rooms": "house-rooms", "places365-rooms": "places365-rooms"}  # name -> manifest source
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -179,16 +177,20 @@ def import_photos(dirs: list[Path], name: str, rooms_from_folders: bool = False,
         kept = dict(zip(previous["sha256"], previous["split"]))
         split = pd.Series([kept.get(h, s) for h, s in zip(df["sha256"], split)], index=df.index)
     df["split"] = split
+    return _write_manifest(folder, df, sources), report
+
+
+def _write_manifest(folder: Path, df: pd.DataFrame, roots: dict[str, Path]) -> pd.DataFrame:
+    """Replace the collection's manifest atomically (its columns, in order) and add `roots` to its sidecar."""
     df = df[[*MANIFEST_COLUMNS, "group"]]
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"manifest.{os.getpid()}.tmp"
     df.to_csv(tmp, index=False, float_format="%.5g")
     tmp.replace(folder / "manifest.csv")
-    old_roots = json.loads((folder / "manifest.json").read_text())["roots"] if (folder / "manifest.json").is_file() \
-        else {}
-    (folder / "manifest.json").write_text(json.dumps({"roots": {**old_roots, **{s: str(r) for s, r in
-                                                                             sources.items()}}}, indent=2) + "\n")
-    return df, report
+    sidecar = folder / "manifest.json"
+    old_roots = json.loads(sidecar.read_text())["roots"] if sidecar.is_file() else {}
+    sidecar.write_text(json.dumps({"roots": {**old_roots, **{s: str(r) for s, r in roots.items()}}}, indent=2) + "\n")
+    return df
 
 
 def _merge_groups(near: np.ndarray, listing: np.ndarray) -> np.ndarray:
@@ -210,11 +212,10 @@ UPLOADS = "uploads"  # the collection of photos people corrected where they saw 
 def add_upload(data: bytes, filename: str = "upload", name: str = UPLOADS) -> dict:
     """Keep an uploaded photo (content-addressed under the uploads folder: the same photo is stored once) and add it
     to collection `name`; returns its manifest row. ValueError when it is not a readable image."""
-    try:
-        img = load_image(data)
-    except ImageDecodeError as exc:
-        raise ValueError(f"{filename}: {exc}") from None
-    sha = hashlib.sha256(data).hexdigest()
+    measured = analyse_bytes(data)
+    if "error" in measured:
+        raise ValueError(f"{filename}: {measured['error']}")
+    sha = measured["sha256"]
     suffix = Path(filename).suffix.lower() if Path(filename).suffix.lower() in IMAGE_SUFFIXES else ".jpg"
     rel = f"{sha[:2]}/{sha}{suffix}"
     store = settings().uploads_dir / rel
@@ -231,16 +232,10 @@ def add_upload(data: bytes, filename: str = "upload", name: str = UPLOADS) -> di
         known = df[df["sha256"] == sha]
         if len(known):
             return known.iloc[0].to_dict()
-        metrics = compute_metrics(img)
-        label, reasons = quality_label(metrics)
-        row = {"source": UPLOADS, "path": rel, "class": "", "sha256": sha, "phash": str(imagehash.phash(img)),
-               "split": "train", "dup_group": len(df), "quality_label": label, "quality_reasons": reasons,
-               "aesthetic_target": aesthetic_target(metrics), **metrics, "group": f"{UPLOADS}:{sha}"}
-        df = pd.concat([df, pd.DataFrame([row])], ignore_index=True)[[*MANIFEST_COLUMNS, "group"]]
-        tmp = folder / f"manifest.{os.getpid()}.tmp"
-        df.to_csv(tmp, index=False, float_format="%.5g")
-        tmp.replace(manifest)
-        (folder / "manifest.json").write_text(json.dumps({"roots": {UPLOADS: str(settings().uploads_dir)}}) + "\n")
+        row = {"source": UPLOADS, "path": rel, "class": "", **measured, "split": "train", "dup_group": len(df),
+               "group": f"{UPLOADS}:{sha}"}
+        _write_manifest(folder, pd.concat([df, pd.DataFrame([row])], ignore_index=True),
+                        {UPLOADS: settings().uploads_dir})
     return row
 
 

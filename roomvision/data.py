@@ -55,9 +55,16 @@ def scan_root(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
 def analyse_file(path: str) -> dict:
     """Hash, decode and measure one file; {'error': reason} when it cannot be read."""
     try:
-        data = Path(path).read_bytes()
+        return analyse_bytes(Path(path).read_bytes())
+    except OSError as exc:
+        return {"error": str(exc)}
+
+
+def analyse_bytes(data: bytes) -> dict:
+    """Hash, decode and measure one photo's bytes; {'error': reason} when they are not a readable image."""
+    try:
         img = load_image(data)
-    except (OSError, ImageDecodeError) as exc:
+    except ImageDecodeError as exc:
         return {"error": str(exc)}
     metrics = compute_metrics(img)
     label, reasons = quality_label(metrics)

@@ -220,9 +220,9 @@ BASE_SAMPLE = 1000  # training photos per source the gate learns the market is n
 
 def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None = None,
                         data_roots: list[Path] | None = None, on_progress=None, cancel=None) -> dict:
-    """A model version for collection `name`'s market: a room head fitted on its corrected photos (its train and
-    val splits; corrections first, else the room its folder gave), blended in where a photo looks like that market.
-    Measured before -> after on the collection's held-out listings (its test split, photos with a known room) and on
+    """A model version for collection `name`'s market: a room head fitted on the photos people corrected in its
+    train and val splits, blended in where a photo looks like that market. Measured before -> after on the
+    collection's held-out listings (its test split: photos with a correction, else the room its folder gave) and on
     the project's House Rooms and Places365 test photos (forgetting is reported)."""
     from .adapt import fit_gate, fit_market_head, market_inputs
     from .collection import get_collection
@@ -254,7 +254,7 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     train_base = (base["split"] == "train").to_numpy() & readable_base
     gate = fit_gate(x[readable & (photos["split"] != "test").to_numpy()], x_base[train_base])
     head = fit_market_head(name, x[learn], y, gate)
-    before, after = predictor.scores(raw)["probs"], None
+    before = predictor.scores(raw)["probs"]
     after = head.blend(x, before)
     before_b = predictor.scores(raw_base)["probs"]
     after_b = head.blend(x_base, before_b)

@@ -21,7 +21,7 @@ from .config import settings
 from .decisions import Thresholds
 from .images import ImageDecodeError, load_image
 from .inference import Predictor
-from .modelinfo import CheckpointError, read_model_info
+from .modelinfo import CheckpointError
 from .quality import compute_metrics, quality_reasons
 from .versions import current_default
 

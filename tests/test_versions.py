@@ -1,7 +1,6 @@
 """The team-wide default model: a pointer with one-step rollback that the CLI, API, batch scoring and app follow."""
 import shutil
 
-import pandas as pd
 import pytest
 
 from roomvision.cli import main
