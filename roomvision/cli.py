@@ -181,6 +181,20 @@ def cmd_export_onnx(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from .quantize import QATConfig, export_int8, integer_kernels, load_qat, run_qat
+    weights = Path(a.weights or current_default())
+    cfg = QATConfig(weights=str(weights), run_dir=str(a.run_dir), epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                    keep_fp32=tuple(a.keep_fp32), limit=a.limit, threads=a.threads or 0)
+    state = run_qat(cfg, resume=a.resume)
+    model, cfg = load_qat(state)
+    out = a.out or weights.with_suffix(".int8.onnx")
+    export_int8(model, weights, out, cfg)
+    kernels = integer_kernels(out)
+    print(f"written: {out} (ONNX Runtime runs {', '.join(f'{n} {k}' for k, n in kernels.items())})")
+    return 0
+
+
 def cmd_app(a: argparse.Namespace) -> int:
     """Start the Streamlit app, under jemalloc when the system has it (much faster CPU inference).
 
@@ -390,6 +404,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "cache the predictor reads); weights/NAME.onnx beside weights/NAME.pt is served without "
                         "PyTorch")
     p.set_defaults(func=cmd_export_onnx)
+
+    p = sub.add_parser("quantize", help="INT8 model for the fast profile: quantisation-aware fine-tune (checkpointed, "
+                                        "--resume), then a QDQ ONNX export ONNX Runtime runs with integer kernels")
+    p.add_argument("--weights", type=Path, default=None, help=WEIGHTS_HELP)
+    p.add_argument("--out", type=Path, default=None, help="default: <weights>.int8.onnx beside the weights")
+    p.add_argument("--run-dir", type=Path, default=Path("data/qat/default"),
+                   help="where the fine-tune keeps its state and log (default: %(default)s)")
+    p.add_argument("--epochs", type=float, default=1.0,
+                   help="passes over the photos; 0 only calibrates the ranges (post-training quantisation; "
+                        "default: %(default)s)")
+    p.add_argument("--limit", type=int, default=0, help="use the first N train/validation photos (default: all)")
+    p.add_argument("--batch-size", type=int, default=32, help="photos per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-5, help="Adam learning rate, cosine decay (default: %(default)s)")
+    p.add_argument("--keep-fp32", nargs="*", default=[], metavar="CONV",
+                   help="convolutions (backbone module names, e.g. conv_stem) left in fp32")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: all cores)")
+    p.add_argument("--resume", action="store_true", help="continue the fine-tune saved in --run-dir")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("app", help="start the Streamlit app (uses jemalloc when installed)")
     p.add_argument("--host", default="localhost",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import warnings
@@ -83,21 +84,44 @@ class _ServingGraph(torch.nn.Module):
         return serving_outputs(self.model, x)
 
 
-def export_onnx(weights: str | Path, out: str | Path) -> Path:
-    """Write the (BatchNorm-folded) model as ONNX with a dynamic batch axis.
+@contextlib.contextmanager
+def static_same_padding():
+    """TF "SAME" padding (timm's stride-2 convolutions) with the traced input's size as constants: the export then
+    pads by a constant Pad that ONNX Runtime folds into the convolution (INT8 ones included), instead of computing
+    the padding from the input's shape on every call."""
+    conv2d_same = importlib.import_module("timm.layers.conv2d_same")
+    padding = importlib.import_module("timm.layers.padding")
+    dynamic = conv2d_same.pad_same
 
-    Traced at the checkpoint's input size: TF "SAME" padding becomes constants in the graph.
-    """
-    out = Path(out)
+    def pad_static(x, kernel_size, stride, dilation=(1, 1), value=0.0):
+        ih, iw = (int(s) for s in x.shape[-2:])
+        pad_h = padding.get_same_padding(ih, kernel_size[0], stride[0], dilation[0])
+        pad_w = padding.get_same_padding(iw, kernel_size[1], stride[1], dilation[1])
+        return torch.nn.functional.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2),
+                                       value=value)
+
+    conv2d_same.pad_same = pad_static
+    try:
+        yield
+    finally:
+        conv2d_same.pad_same = dynamic
+
+
+def export_graph(model: RoomVisionNet, size: int, out: Path) -> Path:
+    """Write the serving graph of a (BatchNorm-folded) model as ONNX with a dynamic batch axis, traced at the
+    input size `size` (written beside `out` first: processes exporting at once never share a file)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint.load(weights)
-    model = fuse_batchnorm(checkpoint.build_model())
-    size = checkpoint.preprocess.input_size
-    tmp = out.with_suffix(f".{os.getpid()}.tmp")  # processes exporting at once never share a file
-    with warnings.catch_warnings():
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    with warnings.catch_warnings(), static_same_padding():
         warnings.simplefilter("ignore")
         torch.onnx.export(_ServingGraph(model).eval(), torch.zeros(1, 3, size, size), str(tmp),
                           input_names=["x"], output_names=list(ONNX_OUTPUTS),
                           dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
     tmp.replace(out)
     return out
+
+
+def export_onnx(weights: str | Path, out: str | Path) -> Path:
+    """Write the (BatchNorm-folded) model of a checkpoint as ONNX."""
+    checkpoint = Checkpoint.load(weights)
+    return export_graph(fuse_batchnorm(checkpoint.build_model()), checkpoint.preprocess.input_size, Path(out))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +25,8 @@ from .decisions import DECISION_COLUMNS, Thresholds, decide_frame
 from .devices import resolve_device
 from .images import ImageDecodeError, printable_path
 from .human import HumanAestheticHead, HumanQualityHead
-from .modelinfo import HEAD_OUTPUTS, file_sha256, read_model_info
+from .config import DEFAULT_WEIGHTS
+from .modelinfo import HEAD_OUTPUTS, file_sha256, read_model_info, storage_digest
 from .preprocess import EvalPreprocess, decode_for_model
 from .quality import compute_metrics
 from .scope import ScopeHead
@@ -77,6 +79,33 @@ def shipped_onnx(weights: str | Path) -> Path | None:
     return path if meta == onnx_provenance(weights) else None
 
 
+INT8_GRAPH_VERSION = 1  # bump when the placement of the INT8 quantisation changes (quantize.py)
+PROFILES = ("default", "fast")  # fp32, or the INT8 graph of `python -m roomvision quantize`
+
+
+def int8_provenance(weights: str | Path) -> dict:
+    """What an INT8 export serves: the weights' tensors (a version that only adds heads shares its base model's)
+    and the graph versions."""
+    with zipfile.ZipFile(weights) as archive:
+        tensors = storage_digest(archive)
+    return {"tensors_sha256": tensors, "graph_version": ONNX_GRAPH_VERSION, "int8_graph_version": INT8_GRAPH_VERSION}
+
+
+def int8_onnx(weights: str | Path) -> Path:
+    """The INT8 export that serves `weights`: beside them, or beside the committed default model when `weights`
+    only adds heads to it; a ValueError naming the command that makes one otherwise."""
+    wanted = int8_provenance(weights)
+    for candidate in dict.fromkeys([Path(weights).with_suffix(".int8.onnx"), DEFAULT_WEIGHTS.with_suffix(".int8.onnx")]):
+        try:
+            meta = json.loads(candidate.with_suffix(".onnx.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if candidate.is_file() and all(meta.get(k) == v for k, v in wanted.items()):
+            return candidate
+    raise ValueError(f"no INT8 model for {Path(weights).name} (its backbone differs from the shipped one): make one "
+                     f"with python -m roomvision quantize --weights {weights}")
+
+
 def ensure_onnx(weights: str | Path) -> Path:
     """The ONNX export of `weights`: the one shipped beside it, else the cached one, exported first if needed.
 
@@ -99,7 +128,8 @@ def ensure_onnx(weights: str | Path) -> Path:
     return path
 
 
-def onnx_session(path: Path, threads: int | None):
+def onnx_session(model, threads: int | None):
+    """An ONNX Runtime CPU session for a model file or serialised model."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     if threads:
@@ -109,7 +139,34 @@ def onnx_session(path: Path, threads: int | None):
     # no arena or pre-planned buffers kept at their largest: the allocator reuses freed activations
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
+
+
+class OnnxGraph:
+    """An exported serving graph in ONNX Runtime, run for just the outputs a call asks for.
+
+    ONNX Runtime computes every output of a graph on every call, so each set of outputs gets a session of its own
+    on the graph pruned to them (the photo-quality descriptor and the activation maps cost as much as the
+    backbone, and a plain prediction needs neither).
+    """
+
+    def __init__(self, path: Path, threads: int | None):
+        self.path, self.threads = Path(path), threads
+        self.sessions: dict[tuple[str, ...], object] = {}
+
+    def session(self, outputs: tuple[str, ...]):
+        if outputs not in self.sessions:
+            import onnx
+            from onnx.utils import Extractor
+            pruned = Extractor(onnx.load(self.path)).extract_model(["x"], list(outputs))
+            self.sessions[outputs] = onnx_session(pruned.SerializeToString(), self.threads)
+        return self.sessions[outputs]
+
+    def run(self, x: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        session = self.session(tuple(outputs))
+        parts = [session.run(list(outputs), {"x": x[i:i + ONNX_CHUNK]}) for i in range(0, len(x), ONNX_CHUNK)]
+        return {k: np.concatenate([p[j] for p in parts]) for j, k in enumerate(outputs)}
 
 
 THRESHOLD_COLUMNS = {"quality_threshold": "quality", "min_room_confidence": "min_room_confidence",
@@ -122,12 +179,21 @@ class Predictor:
 
     backend "auto": ONNX Runtime on the CPU (about three times faster than eager PyTorch here, and no PyTorch in
     the process), PyTorch with mixed precision on CUDA. The PyTorch model loads on first use of `model`.
+    profile "fast": the INT8 graph (ONNX Runtime's integer kernels, CPU only), same heads and decisions.
     """
 
     def __init__(self, weights: str | Path | None = None, device: str = "auto", threads: int | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", profile: str = "default"):
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be auto, torch or onnx, not {backend!r}")
+        if profile not in PROFILES:
+            raise ValueError(f"profile must be {' or '.join(PROFILES)}, not {profile!r}")
+        if profile == "fast":
+            if backend == "torch" or device not in ("auto", "cpu"):
+                raise ValueError("the fast profile runs the INT8 model in ONNX Runtime on the CPU; on a GPU the "
+                                 "default profile already runs in mixed precision")
+            backend, device = "onnx", "cpu"
+        self.profile = profile
         self.weights = Path(weights) if weights else current_default()
         self.info = read_model_info(self.weights, verify=True)
         self.classes = list(self.info.classes)
@@ -149,16 +215,18 @@ class Predictor:
         self.transform = EvalPreprocess(self.info.preprocess)
         self.threads = threads
         self.device = device = "cpu" if device == "auto" and backend == "onnx" else resolve_device(device)
-        self.session = None
+        self.graph = None
         if backend == "onnx" or (backend == "auto" and device == "cpu"):
             if device != "cpu":
                 raise ValueError("backend 'onnx' runs on the CPU; use the torch backend on a GPU")
             try:
-                self.session = onnx_session(ensure_onnx(self.weights), threads)
+                self.graph = OnnxGraph(int8_onnx(self.weights) if profile == "fast" else ensure_onnx(self.weights),
+                                       threads)
+                self.graph.session(self.head_outputs)  # load now: a broken file fails here, not on the first image
             except ImportError:
                 if backend == "onnx":
                     raise ValueError("backend 'onnx' needs the onnxruntime and onnx packages") from None
-        self.backend = "onnx" if self.session is not None else "torch"
+        self.backend = "onnx" if self.graph is not None else "torch"
         if self.backend == "torch":
             self.model.eval()  # load now: a broken weights file fails here, not on the first image
 
@@ -210,10 +278,9 @@ class Predictor:
     def run(self, x: np.ndarray, outputs: tuple[str, ...] = HEAD_OUTPUTS) -> dict:
         """The backend: raw graph `outputs` (ONNX_OUTPUTS names) for a preprocessed batch `x`, ONNX Runtime or
         PyTorch."""
-        if self.session is None:
+        if self.graph is None:
             return self._run_torch([x], outputs=outputs)
-        parts = [self.session.run(list(outputs), {"x": x[i:i + ONNX_CHUNK]}) for i in range(0, len(x), ONNX_CHUNK)]
-        return {k: np.concatenate([p[j] for p in parts]) for j, k in enumerate(outputs)}
+        return self.graph.run(x, outputs)
 
     def decode(self, source) -> Image.Image:
         """The one decode policy of every entry point: bounded decoding, JPEGs at the scale the model needs."""

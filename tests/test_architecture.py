@@ -15,7 +15,7 @@ LAYERS = [
     {"inference", "train"},
     {"photocache"},
     {"features", "evaluate"},
-    {"retrain", "label_issues"},
+    {"retrain", "label_issues", "quantize"},
     {"api", "score", "webapp"},
     {"cli", "__main__"},
 ]

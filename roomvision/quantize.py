@@ -1,0 +1,307 @@
+"""INT8 serving graph by quantisation-aware fine-tuning (QAT), for ONNX Runtime's integer kernels on the CPU.
+
+The BatchNorm-folded model gets ONNX Runtime's QDQ scheme as fake quantisation: every convolution's weights
+per output channel, symmetric int8 (scale = max |w| / 127); the input image, every convolution's (activated)
+output and every residual sum per tensor, uint8 with moving-average min/max ranges. It is then fine-tuned to
+reproduce the fp32 model's own outputs (pooled features and room logits, read from the feature cache, so no
+teacher runs), with the heads kept fp32 and frozen. The export writes each fake quantisation as a
+QuantizeLinear/DequantizeLinear pair, which ONNX Runtime fuses into QLinearConv / QLinearAdd.
+
+`python -m roomvision quantize` runs it (checkpointed every `save_every` steps, `--resume`), measures the
+agreement with fp32 and writes `<weights>.int8.onnx` with a sidecar naming what it was made from.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
+from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader, Dataset
+
+from .engine import export_graph
+from .model import Checkpoint, RoomVisionNet, fuse_batchnorm
+from .inference import int8_provenance
+from .modelinfo import read_model_info
+from .preprocess import EvalPreprocess, decode_for_model
+
+class PerChannelWeightQuant(nn.Module):
+    """Symmetric int8 per output channel (ONNX Runtime's weight scheme); straight-through gradient."""
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        amax = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).clamp(min=1e-8)
+        zero = torch.zeros(len(amax), dtype=torch.int32)
+        return torch.fake_quantize_per_channel_affine(w, amax / 127, zero, 0, -128, 127)
+
+
+class FixedWeightQuant(nn.Module):
+    """Per-channel weight quantisation with the scales fixed (exported as constants)."""
+
+    def __init__(self, w: torch.Tensor):
+        super().__init__()
+        amax = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).clamp(min=1e-8)
+        self.register_buffer("scale", amax / 127)
+        self.register_buffer("zero", torch.zeros(len(amax), dtype=torch.int32))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_channel_affine(w, self.scale, self.zero, 0, -128, 127)
+
+
+class FixedActivationQuant(nn.Module):
+    """A trained activation quantisation with its range fixed: scalar scale and zero point (ONNX Runtime fuses
+    a clipping activation into a QuantizeLinear only when they are scalars)."""
+
+    def __init__(self, fake_quant: FakeQuantize):
+        super().__init__()
+        self.scale, self.zero_point = float(fake_quant.scale), int(fake_quant.zero_point)
+        self.enabled = bool(fake_quant.fake_quant_enabled[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255) if self.enabled else x
+
+
+def freeze_quantisation(model: RoomVisionNet) -> RoomVisionNet:
+    """The trained model with every quantisation range fixed, ready to export (in place)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, FakeQuantize):
+                setattr(module, name, FixedActivationQuant(child))
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            parametrize.register_parametrization(module, "weight", FixedWeightQuant(module.weight))
+    return model
+
+
+def activation_quant() -> FakeQuantize:
+    """uint8 per-tensor affine with moving-average min/max ranges (ONNX Runtime's activation scheme)."""
+    return FakeQuantize(MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8,
+                        qscheme=torch.per_tensor_affine)
+
+
+def _output_hook(name: str):
+    def hook(module, args, output):
+        return module.get_submodule(f"quant_{name}")(output) if hasattr(module, f"quant_{name}") else output
+    return hook
+
+
+def _quantize_output(module: nn.Module, name: str = "out") -> None:
+    module.add_module(f"quant_{name}", activation_quant())
+    module.register_forward_hook(_output_hook(name))
+
+
+def quantisable_convs(model: RoomVisionNet) -> dict[str, nn.Conv2d]:
+    """The backbone's convolutions by name (stem, every block's, head)."""
+    return {name: m for name, m in model.backbone.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def prepare_qat(model: RoomVisionNet, keep_fp32: tuple[str, ...] = ()) -> RoomVisionNet:
+    """Fold BatchNorm and add fake quantisation in place (convolutions named in `keep_fp32` stay fp32)."""
+    fuse_batchnorm(model.eval())
+    convs = quantisable_convs(model)
+    unknown = sorted(set(keep_fp32) - set(convs))
+    if unknown:
+        raise ValueError(f"no convolution named {', '.join(unknown)}; known: {', '.join(convs)}")
+    backbone = model.backbone
+    backbone.add_module("quant_input", activation_quant())
+    backbone.conv_stem.register_forward_pre_hook(lambda module, args: (backbone.quant_input(args[0]),))
+    parents = dict(backbone.named_modules())
+    for name, conv in convs.items():
+        if name in keep_fp32:
+            continue
+        parametrize.register_parametrization(conv, "weight", PerChannelWeightQuant())
+        parent_name, _, child = name.rpartition(".")
+        parent = parents[parent_name] if parent_name else backbone
+        follower = _module_after(parent, child)  # the folded BatchNorm: its activation, or Identity
+        _quantize_output(follower if follower is not None else conv)
+    for block in (m for stage in backbone.blocks for m in stage):
+        if getattr(block, "has_skip", False):
+            _quantize_output(block, "sum")
+    return model
+
+
+def _module_after(parent: nn.Module, child: str) -> nn.Module | None:
+    names = [n for n, _ in parent.named_children()]
+    i = names.index(child)
+    return getattr(parent, names[i + 1]) if i + 1 < len(names) and not names[i + 1].startswith("quant_") else None
+
+
+def set_observers(model: nn.Module, enabled: bool) -> None:
+    """Let the activation ranges follow the data, or freeze them."""
+    for m in model.modules():
+        if isinstance(m, FakeQuantize):
+            m.enable_observer() if enabled else m.disable_observer()
+
+
+def set_fake_quant(model: nn.Module, enabled: bool) -> None:
+    for m in model.modules():
+        if isinstance(m, FakeQuantize):
+            m.enable_fake_quant() if enabled else m.disable_fake_quant()
+
+
+@dataclass
+class QATConfig:
+    """A quantisation-aware fine-tune: what it starts from, learns on and how long."""
+    weights: str
+    run_dir: str = "data/qat/default"
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 2e-5
+    observe_fraction: float = 0.2  # share of steps during which the activation ranges still move
+    keep_fp32: tuple[str, ...] = ()
+    limit: int = 0  # train on the first N photos only (0: every train and validation photo)
+    save_every: int = 25
+    threads: int = 0
+    seed: int = 0
+    history: list = field(default_factory=list)
+
+
+class CachedTargets(Dataset):
+    """Manifest photos with the fp32 model's cached outputs as targets."""
+
+    def __init__(self, files: list[Path], features: np.ndarray, room: np.ndarray, preprocess):
+        self.files, self.features, self.room = files, features, room
+        self.pre, self.transform = preprocess, EvalPreprocess(preprocess)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        x = self.transform(decode_for_model(self.files[i], self.pre))
+        return torch.from_numpy(x), torch.from_numpy(self.features[i].astype(np.float32)), torch.from_numpy(
+            self.room[i].astype(np.float32))
+
+
+def training_photos(weights: Path, limit: int = 0) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """Train and validation photos of the manifest with the model's cached pooled features and room logits (the
+    cache is built first when missing); test photos are kept for measuring."""
+    from .config import settings
+    from .data import load_manifest, manifest_roots, resolve_paths
+    from .features import build_feature_cache, load_feature_cache
+    from .inference import Predictor
+    manifest = settings().manifest
+    df = load_manifest(manifest).reset_index(drop=True)
+    cache = load_feature_cache(build_feature_cache(Predictor(weights), manifest), df)
+    keep = (df["split"] != "test").to_numpy() & ~np.isnan(cache["room"]).any(1)
+    order = np.flatnonzero(keep)
+    order = np.random.default_rng(0).permutation(order)[: limit or None]
+    files = resolve_paths(df.iloc[order], manifest_roots(manifest))
+    return files, cache["features"][order], cache["room"][order]
+
+
+def distillation_loss(model: RoomVisionNet, x, features, room, temperature: float):
+    """Pooled features (scaled squared error: every head reads them) plus the room softmax (KL at `temperature`)."""
+    f = model.backbone(x)
+    feature_loss = ((f - features) ** 2).mean() / (features ** 2).mean()
+    log_p = torch.log_softmax(model.room_head(f) / temperature, 1)
+    room_loss = nn.functional.kl_div(log_p, torch.log_softmax(room / temperature, 1), log_target=True,
+                                     reduction="batchmean")
+    return feature_loss + room_loss, feature_loss.item(), room_loss.item()
+
+
+def run_qat(cfg: QATConfig, resume: bool = False, log=print) -> Path:
+    """Fine-tune with fake quantisation; the state is saved every `save_every` steps (resumable). Returns the
+    state file."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_file = run_dir / "qat.pt"
+    checkpoint = Checkpoint.load(cfg.weights)
+    model = prepare_qat(checkpoint.build_model(), tuple(cfg.keep_fp32))
+    files, features, room = training_photos(Path(cfg.weights), cfg.limit)
+    loader = DataLoader(CachedTargets(files, features, room, checkpoint.preprocess), batch_size=cfg.batch_size,
+                        shuffle=True, num_workers=1, drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
+    for p in (*model.room_head.parameters(), *model.quality_head.parameters(), *model.aesthetic_head.parameters()):
+        p.requires_grad_(False)
+    trainable = [p for p in model.backbone.parameters() if p.requires_grad]
+    optimiser = torch.optim.Adam(trainable, lr=cfg.lr)
+    total = int(cfg.epochs * len(loader))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / max(1, total))))
+    step = 0
+    if resume and state_file.is_file():
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        step, cfg.history = state["step"], state["config"]["history"]
+        log(f"resumed at step {step}/{total}")
+    temperature = checkpoint.calibration.temperature
+    if cfg.epochs == 0:  # post-training quantisation: the ranges are calibrated, no weight changes
+        with torch.no_grad():
+            for x, _, _ in loader:
+                model.backbone(x)
+        _save(state_file, model, optimiser, schedule, 0, cfg)
+        return state_file
+    started, first_step = time.perf_counter(), step
+    while step < total:
+        for x, f, r in loader:
+            if step >= total:
+                break
+            set_observers(model, step < cfg.observe_fraction * total)
+            loss, feature_loss, room_loss = distillation_loss(model, x, f, r, temperature)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            step += 1
+            cfg.history.append({"step": step, "feature_loss": round(feature_loss, 6), "room_loss": round(room_loss, 6)})
+            if step % 5 == 0:
+                rate = (time.perf_counter() - started) / (step - first_step)
+                log(f"step {step}/{total} feature {feature_loss:.4f} room {room_loss:.4f} "
+                    f"({rate:.1f} s/step)")
+            if step % cfg.save_every == 0 or step == total:
+                _save(state_file, model, optimiser, schedule, step, cfg)
+    return state_file
+
+
+def _save(path: Path, model, optimiser, schedule, step: int, cfg: QATConfig) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "schedule": schedule.state_dict(),
+                "step": step, "config": asdict(cfg)}, tmp)
+    tmp.replace(path)
+
+
+def load_qat(state_file: Path) -> tuple[RoomVisionNet, QATConfig]:
+    """The fake-quantised model of a QAT state file (observers frozen), and the run's configuration."""
+    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    cfg = QATConfig(**{**state["config"], "keep_fp32": tuple(state["config"]["keep_fp32"])})
+    model = prepare_qat(Checkpoint.load(cfg.weights).build_model(), cfg.keep_fp32)
+    model.load_state_dict(state["model"])
+    set_observers(model, False)
+    return model.eval(), cfg
+
+
+def export_int8(model: RoomVisionNet, weights: Path, out: Path, cfg: QATConfig) -> Path:
+    """The fake-quantised serving graph as QDQ ONNX, with a sidecar recording what it was made from and how."""
+    export_graph(freeze_quantisation(model), read_model_info(weights).preprocess.input_size, out)
+    run = {k: v for k, v in asdict(cfg).items() if k not in ("history", "weights", "run_dir", "threads")}
+    run["steps"] = len(cfg.history)
+    out.with_suffix(".onnx.json").write_text(json.dumps({**int8_provenance(weights), "qat": run}, indent=2) + "\n")
+    return out
+
+
+def integer_kernels(onnx_file: Path) -> dict[str, int]:
+    """How many nodes of each integer kernel ONNX Runtime runs for a QDQ graph (from its optimised graph)."""
+    import tempfile
+    import onnx
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
+        ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type.startswith("QLinear") or node.op_type in ("ConvInteger", "MatMulInteger", "QGemm"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
