@@ -3,12 +3,12 @@
 python benchmarks/inference.py [--images N] [--repeats R]
 
 Pipelines: ours (`Predictor`: EfficientNet-Lite0 multi-task graph in ONNX Runtime, every output a prediction
-needs), MobileNetV3-Large and ResNet-18 room classifiers exported to ONNX Runtime and run the way a speed-minded
-team would (batches of 64, PIL draft-mode JPEG decoding at the needed scale in two threads overlapping the model,
-one image at a time for latency), and the seed-style reference (ResNet-18 in eager PyTorch, one image at a time).
-Peers have random weights: same cost. Each pipeline runs in its own subprocess (peak RSS and cold load are its
-own) under the same allocator (jemalloc when installed, as `python -m roomvision app` runs), except the seed-style
-reference, which keeps the default allocator as seed projects do; figures are medians over the repeats.
+needs) in fp32 as README's install leaves it (glibc malloc), the same under jemalloc, and the INT8 fast profile
+(`--fast`); MobileNetV3-Large and ResNet-18 room classifiers exported to ONNX Runtime and run the way a
+speed-minded team would (batches of 64, PIL draft-mode JPEG decoding at the needed scale in two threads
+overlapping the model, one image at a time for latency), under jemalloc when installed; and the seed-style
+reference (ResNet-18 in eager PyTorch, one image at a time, glibc). Peers have random weights: same cost. Each
+pipeline runs in its own subprocess (peak RSS and cold load are its own); figures are medians over the repeats.
 """
 from __future__ import annotations
 
@@ -49,13 +49,13 @@ def benchmark_images(n: int, folder: Path) -> list[str]:
     return out
 
 
-def run_ours(paths: list[str], weights: str) -> dict:
+def run_ours(paths: list[str], weights: str, profile: str = "default") -> dict:
     t0 = time.perf_counter()  # import cost reported apart from model load; CPU serving does not import PyTorch
     from roomvision.images import load_image
     from roomvision.inference import Predictor
     t_import = time.perf_counter() - t0
     t0 = time.perf_counter()
-    predictor = Predictor(weights, device="auto")
+    predictor = Predictor(weights, device="auto", profile=profile)
     load = time.perf_counter() - t0
     predictor.predict_images([load_image(paths[0])])  # warm-up
     lat = []
@@ -167,8 +167,8 @@ def run_peer(paths: list[str], model_file: str) -> dict:
 
 def child(engine: str, paths_file: str, weights: str) -> None:
     paths = json.loads(Path(paths_file).read_text())
-    if engine == "ours":
-        res = run_ours(paths, weights)
+    if engine.startswith("ours"):
+        res = run_ours(paths, weights, "fast" if engine == "ours-fast" else "default")
     elif engine == "baseline":
         res = run_baseline(paths)
     else:
@@ -195,7 +195,7 @@ def main() -> None:
         paths_file.write_text(json.dumps(paths))
         for engine, arch in PEERS.items():
             export_peer(arch, Path(tmp) / f"{engine}.onnx")
-        engines = ["ours", *PEERS, "baseline"]
+        engines = ["ours", "ours-jemalloc", "ours-fast", *PEERS, "baseline"]
         runs: dict[str, list[dict]] = {e: [] for e in engines}
         plain = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
         tuned = dict(plain)
@@ -205,13 +205,15 @@ def main() -> None:
             for engine in engines:
                 out = subprocess.run([sys.executable, __file__, "--weights", args.weights, "--child", engine,
                                       str(paths_file)], capture_output=True, text=True, check=True,
-                                     env=plain if engine == "baseline" else tuned)
+                                     env=tuned if engine in ("ours-jemalloc", *PEERS) else plain)
                 runs[engine].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {e: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for e, rs in runs.items()}
     print(f"images: {len(paths)} ({'house-rooms test split' if 'house-rooms' in paths[0] else 'generated'}), "
           f"repeats: {args.repeats}, cores: {os.cpu_count()}, allocator: "
-          f"{'jemalloc' if 'LD_PRELOAD' in tuned else 'glibc'} (seed-style reference: glibc)\n")
-    names = {"ours": "ours (Predictor)", "mobilenetv3-large-ort": "MobileNetV3-L, ORT",
+          f"peers {'jemalloc' if 'LD_PRELOAD' in tuned else 'glibc'}, ours and the seed-style reference as README's "
+          f"install leaves them (glibc)\n")
+    names = {"ours": "ours", "ours-jemalloc": "ours, jemalloc", "ours-fast": "ours --fast (INT8)",
+             "mobilenetv3-large-ort": "MobileNetV3-L, ORT",
              "resnet18-ort": "ResNet-18, ORT", "baseline": "ResNet-18 eager, seed-style"}
     rows = [("batch 64, images/s", "b64_ips"), ("batch 1, images/s", "b1_ips"),
             ("median latency, ms", "b1_median_ms"), ("peak RSS, MB", "peak_rss_mb"),
@@ -220,8 +222,9 @@ def main() -> None:
     print("|" + " --- |" * (len(engines) + 1))
     for label, key in rows:
         print(f"| {label} | " + " | ".join(f"{med[e][key]:.2f}" for e in engines) + " |")
-    print("\nours / peer, batch-64 throughput: " + ", ".join(
-        f"{names[e]} {med['ours']['b64_ips'] / med[e]['b64_ips']:.2f}" for e in engines[1:]))
+    for ours in ("ours", "ours-fast"):
+        print(f"\n{names[ours]} / other, batch-64 throughput: " + ", ".join(
+            f"{names[e]} {med[ours]['b64_ips'] / med[e]['b64_ips']:.2f}" for e in engines if e != ours))
 
 
 if __name__ == "__main__":

@@ -273,14 +273,14 @@ async def _read_form(request: Request):
 
 def create_app(weights: str | Path | None = None, device: str = "auto", allow_image_urls: bool = False,
                max_request_bytes: int = MAX_REQUEST_BYTES, body_chunk_timeout: float = BODY_CHUNK_TIMEOUT_S,
-               max_in_flight: int = MAX_IN_FLIGHT) -> FastAPI:
+               max_in_flight: int = MAX_IN_FLIGHT, profile: str = "default") -> FastAPI:
     """The API app; `max_in_flight` predict requests are admitted at once (one scored, the others queued), the
-    next gets 503 with Retry-After."""
+    next gets 503 with Retry-After; `profile` "fast" serves every version's INT8 model."""
     state: dict = {"in_flight": 0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        state["predictor"] = Predictor(weights, device=device)
+        state["predictor"] = Predictor(weights, device=device, profile=profile)
         state["gate"] = threading.Semaphore(1)  # one batch at a time: flat memory, and the cores are shared anyway
         yield
         state.pop("predictor", None)
@@ -293,7 +293,8 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
     async def health() -> dict:
         """Liveness, answered on the event loop: never waits behind predictions."""
         p: Predictor = state["predictor"]
-        return {"status": "ok", "model_version": p.version, "device": str(p.device), "classes": p.classes,
+        return {"status": "ok", "model_version": p.version, "device": str(p.device), "profile": p.profile,
+                "classes": p.classes,
                 "predictions_in_flight": state["in_flight"]}
 
     @app.get("/v1/models")
@@ -316,8 +317,8 @@ def create_app(weights: str | Path | None = None, device: str = "auto", allow_im
             if len(loaded) >= MAX_LOADED_VERSIONS:
                 loaded.pop(next(iter(loaded)))
             try:
-                loaded[str(path)] = Predictor(path, device=device)
-            except CheckpointError as exc:
+                loaded[str(path)] = Predictor(path, device=device, profile=profile)
+            except (CheckpointError, ValueError) as exc:  # ValueError: no INT8 model for it (fast profile)
                 raise HTTPException(422, str(exc)) from None
         return loaded[str(path)]
 

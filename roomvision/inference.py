@@ -199,7 +199,7 @@ class Predictor:
         self.classes = list(self.info.classes)
         self.calibration = self.info.calibration
         self.thresholds = Thresholds.for_model(self.calibration)  # the calibrated default decisions
-        self.version = self.info.version
+        self.version = self.info.version + ("+int8" if profile == "fast" else "")  # says which numbers these are
         human = self.info.human
         self.human_quality = HumanQualityHead(**human["quality"]) if "quality" in human else None
         self.human_aesthetic = HumanAestheticHead(**human["aesthetic"]) if "aesthetic" in human else None

@@ -94,16 +94,17 @@ def summary(df: pd.DataFrame) -> str:
             f"BAD share {bad:.1%} | listing-ready {ready:.1%}")
 
 
-def _setup(weights, device, thresholds: dict | None) -> tuple[Predictor, Thresholds, list[str]]:
-    predictor = Predictor(weights, device=device)
+def _setup(weights, device, thresholds: dict | None, profile: str = "default") -> tuple[Predictor, Thresholds, list[str]]:
+    predictor = Predictor(weights, device=device, profile=profile)
     chosen = predictor.thresholds.with_values(**(thresholds or {}))
     return predictor, chosen, list(results_frame([], predictor.classes, chosen).columns)
 
 
 def score_local(paths: list[Path], out: Path, weights=None, device="auto", batch_size=64, workers=None,
-                resume=False, progress=True, thresholds: dict | None = None) -> pd.DataFrame:
-    """Score files in one process, journalled batch by batch; `thresholds` override the calibrated ones."""
-    predictor, chosen, columns = _setup(weights, device, thresholds)
+                resume=False, progress=True, thresholds: dict | None = None, profile: str = "default") -> pd.DataFrame:
+    """Score files in one process, journalled batch by batch; `thresholds` override the calibrated ones; `profile`
+    "fast" serves the INT8 model."""
+    predictor, chosen, columns = _setup(weights, device, thresholds, profile)
     journal = Journal(journal_path(out), columns, resume)
     todo = [p for p in paths if printable_path(p)[0] not in journal.done]
     if journal.done:
@@ -123,8 +124,9 @@ def score_local(paths: list[Path], out: Path, weights=None, device="auto", batch
 class _RayScorer:
     """One predictor per Ray worker; scores a batch of raw files, reporting each under the path as given."""
 
-    def __init__(self, weights, device, thresholds: Thresholds, given: dict[str, str]):
-        self.predictor, self.thresholds, self.given = Predictor(weights, device=device), thresholds, given
+    def __init__(self, weights, device, thresholds: Thresholds, given: dict[str, str], profile: str = "default"):
+        self.predictor = Predictor(weights, device=device, profile=profile)
+        self.thresholds, self.given = thresholds, given
 
     def __call__(self, batch: dict) -> dict:
         named = [(self.given[str(path)], bytes(data)) for path, data in zip(batch["path"], batch["bytes"])]
@@ -134,10 +136,11 @@ class _RayScorer:
 
 
 def score_ray(paths: list[Path], out: Path, weights=None, device="auto", batch_size=64, address=None,
-              resume=False, num_workers: int | None = None, thresholds: dict | None = None) -> pd.DataFrame:
+              resume=False, num_workers: int | None = None, thresholds: dict | None = None,
+              profile: str = "default") -> pd.DataFrame:
     """The same scoring with Ray Data: files read by Ray, one predictor actor per worker (GPUs where present)."""
     import ray
-    predictor_meta, chosen, columns = _setup(weights, "cpu", thresholds)
+    predictor_meta, chosen, columns = _setup(weights, "cpu", thresholds, profile)
     weights = str(predictor_meta.weights)
     journal = Journal(journal_path(out), columns, resume)
     named = [(p, *printable_path(p)) for p in paths]
@@ -154,7 +157,7 @@ def score_ray(paths: list[Path], out: Path, weights=None, device="auto", batch_s
         workers = num_workers or max(1, int(gpus) or int(ray.cluster_resources().get("CPU", 1)) // 2)
         if todo:
             ds = ray.data.read_binary_files(todo, include_paths=True)
-            scored = ds.map_batches(_RayScorer, fn_constructor_args=(weights, "cuda" if gpus else device, chosen, given),
+            scored = ds.map_batches(_RayScorer, fn_constructor_args=(weights, "cuda" if gpus and profile == "default" else "cpu" if profile == "fast" else device, chosen, given, profile),
                                     batch_size=batch_size, concurrency=workers, num_gpus=1 if gpus else 0,
                                     batch_format="numpy")
             for batch in scored.iter_batches(batch_size=batch_size * 4, batch_format="pandas"):
