@@ -182,16 +182,36 @@ def cmd_export_onnx(a: argparse.Namespace) -> int:
 
 
 def cmd_quantize(a: argparse.Namespace) -> int:
-    from .quantize import QATConfig, export_int8, integer_kernels, load_qat, run_qat
+    import json
+    import pandas as pd
+    from .inference import int8_onnx
+    from .quantize import (QATConfig, compare_profiles, export_int8, integer_kernels, load_qat, run_qat, sensitivity,
+                           validation_batch)
     weights = Path(a.weights or current_default())
     cfg = QATConfig(weights=str(weights), run_dir=str(a.run_dir), epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                     keep_fp32=tuple(a.keep_fp32), limit=a.limit, threads=a.threads or 0)
-    state = run_qat(cfg, resume=a.resume)
-    model, cfg = load_qat(state)
+    model, cfg = load_qat(run_qat(cfg, resume=a.resume))
+    if a.sensitivity:
+        table = sensitivity(model, validation_batch(weights, a.sensitivity))
+        table = pd.concat([table[table["tensor"] == "(none)"], table[table["tensor"] != "(none)"].head(10)])
+        print(f"on {a.sensitivity} validation photos, all tensors INT8 ('(none)') and all but the one named, "
+              f"best first:\n{table.to_string(index=False)}")
     out = a.out or weights.with_suffix(".int8.onnx")
     export_int8(model, weights, out, cfg)
     kernels = integer_kernels(out)
     print(f"written: {out} (ONNX Runtime runs {', '.join(f'{n} {k}' for k, n in kernels.items())})")
+    try:
+        served = int8_onnx(weights).resolve() == out.resolve()
+    except ValueError:
+        served = False
+    if served:
+        table = compare_profiles(weights)
+        print(table.to_string(index=False))
+        sidecar = out.with_suffix(".onnx.json")
+        meta = json.loads(sidecar.read_text())
+        sidecar.write_text(json.dumps({**meta, "agreement": table.round(4).to_dict("records")}, indent=2) + "\n")
+    else:
+        print(f"not compared with fp32: the fast profile serves {weights.name} from <weights>.int8.onnx")
     return 0
 
 
@@ -431,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convolutions (backbone module names, e.g. conv_stem) left in fp32")
     p.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: all cores)")
     p.add_argument("--resume", action="store_true", help="continue the fine-tune saved in --run-dir")
+    p.add_argument("--sensitivity", type=int, default=0, metavar="N",
+                   help="before exporting, show on N validation photos which tensors lose room predictions in INT8")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("app", help="start the Streamlit app (uses jemalloc when installed)")

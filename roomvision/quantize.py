@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
@@ -34,8 +35,11 @@ from .preprocess import EvalPreprocess, decode_for_model
 
 class PerChannelWeightQuant(nn.Module):
     """Symmetric int8 per output channel (ONNX Runtime's weight scheme); straight-through gradient."""
+    enabled = True
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return w
         amax = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).clamp(min=1e-8)
         zero = torch.zeros(len(amax), dtype=torch.int32)
         return torch.fake_quantize_per_channel_affine(w, amax / 127, zero, 0, -128, 127)
@@ -87,13 +91,16 @@ def activation_quant() -> FakeQuantize:
 
 def _output_hook(name: str):
     def hook(module, args, output):
-        return module.get_submodule(f"quant_{name}")(output) if hasattr(module, f"quant_{name}") else output
+        return getattr(module, f"quant_{name}")(output)
     return hook
 
 
-def _quantize_output(module: nn.Module, name: str = "out") -> None:
+def _quantize_output(module: nn.Module, name: str = "out") -> FakeQuantize:
+    """Quantise a module's output: appended to a Sequential (which runs it last), by a forward hook otherwise."""
     module.add_module(f"quant_{name}", activation_quant())
-    module.register_forward_hook(_output_hook(name))
+    if not isinstance(module, nn.Sequential):
+        module.register_forward_hook(_output_hook(name))
+    return module.get_submodule(f"quant_{name}")
 
 
 def quantisable_convs(model: RoomVisionNet) -> dict[str, nn.Conv2d]:
@@ -111,18 +118,20 @@ def prepare_qat(model: RoomVisionNet, keep_fp32: tuple[str, ...] = ()) -> RoomVi
     backbone = model.backbone
     backbone.add_module("quant_input", activation_quant())
     backbone.conv_stem.register_forward_pre_hook(lambda module, args: (backbone.quant_input(args[0]),))
+    points = {"input": [backbone.quant_input]}  # what quantises each tensor, by name (for sensitivity)
     parents = dict(backbone.named_modules())
     for name, conv in convs.items():
         if name in keep_fp32:
             continue
-        parametrize.register_parametrization(conv, "weight", PerChannelWeightQuant())
+        weight_quant = PerChannelWeightQuant()
+        parametrize.register_parametrization(conv, "weight", weight_quant)
         parent_name, _, child = name.rpartition(".")
         parent = parents[parent_name] if parent_name else backbone
         follower = _module_after(parent, child)  # the folded BatchNorm: its activation, or Identity
-        _quantize_output(follower if follower is not None else conv)
-    for block in (m for stage in backbone.blocks for m in stage):
-        if getattr(block, "has_skip", False):
-            _quantize_output(block, "sum")
+        points[name] = [weight_quant, _quantize_output(follower if follower is not None else conv)]
+    for block_name, block in ((n, m) for n, m in backbone.named_modules() if getattr(m, "has_skip", False)):
+        points[f"{block_name}.sum"] = [_quantize_output(block, "sum")]
+    model.quant_points = points
     return model
 
 
@@ -193,6 +202,19 @@ def training_photos(weights: Path, limit: int = 0) -> tuple[list[Path], np.ndarr
     order = np.random.default_rng(0).permutation(order)[: limit or None]
     files = resolve_paths(df.iloc[order], manifest_roots(manifest))
     return files, cache["features"][order], cache["room"][order]
+
+
+def validation_batch(weights: Path, n: int) -> torch.Tensor:
+    """`n` validation photos of the manifest (a seeded draw), preprocessed for the model."""
+    from .config import settings
+    from .data import load_manifest, manifest_roots, resolve_paths
+    manifest = settings().manifest
+    df = load_manifest(manifest)
+    val = df[df["split"] == "val"]
+    files = resolve_paths(val.sample(min(n, len(val)), random_state=0), manifest_roots(manifest))
+    pre = read_model_info(weights).preprocess
+    transform = EvalPreprocess(pre)
+    return torch.from_numpy(np.stack([transform(decode_for_model(f, pre)) for f in files]))
 
 
 def distillation_loss(model: RoomVisionNet, x, features, room, temperature: float):
@@ -279,13 +301,116 @@ def load_qat(state_file: Path) -> tuple[RoomVisionNet, QATConfig]:
     return model.eval(), cfg
 
 
+def store_int8_weights(path: Path) -> None:
+    """Replace each QuantizeLinear of a constant (the weights) by its int8 result, in place: the file holds int8
+    weights (a quarter of the size) and nothing is quantised again at load."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(path)
+    graph = model.graph
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in constants:
+            constants[node.output[0]] = constants[node.input[0]]
+    folded = []
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and all(i in constants for i in node.input):
+            w, scale, zero = (constants[i] for i in node.input)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [-1 if d == axis else 1 for d in range(w.ndim)] if scale.ndim else []
+            info = np.iinfo(zero.dtype)
+            q = np.clip(np.round(w / scale.reshape(shape)) + zero.reshape(shape), info.min, info.max)
+            graph.initializer.append(numpy_helper.from_array(q.astype(zero.dtype), node.output[0]))
+            folded.append(node)
+    for node in folded:
+        graph.node.remove(node)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    onnx.save(model, path)
+
+
 def export_int8(model: RoomVisionNet, weights: Path, out: Path, cfg: QATConfig) -> Path:
-    """The fake-quantised serving graph as QDQ ONNX, with a sidecar recording what it was made from and how."""
+    """The fake-quantised serving graph as QDQ ONNX with int8 weights, with a sidecar recording what it was made
+    from and how."""
     export_graph(freeze_quantisation(model), read_model_info(weights).preprocess.input_size, out)
-    run = {k: v for k, v in asdict(cfg).items() if k not in ("history", "weights", "run_dir", "threads")}
-    run["steps"] = len(cfg.history)
+    store_int8_weights(out)
+    run = {k: v for k, v in asdict(cfg).items() if k not in ("weights", "run_dir", "threads", "save_every")}
+    run["steps"] = len(cfg.history)  # the losses of every step are in "history"
     out.with_suffix(".onnx.json").write_text(json.dumps({**int8_provenance(weights), "qat": run}, indent=2) + "\n")
     return out
+
+
+def _switch(modules: list[nn.Module], on: bool) -> None:
+    for m in modules:
+        if isinstance(m, FakeQuantize):
+            m.enable_fake_quant() if on else m.disable_fake_quant()
+        else:
+            m.enabled = on
+
+
+@torch.no_grad()
+def sensitivity(model: RoomVisionNet, x: torch.Tensor) -> pd.DataFrame:
+    """Per quantised tensor, over photos `x`, with every tensor quantised except that one (leave-one-out): the
+    share of room predictions that match fp32 and the pooled features' error relative to their energy, beside
+    the same with all quantised. The layers worth keeping in fp32 come first."""
+    points = model.quant_points
+    everything = [m for ms in points.values() for m in ms]
+
+    def run(enabled: bool, except_point: str | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        _switch(everything, enabled)
+        if except_point:
+            _switch(points[except_point], False)
+        features = model.backbone(x)
+        return model.room_head(features).argmax(1).numpy(), features
+
+    rooms, features = run(False)
+
+    def measure(name: str | None) -> dict:
+        quantised_rooms, quantised = run(True, name)
+        return {"tensor": name or "(none)", "rooms_unchanged": float(np.mean(quantised_rooms == rooms)),
+                "feature_error": float(((quantised - features) ** 2).mean() / (features ** 2).mean())}
+
+    rows = [measure(None)] + [measure(name) for name in points]
+    _switch(everything, True)
+    return pd.DataFrame(rows).sort_values("feature_error", kind="stable").reset_index(drop=True)
+
+
+def compare_profiles(weights: Path, per_source: int = 256) -> pd.DataFrame:
+    """Fast (INT8) against default (fp32) on the first `per_source` test photos of each manifest source: the share
+    of room predictions, GOOD/BAD and out-of-scope decisions unchanged, and room accuracy of both."""
+    from .config import CLASSES, settings
+    from .data import load_manifest, manifest_roots, resolve_paths
+    from .decisions import is_good, out_of_scope
+    from .inference import Predictor
+    from .photocache import run_files
+    manifest = settings().manifest
+    df = load_manifest(manifest)
+    df = df[df["split"] == "test"].groupby("source", sort=True).head(per_source)
+    files = resolve_paths(df, manifest_roots(manifest))
+    served = {}
+    for profile in ("default", "fast"):
+        predictor = Predictor(weights, device="cpu", profile=profile)
+        served[profile] = predictor.scores(run_files(predictor, files))
+    t = predictor.thresholds
+    truth = df["class"].map(CLASSES.index).to_numpy()
+    rows = []
+    for source in df["source"].unique():
+        m = (df["source"] == source).to_numpy()
+        a, b = served["default"], served["fast"]
+        rooms_a, rooms_b = a["probs"][m].argmax(1), b["probs"][m].argmax(1)
+        rows.append({"source": source, "photos": int(m.sum()),
+                     "rooms_unchanged": float(np.mean(rooms_a == rooms_b)),
+                     "good_bad_unchanged": float(np.mean(is_good(a["p_good"][m], t.quality)
+                                                         == is_good(b["p_good"][m], t.quality))),
+                     "scope_unchanged": float(np.mean(out_of_scope(a["in_scope"][m], t.min_in_scope)
+                                                      == out_of_scope(b["in_scope"][m], t.min_in_scope))),
+                     "accuracy_fp32": float(np.mean(rooms_a == truth[m])),
+                     "accuracy_int8": float(np.mean(rooms_b == truth[m]))})
+    return pd.DataFrame(rows)
 
 
 def integer_kernels(onnx_file: Path) -> dict[str, int]:
@@ -296,6 +421,7 @@ def integer_kernels(onnx_file: Path) -> dict[str, int]:
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
         options.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
+        options.log_severity_level = 3  # not the warning that an optimised graph is specific to this CPU
         ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
         graph = onnx.load(options.optimized_model_filepath).graph
     counts: dict[str, int] = {}
