@@ -189,10 +189,10 @@ def cmd_quantize(a: argparse.Namespace) -> int:
                            validation_batch)
     weights = Path(a.weights or current_default())
     cfg = QATConfig(weights=str(weights), run_dir=str(a.run_dir), epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-                    keep_fp32=tuple(a.keep_fp32), limit=a.limit, threads=a.threads or 0)
+                    keep_fp32=tuple(a.keep_fp32), limit=a.limit, threads=a.threads or 0, input_size=a.input_size)
     model, cfg = load_qat(run_qat(cfg, resume=a.resume))
     if a.sensitivity:
-        table = sensitivity(model, validation_batch(weights, a.sensitivity))
+        table = sensitivity(model, validation_batch(weights, a.sensitivity, cfg.input_size))
         table = pd.concat([table[table["tensor"] == "(none)"], table[table["tensor"] != "(none)"].head(10)])
         print(f"on {a.sensitivity} validation photos, all tensors INT8 ('(none)') and all but the one named, "
               f"best first:\n{table.to_string(index=False)}")
@@ -450,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-fp32", nargs="*", default=[], metavar="CONV",
                    help="convolutions (backbone module names, e.g. conv_stem) left in fp32")
     p.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: all cores)")
+    p.add_argument("--input-size", type=int, default=0,
+                   help="fine-tune and serve at this input size, e.g. 192 (default: the model's own)")
     p.add_argument("--resume", action="store_true", help="continue the fine-tune saved in --run-dir")
     p.add_argument("--sensitivity", type=int, default=0, metavar="N",
                    help="before exporting, show on N validation photos which tensors lose room predictions in INT8")

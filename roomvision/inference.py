@@ -5,6 +5,7 @@ stay small; PyTorch is loaded only for GPUs, the `torch` backend, and the one-of
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from .images import ImageDecodeError, printable_path
 from .human import HumanAestheticHead, HumanQualityHead
 from .config import DEFAULT_WEIGHTS
 from .modelinfo import HEAD_OUTPUTS, file_sha256, read_model_info, storage_digest
-from .preprocess import EvalPreprocess, decode_for_model
+from .preprocess import EvalPreprocess, Preprocess, decode_for_model
 from .quality import compute_metrics
 from .scope import ScopeHead
 from .versions import current_default
@@ -89,6 +90,13 @@ def int8_provenance(weights: str | Path) -> dict:
     with zipfile.ZipFile(weights) as archive:
         tensors = storage_digest(archive)
     return {"tensors_sha256": tensors, "graph_version": ONNX_GRAPH_VERSION, "int8_graph_version": INT8_GRAPH_VERSION}
+
+
+def int8_preprocess(graph: Path) -> Preprocess | None:
+    """The preprocessing an INT8 export was fine-tuned for (its sidecar), when it records one."""
+    meta = json.loads(graph.with_suffix(".onnx.json").read_text())
+    return Preprocess(**{**meta["preprocess"], "mean": tuple(meta["preprocess"]["mean"]),
+                         "std": tuple(meta["preprocess"]["std"])}) if "preprocess" in meta else None
 
 
 def int8_onnx(weights: str | Path) -> Path:
@@ -222,6 +230,9 @@ class Predictor:
             try:
                 self.graph = OnnxGraph(int8_onnx(self.weights) if profile == "fast" else ensure_onnx(self.weights),
                                        threads)
+                if profile == "fast" and (pre := int8_preprocess(self.graph.path)) is not None:
+                    self.info = dataclasses.replace(self.info, preprocess=pre)  # fine-tuned at its own size
+                    self.transform = EvalPreprocess(pre)
                 self.graph.session(self.head_outputs)  # load now: a broken file fails here, not on the first image
             except ImportError:
                 if backend == "onnx":

@@ -12,6 +12,7 @@ agreement with fp32 and writes `<weights>.int8.onnx` with a sidecar naming what 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from .engine import export_graph
 from .model import Checkpoint, RoomVisionNet, fuse_batchnorm
 from .inference import int8_provenance
 from .modelinfo import read_model_info
-from .preprocess import EvalPreprocess, decode_for_model
+from .preprocess import EvalPreprocess, Preprocess, decode_for_model
 
 class PerChannelWeightQuant(nn.Module):
     """Symmetric int8 per output channel (ONNX Runtime's weight scheme); straight-through gradient."""
@@ -164,6 +165,7 @@ class QATConfig:
     lr: float = 2e-5
     observe_fraction: float = 0.2  # share of steps during which the activation ranges still move
     keep_fp32: tuple[str, ...] = ()
+    input_size: int = 0  # fine-tune and serve at this input size (FixRes); 0: the model's own
     limit: int = 0  # train on the first N photos only (0: every train and validation photo)
     save_every: int = 25
     threads: int = 0
@@ -204,7 +206,16 @@ def training_photos(weights: Path, limit: int = 0) -> tuple[list[Path], np.ndarr
     return files, cache["features"][order], cache["room"][order]
 
 
-def validation_batch(weights: Path, n: int) -> torch.Tensor:
+def int8_preprocess(weights: Path, input_size: int = 0) -> Preprocess:
+    """The model's preprocessing, at `input_size` when given (the resize scaled with it)."""
+    pre = read_model_info(weights).preprocess
+    if not input_size or input_size == pre.input_size:
+        return pre
+    return dataclasses.replace(pre, input_size=input_size,
+                               resize_size=round(input_size * pre.resize_size / pre.input_size))
+
+
+def validation_batch(weights: Path, n: int, input_size: int = 0) -> torch.Tensor:
     """`n` validation photos of the manifest (a seeded draw), preprocessed for the model."""
     from .config import settings
     from .data import load_manifest, manifest_roots, resolve_paths
@@ -212,7 +223,7 @@ def validation_batch(weights: Path, n: int) -> torch.Tensor:
     df = load_manifest(manifest)
     val = df[df["split"] == "val"]
     files = resolve_paths(val.sample(min(n, len(val)), random_state=0), manifest_roots(manifest))
-    pre = read_model_info(weights).preprocess
+    pre = int8_preprocess(weights, input_size)
     transform = EvalPreprocess(pre)
     return torch.from_numpy(np.stack([transform(decode_for_model(f, pre)) for f in files]))
 
@@ -239,7 +250,7 @@ def run_qat(cfg: QATConfig, resume: bool = False, log=print) -> Path:
     checkpoint = Checkpoint.load(cfg.weights)
     model = prepare_qat(checkpoint.build_model(), tuple(cfg.keep_fp32))
     files, features, room = training_photos(Path(cfg.weights), cfg.limit)
-    loader = DataLoader(CachedTargets(files, features, room, checkpoint.preprocess), batch_size=cfg.batch_size,
+    loader = DataLoader(CachedTargets(files, features, room, int8_preprocess(Path(cfg.weights), cfg.input_size)), batch_size=cfg.batch_size,
                         shuffle=True, num_workers=1, drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
     for p in (*model.room_head.parameters(), *model.quality_head.parameters(), *model.aesthetic_head.parameters()):
         p.requires_grad_(False)
@@ -336,11 +347,13 @@ def store_int8_weights(path: Path) -> None:
 def export_int8(model: RoomVisionNet, weights: Path, out: Path, cfg: QATConfig) -> Path:
     """The fake-quantised serving graph as QDQ ONNX with int8 weights, with a sidecar recording what it was made
     from and how."""
-    export_graph(freeze_quantisation(model), read_model_info(weights).preprocess.input_size, out)
+    pre = int8_preprocess(weights, cfg.input_size)
+    export_graph(freeze_quantisation(model), pre.input_size, out)
     store_int8_weights(out)
     run = {k: v for k, v in asdict(cfg).items() if k not in ("weights", "run_dir", "threads", "save_every")}
     run["steps"] = len(cfg.history)  # the losses of every step are in "history"
-    out.with_suffix(".onnx.json").write_text(json.dumps({**int8_provenance(weights), "qat": run}, indent=2) + "\n")
+    meta = {**int8_provenance(weights), "preprocess": asdict(pre), "qat": run}
+    out.with_suffix(".onnx.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
