@@ -249,12 +249,17 @@ def cmd_score(a: argparse.Namespace) -> int:
     if a.out.suffix.lower() not in (".csv", ".parquet"):
         raise ValueError("--out must end in .csv or .parquet")
     thresholds = _threshold_values(a)
+    if a.fast and a.fp32:
+        raise ValueError("choose --fast or --fp32, not both")
+    profile = _profile(a)
+    if profile == "fast":
+        print("scoring with the INT8 model (fast profile; --fp32 for the fp32 model)", file=sys.stderr)
     if a.engine == "ray":
         df = score_ray(paths, a.out, a.weights, a.device, a.batch_size, a.address, a.resume, thresholds=thresholds,
-                       profile=_profile(a))
+                       profile=profile)
     else:
         df = score_local(paths, a.out, a.weights, a.device, a.batch_size, a.workers, a.resume,
-                         thresholds=thresholds, profile=_profile(a))
+                         thresholds=thresholds, profile=profile)
     print(summary(df))
     print(f"written: {a.out}")
     return 0
@@ -265,7 +270,12 @@ FAST_HELP = ("serve the INT8 model (ONNX Runtime integer kernels on the CPU; mad
 
 
 def _profile(a: argparse.Namespace) -> str:
-    return "fast" if a.fast else "default"
+    """The chosen profile; batch scoring (`score`, which has --fp32) serves the INT8 model by default on the CPU
+    when the weights have one, since it keeps the decisions (README: Fast profile)."""
+    if a.fast or not hasattr(a, "fp32"):
+        return "fast" if a.fast else "default"
+    from .inference import batch_profile
+    return "default" if a.fp32 else batch_profile(a.weights or current_default(), a.device)
 
 
 def _add_dataclass_options(p: argparse.ArgumentParser, cls) -> None:
@@ -487,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one process (default) or Ray Data (needs the ray extra)")
     p.add_argument("--address", default=None, help="Ray cluster address to join (default: start Ray locally)")
     _add_threshold_options(p)
-    p.add_argument("--fast", action="store_true", help=FAST_HELP)
+    p.add_argument("--fast", action="store_true", help=FAST_HELP + "; the default on the CPU when the weights have one")
+    p.add_argument("--fp32", action="store_true", help="score with the fp32 model even where an INT8 one exists")
     p.set_defaults(func=cmd_score)
     return parser
 

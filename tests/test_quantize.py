@@ -118,3 +118,44 @@ def test_sidecar_records_what_the_int8_model_was_made_from():
     meta = json.loads(SHIPPED_INT8.with_suffix(".onnx.json").read_text())
     assert {"tensors_sha256", "graph_version", "int8_graph_version", "qat"} <= set(meta)
     assert meta["qat"]["steps"] > 0  # fine-tuned, not only calibrated
+
+
+@pytest.fixture
+def photos(tmp_path, make_room):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        make_room(i).save(folder / f"{i}.jpg")
+    return folder
+
+
+def test_batch_scoring_serves_int8_by_default_and_fp32_on_request(photos, tmp_path, capsys):
+    import pandas as pd
+    from roomvision.cli import main
+    fast, exact = tmp_path / "fast.csv", tmp_path / "exact.csv"
+    assert main(["score", str(photos), "--out", str(fast), "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu"]) == 0
+    assert "scoring with the INT8 model (fast profile; --fp32 for the fp32 model)" in capsys.readouterr().err
+    assert main(["score", str(photos), "--out", str(exact), "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu",
+                 "--fp32"]) == 0
+    version = Predictor(DEFAULT_WEIGHTS).version
+    assert set(pd.read_csv(fast)["model_version"]) == {version + "+int8"}
+    assert set(pd.read_csv(exact)["model_version"]) == {version}
+    assert main(["score", str(photos), "--out", str(exact), "--fast", "--fp32"]) == 2
+    assert "choose --fast or --fp32, not both" in capsys.readouterr().err
+
+
+def test_predict_fast_without_an_int8_model_says_how_to_make_one(photos, tiny_checkpoint, capsys):
+    from roomvision.cli import main
+    assert main(["predict", str(photos), "--weights", str(tiny_checkpoint), "--fast"]) == 2
+    assert "no INT8 model for tiny.pt" in capsys.readouterr().err
+
+
+def test_api_serves_the_fast_profile(photos):
+    from fastapi.testclient import TestClient
+    from roomvision.api import create_app
+    with TestClient(create_app(DEFAULT_WEIGHTS, device="cpu", profile="fast")) as client:
+        health = client.get("/health").json()
+        assert health["profile"] == "fast" and health["model_version"].endswith("+int8")
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in sorted(photos.iterdir())]
+        results = client.post("/v1/predict", files=files).json()["results"]
+        assert len(results) == 3 and all(r["model_version"] == health["model_version"] for r in results)
