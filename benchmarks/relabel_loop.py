@@ -6,7 +6,8 @@ python benchmarks/relabel_loop.py [--weights W] [--pool 3000] [--held-out 1500]
 Annotators (each calls about 15% of the photos BAD, with 2% of decisions flipped at random, as people err):
 stricter exposure, stricter sharpness, level verticals, a mix of two, and five whose criterion no proxy rule
 measures (a colour cast, dark corners, low contrast, garish colour, black bars), so refitting rules cannot learn them
-and the head must learn from the image.
+and the head must learn from the image; and one whose standard depends on the room (kitchens and bathrooms must be
+bright, a bedroom may be dim), which the head can learn only by reading the model's room probabilities.
 Labels are chosen (a) at random and (b) in the Relabel page's queue order (50 photos at random first, then active
 learning: the photos the refitted head is least sure of, spread out, alternating with photos drawn at random). Two
 simulated raters give 1-5 aesthetic ratings. The photos come from the manifest's train split (labelling pool) and
@@ -31,7 +32,7 @@ from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa
 from roomvision.decisions import is_good  # noqa: E402
 from roomvision.features import CACHE_VERSION  # noqa: E402
 from roomvision.human import active_queue, fit_human_aesthetic, fit_human_quality  # noqa: E402
-from roomvision.inference import Predictor  # noqa: E402
+from roomvision.inference import Predictor, room_probabilities  # noqa: E402
 from roomvision.modelinfo import file_sha256  # noqa: E402
 
 SIZES = (50, 100, 200, 400)
@@ -50,24 +51,28 @@ def image_stats(img) -> dict:
     return {"cast": float((a[..., 0] - a[..., 2]).mean()), "corner_ratio": float(corners / max(centre, 1e-3))}
 
 
-def extract(predictor: Predictor, files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
-    """Quality features, proxy P(GOOD) and aesthetic score of the model, and image statistics, per photo."""
+def extract(predictor: Predictor, files: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                              pd.DataFrame]:
+    """Quality features, proxy P(GOOD), aesthetic score and room probabilities of the model, and image statistics,
+    per photo."""
     def load(f):
         img = predictor.decode(f)
         return predictor.transform(img), image_stats(img)
 
-    feats, p_good, aesthetic, stats = [], [], [], []
+    feats, p_good, aesthetic, rooms, stats = [], [], [], [], []
     with ThreadPoolExecutor(2) as pool:
         for start in range(0, len(files), 64):
             items = list(pool.map(load, files[start:start + 64]))
-            raw = predictor.run(np.stack([x for x, _ in items]), ("quality", "aesthetic", "quality_features"))
+            raw = predictor.run(np.stack([x for x, _ in items]), ("room", "quality", "aesthetic", "quality_features"))
             feats.append(raw["quality_features"].astype(np.float32))
             p_good.append(1 / (1 + np.exp(-raw["quality"])))
             aesthetic.append(raw["aesthetic"] @ np.arange(1, 11))
+            rooms.append(room_probabilities(raw["room"], predictor.calibration.temperature))
             stats += [s for _, s in items]
             print(f"\rfeatures {start + len(items)}/{len(files)}", end="", file=sys.stderr)
     print(file=sys.stderr)
-    return np.concatenate(feats), np.concatenate(p_good), np.concatenate(aesthetic), pd.DataFrame(stats)
+    return (np.concatenate(feats), np.concatenate(p_good), np.concatenate(aesthetic), np.concatenate(rooms),
+            pd.DataFrame(stats))
 
 
 def annotators(m: pd.DataFrame, pool: np.ndarray) -> dict[str, np.ndarray]:
@@ -88,7 +93,20 @@ def annotators(m: pd.DataFrame, pool: np.ndarray) -> dict[str, np.ndarray]:
         "low contrast (unmeasured)": (m.contrast < q(m.contrast, 0.15)).to_numpy(),
         "garish colour (unmeasured)": (m.colourfulness > q(m.colourfulness, 0.85)).to_numpy(),
         "letterboxed (unmeasured)": (m.border_frac > 0).to_numpy(),
+        "bright kitchens (per room)": room_dependent_darkness(m, pool),
     }
+
+
+def room_dependent_darkness(m: pd.DataFrame, pool: np.ndarray) -> np.ndarray:
+    """A standard that depends on what the photo shows: kitchens and bathrooms must be bright (the darkest 35% of
+    them are BAD), a bedroom may be dim (only its darkest 3%), other rooms in between (10%)."""
+    share = m["class"].map({"Kitchen": 0.35, "Bathroom": 0.35, "Bedroom": 0.03}).fillna(0.10)
+    bad = np.zeros(len(m), bool)
+    for room, rows in m.groupby("class").groups.items():
+        rows = np.asarray(rows)
+        cut = np.quantile(m.lum_p50.to_numpy()[np.intersect1d(rows, pool)], share[rows[0]])
+        bad[rows] = m.lum_p50.to_numpy()[rows] < cut
+    return bad
 
 
 def raters(m: pd.DataFrame, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -104,9 +122,9 @@ def raters(m: pd.DataFrame, rng: np.random.Generator) -> dict[str, np.ndarray]:
             "likes bright, level, crisp": stars(z(m.lum_p50) - z(m.tilt_deg) + z(np.log1p(m.sharpness)))}
 
 
-def scores(head, features, metrics, truth_bad, held) -> tuple[float, float]:
+def scores(head, features, metrics, rooms, truth_bad, held) -> tuple[float, float]:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-    p = head.p_good(features[held], metrics.iloc[held])
+    p = head.p_good(features[held], metrics.iloc[held], rooms[held])
     good = ~truth_bad[held]
     return balanced_accuracy_score(good, is_good(p, head.threshold)), roc_auc_score(good, p)
 
@@ -123,17 +141,17 @@ def main() -> None:
     df = load_manifest(manifest)
     df = pd.concat([df[df.split == "train"].sample(a.pool, random_state=a.seed),
                     df[df.split == "test"].sample(a.held_out, random_state=a.seed)], ignore_index=True)
-    cache = settings().cache_dir / (f"relabel-bench-v{CACHE_VERSION}-{file_sha256(a.weights)[:12]}-"
+    cache = settings().cache_dir / (f"relabel-bench-rooms-v{CACHE_VERSION}-{file_sha256(a.weights)[:12]}-"
                                     f"{file_sha256(manifest)[:12]}-{a.pool}-{a.held_out}-{a.seed}.npz")
     predictor = Predictor(a.weights, device="cpu")
     if cache.is_file():
         z = np.load(cache)
-        feats, proxy_p, proxy_aes, stats = z["feats"], z["proxy_p"], z["proxy_aes"], pd.DataFrame(
+        feats, proxy_p, proxy_aes, rooms, stats = z["feats"], z["proxy_p"], z["proxy_aes"], z["rooms"], pd.DataFrame(
             {"cast": z["cast"], "corner_ratio": z["corner_ratio"]})
     else:
-        feats, proxy_p, proxy_aes, stats = extract(predictor, resolve_paths(df, manifest_roots(manifest)))
+        feats, proxy_p, proxy_aes, rooms, stats = extract(predictor, resolve_paths(df, manifest_roots(manifest)))
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, feats=feats, proxy_p=proxy_p, proxy_aes=proxy_aes, cast=stats.cast.values,
+        np.savez(cache, feats=feats, proxy_p=proxy_p, proxy_aes=proxy_aes, rooms=rooms, cast=stats.cast.values,
                  corner_ratio=stats.corner_ratio.values)
     m = pd.concat([df.reset_index(drop=True), stats], axis=1)
     pool, held = np.flatnonzero(m.split == "train"), np.flatnonzero(m.split == "test")
@@ -162,26 +180,30 @@ def main() -> None:
                     if order == "random":
                         batch = order_rng.choice(open_, n - len(asked), replace=False)
                     else:
-                        head = fit_human_quality(feats[pool], m.iloc[pool], human[pool]) if asked else None
+                        head = (fit_human_quality(feats[pool], m.iloc[pool], human[pool], rooms=rooms[pool]) if asked
+                                else None)
                         if head is None:  # the page's first photos: drawn at random
                             batch = order_rng.choice(open_, BATCH, replace=False)
                         else:
-                            batch = active_queue(head.p_good(feats, m), head.threshold, feats, open_, BATCH, a.seed)
+                            batch = active_queue(head.p_good(feats, m, rooms), head.threshold, feats, open_, BATCH,
+                                                 a.seed)
                     batch = batch[:n - len(asked)]
                     human[batch] = (~said[batch]).astype(int)
                     asked += [int(i) for i in batch]
                 started = time.monotonic()
-                head = fit_human_quality(feats[pool], m.iloc[pool], human[pool])
+                head = fit_human_quality(feats[pool], m.iloc[pool], human[pool], rooms=rooms[pool])
                 fit_seconds.append(time.monotonic() - started)
                 if head is None:
                     line += f" {'too few':>10}"
                     continue
-                ba, auc = scores(head, feats, m, truth, held)
+                ba, auc = scores(head, feats, m, rooms, truth, held)
                 if ba >= 0.85 and (name, order) not in reached:
                     reached[(name, order)] = n
-                line += f" {ba:.2f}/{auc:.2f}{'r' if head.uses_rules else ' '}"
+                flags = ("r" if head.uses_rules else "") + ("k" if head.uses_rooms else "")
+                line += f" {ba:.2f}/{auc:.2f}{flags:<2}"
         print(line)
-    print("(r: the head also reads the refitted proxy rules; chosen by cross-validation on the human labels)")
+    print("(r: the head also reads the refitted proxy rules; k: it learned a standard per room; both chosen by "
+          "cross-validation on the human labels)")
     for name in panel:
         r, q = reached.get((name, "random")), reached.get((name, "queue"))
         print(f"  {name}: balanced accuracy 0.85 reached with {r or '>400'} random labels, "

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .config import settings
 from .data import load_manifest, manifest_roots, resolve_paths
-from .inference import Predictor
+from .inference import Predictor, room_probabilities
 from .modelinfo import file_sha256
 from .photocache import model_key, run_files
 
@@ -91,5 +91,6 @@ def cached_scores(path: Path, predictor: Predictor, manifest: pd.DataFrame) -> p
     ok = ~np.isnan(data["quality"])
     p_good = np.full(len(ok), np.nan)
     p_good[ok] = predictor.p_good(data["quality"][ok], data["quality_features"][ok].astype(np.float32),
-                                  manifest[ok].reset_index(drop=True))
+                                  manifest[ok].reset_index(drop=True),
+                                  room_probabilities(data["room"][ok], predictor.calibration.temperature))
     return pd.DataFrame({"p_good": p_good}, index=data["sha256"])

@@ -24,12 +24,13 @@ from sklearn.model_selection import StratifiedKFold
 
 from .config import QUALITY_THRESHOLDS
 from .labels import LabelStore, human_lookup
-from .modelinfo import DIRECT_FEATURES
+from .modelinfo import DIRECT_FEATURES, PHOTO_STATISTICS
 from .quality import RULES, rule_flags, rule_metric
 
 MIN_PER_CLASS = 3            # fewer GOOD or BAD human labels than this: the proxy stays in charge
 MIN_RATINGS = 10             # fewer aesthetic ratings than this: the proxy score stays
 MIN_RULE_GAIN = 0.01         # a rule's threshold moves only when agreement with people rises at least this much
+MIN_ROOM_GAIN = 0.01         # per-room standards are learned only when they raise cross-validated ROC-AUC this much
 RULE_INPUT = 3.0             # the refitted rules' verdict enters the head as +-RULE_INPUT (GOOD +, BAD -)
 TOO_FEW = (f"label at least {MIN_PER_CLASS} GOOD and {MIN_PER_CLASS} BAD photos (or rate {MIN_RATINGS}) "
            "in the Relabel page first")
@@ -69,11 +70,23 @@ class HumanQualityHead(_LinearHead):
     uses_rules: bool = False
     rule_weight: float = 0.0
     cv_balanced_accuracy: float = float("nan")
+    room_weight: list = field(default_factory=list)  # per room: weights on the standardised photo statistics
+    room_bias: list = field(default_factory=list)    # per room: an offset ("a kitchen must be bright")
 
-    def p_good(self, quality_features: np.ndarray, metrics: pd.DataFrame | None = None) -> np.ndarray:
+    @property
+    def uses_rooms(self) -> bool:
+        return bool(self.room_bias)
+
+    def p_good(self, quality_features: np.ndarray, metrics: pd.DataFrame | None = None,
+               rooms: np.ndarray | None = None) -> np.ndarray:
         """P(GOOD) under the human criterion; `metrics` (photo-quality metrics) are needed when the head uses the
-        refitted rules."""
-        logit = expand(self._standardised(quality_features)) @ np.asarray(self.weight) + self.bias
+        refitted rules, `rooms` (the model's room probabilities) when its standard depends on the room."""
+        z = self._standardised(quality_features)
+        logit = expand(z) @ np.asarray(self.weight) + self.bias
+        if self.uses_rooms:
+            if rooms is None:
+                raise ValueError("this head's standard depends on the room: pass the photos' room probabilities")
+            logit = logit + room_terms(np.asarray(rooms), z) @ np.r_[np.ravel(self.room_weight), self.room_bias]
         if self.uses_rules:
             if metrics is None:
                 raise ValueError("this head also reads the refitted rules: pass the photos' quality metrics")
@@ -112,6 +125,13 @@ def expand(z: np.ndarray) -> np.ndarray:
     """Standardised features and their centred squares: a linear head on these can also learn two-sided criteria
     ("too warm or too cold", "too dark or too bright")."""
     return np.hstack([z, z * z - 1.0])
+
+
+def room_terms(rooms: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Inputs of a standard that depends on the room: each room's probability times the standardised photo
+    statistics (exposure, sharpness, colour), then the probabilities themselves (a per-room offset)."""
+    stats = z[:, :PHOTO_STATISTICS]
+    return np.hstack([(rooms[:, :, None] * stats[:, None, :]).reshape(len(z), -1), rooms])
 
 
 def rules_bad(metrics: pd.DataFrame, thresholds: dict) -> np.ndarray:
@@ -183,7 +203,7 @@ def _classifier(penalty: str, c: float, seed: int) -> LogisticRegression:
 
 
 def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.ndarray,
-                      seed: int = 0) -> HumanQualityHead | None:
+                      seed: int = 0, rooms: np.ndarray | None = None) -> HumanQualityHead | None:
     """Fit the human quality head.
 
     `features` and `metrics` cover a pool of photos (labelled and not: the pool sets the standardisation and the
@@ -191,7 +211,10 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
     statistics, input grid and layout; with their squares; with backbone components), whether the refitted rules
     join them, and the penalty (dense L2 or sparse L1) and its strength are chosen by cross-validated ROC-AUC on the
     human labels (rules refitted inside each fold); the threshold is the best balanced accuracy on the same held-out
-    predictions. None when the human labels are too few to learn from (the proxy stays in charge).
+    predictions. With `rooms` (the model's room probabilities per photo), a standard that depends on the room
+    (each room's weights on the photo statistics, and an offset) is tried on top of the best choice and kept when
+    it raises the cross-validated ROC-AUC by MIN_ROOM_GAIN. None when the human labels are too few to learn from
+    (the proxy stays in charge).
     """
     labelled = np.flatnonzero(human >= 0)
     good = human[labelled].astype(int)
@@ -213,18 +236,23 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
 
     widths = (DIRECT_FEATURES, len(direct), z_h.shape[1])  # photo statistics; and their squares; and the backbone
 
-    def design(rows: np.ndarray, rules: dict | None, width: int) -> np.ndarray:
-        x = z_h[rows, :width]
-        if rules is None:
-            return x
-        return np.hstack([x, RULE_INPUT * (1 - 2 * rules_bad(m_h.iloc[rows], rules))[:, None]])
+    by_room = None if rooms is None else room_terms(np.asarray(rooms)[labelled], z_h)
 
-    def cv_probabilities(penalty: tuple[str, float], with_rules: bool, width: int) -> np.ndarray:
+    def design(rows: np.ndarray, rules: dict | None, width: int, with_rooms: bool = False) -> np.ndarray:
+        x = [z_h[rows, :width]]
+        if rules is not None:
+            x.append(RULE_INPUT * (1 - 2 * rules_bad(m_h.iloc[rows], rules))[:, None])
+        if with_rooms:
+            x.append(by_room[rows])
+        return np.hstack(x)
+
+    def cv_probabilities(penalty: tuple[str, float], with_rules: bool, width: int, with_rooms: bool = False):
         out = np.zeros(len(good))  # held-out predictions of human-labelled photos
         for (train, test), rules in zip(folds, fold_rules):
             rules = rules if with_rules else None
-            out[test] = _classifier(*penalty, seed).fit(design(train, rules, width), good[train]).predict_proba(
-                design(test, rules, width))[:, 1]
+            out[test] = _classifier(*penalty, seed).fit(design(train, rules, width, with_rooms),
+                                                        good[train]).predict_proba(
+                design(test, rules, width, with_rooms))[:, 1]
         return out
 
     best = None
@@ -234,13 +262,23 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
                 p = cv_probabilities(penalty, with_rules, width)
                 auc = roc_auc_score(good, p)
                 if best is None or auc > best[0] + 1e-9:
-                    best = (auc, penalty, with_rules, width, p)
-    _, penalty, with_rules, width, p = best
+                    best = (auc, penalty, with_rules, width, False, p)
+    if by_room is not None:  # a standard per room, on top of the best choice
+        _, _, with_rules, width, _, _ = plain = best
+        for penalty in PENALTIES:
+            p = cv_probabilities(penalty, with_rules, width, True)
+            auc = roc_auc_score(good, p)
+            if auc > max(best[0], plain[0] + MIN_ROOM_GAIN) + 1e-9:
+                best = (auc, penalty, with_rules, width, True, p)
+    _, penalty, with_rules, width, with_rooms, p = best
     threshold, score = _best_threshold(p, good)
     rules = refit_rules(m_h, good == 0)
     everyone = np.arange(len(good))
-    clf = _classifier(*penalty, seed).fit(design(everyone, rules if with_rules else None, width), good)
+    clf = _classifier(*penalty, seed).fit(design(everyone, rules if with_rules else None, width, with_rooms), good)
     coef = clf.coef_[0]
+    n_rooms = np.asarray(rooms).shape[1] if with_rooms else 0
+    split = len(coef) - n_rooms * (PHOTO_STATISTICS + 1)
+    coef, room_coef = coef[:split], coef[split:]
     weight = np.zeros(2 * d)  # linear in the expanded standardised features
     weight[direct[:min(width, len(direct))]] = coef[:min(width, len(direct))]
     bias = float(clf.intercept_[0])
@@ -250,7 +288,9 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
     return HumanQualityHead(mean=mean.tolist(), scale=scale.tolist(), weight=weight.tolist(), bias=bias,
                             threshold=threshold, labels=len(good), rule_thresholds=rules, uses_rules=with_rules,
                             rule_weight=float(coef[-1] * RULE_INPUT) if with_rules else 0.0,
-                            cv_balanced_accuracy=score)
+                            cv_balanced_accuracy=score,
+                            room_weight=room_coef[:n_rooms * PHOTO_STATISTICS].reshape(n_rooms, PHOTO_STATISTICS).tolist(),
+                            room_bias=room_coef[n_rooms * PHOTO_STATISTICS:].tolist())
 
 
 def fit_human_aesthetic(features: np.ndarray, scores: np.ndarray,

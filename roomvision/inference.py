@@ -279,10 +279,11 @@ class Predictor:
         return self._run_torch(loader, progress, on_batch, outputs)
 
     def p_good(self, quality_logit: np.ndarray, quality_features: np.ndarray | None = None,
-               metrics: pd.DataFrame | None = None) -> np.ndarray:
-        """P(GOOD): from the head learned from people when the model has one, else from the proxy-trained head."""
+               metrics: pd.DataFrame | None = None, rooms: np.ndarray | None = None) -> np.ndarray:
+        """P(GOOD): from the head learned from people when the model has one (reading the room probabilities
+        `rooms` when its standard depends on the room), else from the proxy-trained head."""
         if self.human_quality is not None:
-            return self.human_quality.p_good(quality_features, metrics)
+            return self.human_quality.p_good(quality_features, metrics, rooms)
         return expit(quality_logit)
 
     def in_scope_prob(self, raw: dict) -> np.ndarray:
@@ -320,7 +321,7 @@ class Predictor:
         if self.market is not None:  # the market's own head where a photo looks like that market
             probs, in_scope = self.market.blend(market_inputs(raw), probs, in_scope)
         return {"probs": probs,
-                "p_good": self.p_good(raw["quality"], raw.get("quality_features"), metrics),
+                "p_good": self.p_good(raw["quality"], raw.get("quality_features"), metrics, probs),
                 "aesthetic": mean, "aesthetic_std": std, "in_scope": in_scope}
 
     def _rows(self, raw: dict, metrics: pd.DataFrame | None = None) -> list[dict]:

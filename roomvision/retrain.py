@@ -19,7 +19,7 @@ from .photocache import run_files
 from .human import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules,
                     refit_room_head)
 from .labels import NOT_A_ROOM, room_corrections
-from .inference import Predictor
+from .inference import Predictor, room_probabilities
 from .scope import fit_scope_head
 from .versions import current_default
 
@@ -118,10 +118,11 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
     cache = build_feature_cache(predictor, manifest, data_roots, on_batch=scoring, progress=on_progress is None,
                                 cancel=cancel)
     ok, features, pool, data = _cached_pool(cache, df)
+    rooms = room_probabilities(data["room"][ok], predictor.calibration.temperature)
     labelled = decision[ok] >= 0
-    before = predictor.p_good(data["quality"][ok], features, pool)[labelled]
+    before = predictor.p_good(data["quality"][ok], features, pool, rooms)[labelled]
     human_good = decision[ok][labelled] == 1
-    quality = fit_human_quality(features, pool, decision[ok])
+    quality = fit_human_quality(features, pool, decision[ok], rooms=rooms)
     aesthetic = fit_human_aesthetic(features, score[ok])
     room = room_head_from_corrections(weights, df, data, corrections)
     if quality is None and aesthetic is None and room is None:
@@ -155,16 +156,18 @@ def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) 
     from .human import active_queue
     df = load_manifest(manifest).reset_index(drop=True)
     try:
-        ok, features, pool, _ = _cached_pool(cache, df)
+        ok, features, pool, data = _cached_pool(cache, df)
     except ValueError:
         return None  # a cache of another manifest: the page falls back to the proxy order
     decision, _ = human_targets(df, relabels)
-    head = fit_human_quality(features, pool, decision[ok])
+    rooms = room_probabilities(data["room"][ok])  # the head below is fitted and read on these same inputs
+    head = fit_human_quality(features, pool, decision[ok], rooms=rooms)
     open_ = np.flatnonzero(decision[ok] < 0)
     if head is None:
         order = np.random.default_rng(0).choice(open_, min(COLD_START, len(open_)), replace=False)
     else:
-        order = active_queue(head.p_good(features, pool), head.threshold, features, open_, min(size, len(open_)))
+        order = active_queue(head.p_good(features, pool, rooms), head.threshold, features, open_,
+                             min(size, len(open_)))
     return pd.Series(np.arange(len(order)), index=df["sha256"].to_numpy()[ok[order]])
 
 

@@ -149,3 +149,37 @@ def test_room_head_refit_learns_corrections_and_keeps_the_rest():
     after = (x @ w.T + b).argmax(1)
     assert (after[:15] == labels[:15]).mean() >= 0.9
     assert (after[15:] == before[15:]).mean() > 0.9
+
+
+def _balanced(decided_good: np.ndarray, truth_good: np.ndarray) -> float:
+    return (decided_good[truth_good].mean() + (~decided_good[~truth_good]).mean()) / 2
+
+
+def test_a_standard_that_depends_on_the_room_is_learned_from_the_room_probabilities():
+    """Kitchens must be bright, other rooms only not black: one threshold cannot say it, a head reading the model's
+    room probabilities can."""
+    f, m = photos(1600, seed=3)
+    room = np.random.default_rng(3).integers(0, 5, len(m))
+    rooms = np.full((len(m), 5), 0.05)
+    rooms[np.arange(len(m)), room] = 0.8
+    bad = np.where(room == 3, m.lum_p50 < 130, m.lum_p50 < 40)
+    human = np.where(bad, 0, 1)
+    human[400:] = -1
+    held = np.arange(400, 1600)
+    head = fit_human_quality(f, m, human, rooms=rooms)
+    plain = fit_human_quality(f, m, human)
+    assert head.uses_rooms and not plain.uses_rooms
+    assert np.shape(head.room_weight) == (5, 24) and len(head.room_bias) == 5
+    with_rooms = _balanced(head.p_good(f[held], m.iloc[held], rooms[held]) >= head.threshold, ~bad[held])
+    without = _balanced(plain.p_good(f[held], m.iloc[held]) >= plain.threshold, ~bad[held])
+    assert with_rooms > 0.85 and with_rooms > without + 0.05, (with_rooms, without)
+    with pytest.raises(ValueError, match="depends on the room: pass the photos' room probabilities"):
+        head.p_good(f[held], m.iloc[held])
+
+
+def test_room_probabilities_that_do_not_help_are_left_out():
+    f, m = photos(800, seed=4)
+    rooms = np.random.default_rng(4).dirichlet(np.ones(5), len(m))  # unrelated to the criterion
+    human = np.where(m.cast > 0.8, 0, 1)
+    human[300:] = -1
+    assert not fit_human_quality(f, m, human, rooms=rooms).uses_rooms
