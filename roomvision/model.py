@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from .config import AESTHETIC_BINS, CLASSES
-from .modelinfo import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LAYOUT_GRID, LUMINANCE_LEVELS, CheckpointError,
-                        ModelInfo, read_model_info, storage_digest)
+from .modelinfo import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, INPUT_GRID, LAYOUT_GRID, LUMINANCE_LEVELS,
+                        CheckpointError, ModelInfo, read_model_info, storage_digest)
 from .preprocess import Preprocess
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
@@ -108,8 +108,8 @@ class RoomVisionNet(nn.Module):
         of every backbone stage (exposure, colour, sharpness and detail that globally pooled semantic features
         lose)."""
         parts = [photo_statistics(x)]
-        grid = nn.functional.adaptive_avg_pool2d(x, 4)
-        grid_sq = nn.functional.adaptive_avg_pool2d(x * x, 4)
+        grid = nn.functional.adaptive_avg_pool2d(x, INPUT_GRID)
+        grid_sq = nn.functional.adaptive_avg_pool2d(x * x, INPUT_GRID)
         layout = nn.functional.adaptive_avg_pool2d(luminance(x), LAYOUT_GRID).flatten(1)
         parts += [grid.flatten(1), torch.sqrt((grid_sq - grid * grid).clamp(min=0) + 1e-6).flatten(1),
                   layout - layout.mean(dim=1, keepdim=True)]

@@ -18,10 +18,17 @@ CHECKPOINT_VERSION = 2  # 2: 'calibration' replaces version 1's 'thresholds'
 REQUIRED_KEYS = ("backbone", "classes", "preprocess", "state_dict")
 ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam", "quality_features")  # the serving graph
 HEAD_OUTPUTS = ("room", "quality", "aesthetic")  # the raw outputs that predictions are made of
-LUMINANCE_LEVELS = 16  # points of the luminance distribution in the quality features
-PHOTO_STATISTICS = LUMINANCE_LEVELS + 8  # leading photo statistics of the quality features (model.py)
-LAYOUT_GRID = 8  # the luminance layout's grid (LAYOUT_GRID x LAYOUT_GRID cells) in the quality features
-DIRECT_FEATURES = PHOTO_STATISTICS + 96 + LAYOUT_GRID ** 2  # with the 4x4 input grid and the layout: read directly
+# The photo-quality descriptor (model.py, `forward_with_quality_features`), in order:
+LUMINANCE_LEVELS = 16  # points of the luminance distribution (a smooth CDF)
+SHARPNESS_SCALES = 2   # log-variance of the Laplacian at full and half resolution
+COLOUR_BALANCE = 2     # red minus blue, green minus magenta
+SPREADS = 4            # spread of the two opponent colour channels, mean chroma, luminance spread
+PHOTO_STATISTICS = LUMINANCE_LEVELS + SHARPNESS_SCALES + COLOUR_BALANCE + SPREADS
+INPUT_GRID = 4         # mean and std of each input channel on an INPUT_GRID x INPUT_GRID grid
+GRID_STATISTICS = 2 * 3 * INPUT_GRID ** 2
+LAYOUT_GRID = 8        # luminance layout relative to the photo's mean on a LAYOUT_GRID x LAYOUT_GRID grid
+DIRECT_FEATURES = PHOTO_STATISTICS + GRID_STATISTICS + LAYOUT_GRID ** 2  # read from the pixels directly; the
+# mean- and std-pooled output of every backbone stage follows
 
 
 class CheckpointError(ValueError):

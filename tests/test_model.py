@@ -196,3 +196,18 @@ def test_photo_statistics_see_saturation_and_contrast():
     for k in (rg, yb, chroma):
         assert stats["vivid"][k] > 0.5 and stats["grey"][k] < 0.01
     assert stats["flat"][contrast] == pytest.approx(0.1 * stats["grey"][contrast], rel=0.05)
+
+
+def test_quality_descriptor_widths_are_the_declared_ones():
+    """modelinfo declares the descriptor's parts; the model computes exactly those widths, then two statistics per
+    channel of every backbone stage."""
+    from roomvision.model import photo_statistics
+    from roomvision.modelinfo import DIRECT_FEATURES, PHOTO_STATISTICS
+    model = RoomVisionNet(pretrained=False).eval()
+    x = torch.rand(2, 3, 224, 224) * 2 - 1
+    with torch.no_grad():
+        _, descriptor = model.forward_with_quality_features(x)
+    stage_channels = sum(stage[-1].conv_pwl.out_channels if hasattr(stage[-1], "conv_pwl")
+                         else stage[-1].conv_pw.out_channels for stage in model.backbone.blocks)
+    assert photo_statistics(x).shape[1] == PHOTO_STATISTICS == 24
+    assert descriptor.shape[1] == DIRECT_FEATURES + 2 * stage_channels
