@@ -50,6 +50,14 @@ def room_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarr
     return softmax(np.asarray(logits, np.float64) / temperature, axis=1)
 
 
+def head_scores(raw: dict, temperature: float = 1.0) -> dict[str, np.ndarray]:
+    """What the network's own heads say, from raw outputs (training-time validation reads the same): room
+    probabilities at `temperature`, P(GOOD) of the proxy-trained quality head, the aesthetic mean and spread."""
+    mean, std = aesthetic_stats(raw["aesthetic"])
+    return {"probs": room_probabilities(raw["room"], temperature), "p_good": expit(raw["quality"]),
+            "aesthetic": mean, "aesthetic_std": std}
+
+
 def class_heatmap(cams: np.ndarray, class_index: int) -> np.ndarray:
     """One class's activation map of one image, clipped at 0 and scaled to 0-1."""
     cam = np.maximum(cams[class_index], 0)
@@ -313,16 +321,16 @@ class Predictor:
         """The served numbers from raw outputs (the one place they are computed): calibrated room probabilities,
         P(GOOD) and the aesthetic score from the heads learned from people where the model has them, the aesthetic
         spread, P(in scope)."""
-        mean, std = aesthetic_stats(raw["aesthetic"])
+        served = head_scores(raw, self.calibration.temperature)
         if self.human_aesthetic is not None:
-            mean = self.human_aesthetic.score(raw["quality_features"])
-        probs = room_probabilities(raw["room"], self.calibration.temperature)
-        in_scope = self.in_scope_prob(raw)
+            served["aesthetic"] = self.human_aesthetic.score(raw["quality_features"])
+        served["in_scope"] = self.in_scope_prob(raw)
         if self.market is not None:  # the market's own head where a photo looks like that market
-            probs, in_scope = self.market.blend(market_inputs(raw), probs, in_scope)
-        return {"probs": probs,
-                "p_good": self.p_good(raw["quality"], raw.get("quality_features"), metrics, probs),
-                "aesthetic": mean, "aesthetic_std": std, "in_scope": in_scope}
+            served["probs"], served["in_scope"] = self.market.blend(market_inputs(raw), served["probs"],
+                                                                    served["in_scope"])
+        if self.human_quality is not None:
+            served["p_good"] = self.human_quality.p_good(raw.get("quality_features"), metrics, served["probs"])
+        return served
 
     def _rows(self, raw: dict, metrics: pd.DataFrame | None = None) -> list[dict]:
         """Result rows of probabilities (no decisions); with 'room_cam' in `raw`, each row also gets the 0-1 heat

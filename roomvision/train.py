@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import expit
 from scipy.stats import spearmanr
 from sklearn.metrics import f1_score, roc_auc_score
 from timm.utils import ModelEmaV3
@@ -26,6 +25,7 @@ from .data import load_manifest, manifest_roots, resolve_paths
 from .decisions import Calibration
 from .devices import resolve_device
 from .engine import autocast, run_model
+from .inference import head_scores
 from .losses import multitask_loss, room_class_weight
 from .model import Checkpoint, RoomVisionNet, preprocess_for_backbone
 from .modelinfo import HEAD_OUTPUTS, file_sha256
@@ -38,10 +38,9 @@ def validation_metrics(raw: dict, samples: pd.DataFrame) -> dict:
     """Room (clean photos), quality (clean + degraded) and aesthetic metrics on one pass."""
     clean = (samples["degrade"] == "").values
     y = samples["class_idx"].values
-    pred = raw["room"].argmax(1)
-    p_good = expit(raw["quality"])
+    heads = head_scores(raw)
+    pred, p_good, aest = heads["probs"].argmax(1), heads["p_good"], heads["aesthetic"]
     q = samples["quality"].values
-    aest = raw["aesthetic"] @ np.arange(1, 11)
     m = {"room_accuracy": float((pred[clean] == y[clean]).mean()),
          "room_macro_f1": float(f1_score(y[clean], pred[clean], average="macro")),
          "room_accuracy_degraded": float((pred[~clean] == y[~clean]).mean()) if (~clean).any() else float("nan"),
@@ -128,7 +127,7 @@ def calibrate(model: RoomVisionNet, val: pd.DataFrame, pre: Preprocess, device: 
     clean = (val["degrade"] == "").values
     logits, y = raw["room"][clean], val["class_idx"].values[clean]
     temperature = fit_temperature(logits, y)
-    threshold, q_f1 = best_quality_threshold(expit(raw["quality"]), val["quality"].values)
+    threshold, q_f1 = best_quality_threshold(head_scores(raw)["p_good"], val["quality"].values)
     metrics = {**validation_metrics(raw, val), **resize_scores, "quality_best_f1_val": q_f1,
                "val_nll_before": room_nll(logits, y), "val_nll_after": room_nll(logits, y, temperature)}
     return pre, Calibration(temperature=temperature, quality=threshold), metrics
