@@ -4,11 +4,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from roomvision.adapt import MIN_CORRECTIONS
-from roomvision.collection import list_collections
-from roomvision.jobs import JobError, read_status, start, status_file
-from roomvision.versions import set_team_default
-from roomvision.webapp import active_weights, ensure_app_navigation, learning_unavailable, progress_fragment
+from roomvision.webapp import (MIN_CORRECTIONS, JobError, active_weights, ensure_app_navigation, learning_unavailable,
+                               list_collections, progress_fragment, read_status, set_team_default, start, status_file)
 
 ensure_app_navigation()
 st.title("Collections")

@@ -6,14 +6,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from roomvision.config import CLASSES, ENV_DATA_ROOT, ENV_ROOM_RELABELS
-from roomvision.features import cache_path
-from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, ClaimBoard, LabelStore, export_csv
-from roomvision.reports import filter_failures, report_paths
-from roomvision.webapp import (active_weights, cached_label_issues, cached_rooms_to_confirm, collection_sidebar,
-                               dataset_roots_sidebar, ensure_app_navigation, get_predictor, manifest_path,
-                               pick_from_grid, progress_with_estimate, read_manifest, room_relabels_path,
-                               save_decisions, thumbnail)
+from roomvision.webapp import (AMBIGUOUS, CLASSES, ENV_DATA_ROOT, ENV_ROOM_RELABELS, NOT_A_ROOM, ROOM, ClaimBoard,
+                               LabelStore, active_weights, cache_path, cached_label_issues, cached_rooms_to_confirm,
+                               collection_sidebar, dataset_roots_sidebar, ensure_app_navigation, export_csv,
+                               filter_failures, get_predictor, manifest_path, pick_from_grid, progress_with_estimate,
+                               read_manifest, report_paths, room_relabels_path, save_decisions, thumbnail)
 
 CLASS_KEYS = {c: str(i + 1) for i, c in enumerate(CLASSES)}  # 1..5
 CORRECTION_NAMES = {AMBIGUOUS: "Ambiguous / open plan", NOT_A_ROOM: "Not one of the five rooms"}

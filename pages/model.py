@@ -6,17 +6,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from roomvision.config import settings
-from roomvision.reports import report_paths
-from roomvision.features import cache_path
-from roomvision.human import MIN_PER_CLASS, MIN_RATINGS, TOO_FEW
-from roomvision.jobs import JobError, read_status, start, status_file
-from roomvision.labels import ROOM, LabelStore
-from roomvision.versions import (current_default, rollback_team_default, set_team_default, version_files,
-                                 versions_table)
-from roomvision.webapp import (active_weights, dataset_roots_sidebar, ensure_app_navigation, get_predictor,
-                               learning_unavailable, manifest_path, progress_fragment, relabels_path,
-                               room_relabels_path, show_job_result)
+from roomvision.webapp import (ROOM, JobError, LabelStore, active_weights, cache_path, current_default,
+                               dataset_roots_sidebar, ensure_app_navigation, get_predictor, learning_unavailable,
+                               manifest_path, progress_fragment, read_status, relabels_path, report_paths,
+                               rollback_team_default, room_relabels_path, set_team_default, settings, show_job_result,
+                               start, status_file, too_few_to_learn, version_files, versions_table)
 
 ensure_app_navigation()
 st.title("Model")
@@ -146,9 +140,8 @@ if len(room_counts):
              + ", ".join(f"{label} {n}" for label, n in room_counts.items())
              + ". Learning refits the room head to the corrected training photos, anchored to the trained head, "
                "and reports validation accuracy before → after.")
-reason = (TOO_FEW + " or correct room labels in the Mistakes page"
-          if min(good, bad) < MIN_PER_CLASS and rated < MIN_RATINGS and not len(room_counts) else
-          "" if manifest_path().is_file() else f"no manifest at {manifest_path()}") or learning_unavailable()
+reason = (too_few_to_learn(good, bad, rated, int(room_counts.sum()))
+          or ("" if manifest_path().is_file() else f"no manifest at {manifest_path()}") or learning_unavailable())
 job = status_file("learn-from-people")
 status = read_status(job)
 if status and status["running"]:

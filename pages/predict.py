@@ -4,11 +4,9 @@ import math
 import plotly.graph_objects as go
 import streamlit as st
 
-from roomvision.decisions import OUT_OF_SCOPE, UNCERTAIN, distinct_digits
-from roomvision.inference import results_frame
-from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, neutralise_formulas
-from roomvision.webapp import (PHOTOS_PER_PAGE, ensure_app_navigation, get_predictor, save_upload_feedback,
-                               score_uploads, threshold_sidebar)
+from roomvision.webapp import (AMBIGUOUS, NOT_A_ROOM, OUT_OF_SCOPE, PHOTOS_PER_PAGE, UNCERTAIN, distinct_digits,
+                               ensure_app_navigation, get_predictor, neutralise_formulas, results_frame,
+                               save_upload_feedback, score_uploads, threshold_sidebar)
 
 FILTERS = {  # what a team screens a batch for; each reads the decisions of the results table
     "BAD": lambda d: d["quality_decision"] == "BAD",

@@ -4,14 +4,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from roomvision.decisions import distinct_digits, quality_decision
-from roomvision.features import build_feature_cache, cache_path
-from roomvision.config import ENV_RELABELS
-from roomvision.labels import (ClaimBoard, LabelStore, annotator_agreement, export_csv, my_decision, photo_history,
-                               relabel_queue)
-from roomvision.webapp import (active_priority, cached_p_good, collection_sidebar, dataset_roots_sidebar,
-                               ensure_app_navigation, get_predictor, manifest_path, pick_from_grid, read_manifest,
-                               relabels_path, save_decisions, thumbnail)
+from roomvision.webapp import (ENV_RELABELS, ClaimBoard, LabelStore, active_priority, annotator_agreement,
+                               build_feature_cache, cache_path, cached_p_good, collection_sidebar,
+                               dataset_roots_sidebar, distinct_digits, ensure_app_navigation, export_csv,
+                               get_predictor, manifest_path, my_decision, photo_history, pick_from_grid,
+                               quality_decision, read_manifest, relabel_queue, relabels_path, save_decisions,
+                               thumbnail)
 
 ensure_app_navigation()
 st.title("Relabel photo quality")

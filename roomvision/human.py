@@ -103,6 +103,14 @@ class HumanAestheticHead(_LinearHead):
         return np.clip(self._standardised(quality_features) @ np.asarray(self.weight) + self.bias, 1.0, 10.0)
 
 
+def too_few_to_learn(good: int, bad: int, rated: int, room_corrections: int) -> str:
+    """Why learning from people cannot start yet ('' when it can): too few GOOD and BAD decisions, ratings and room
+    corrections alike."""
+    if min(good, bad) < MIN_PER_CLASS and rated < MIN_RATINGS and not room_corrections:
+        return TOO_FEW + " or correct room labels in the Mistakes page"
+    return ""
+
+
 def rating_to_score(rating: float) -> float:
     """Human 1-5 stars onto the 1-10 aesthetic scale."""
     return 1.0 + (float(rating) - 1.0) * 9.0 / 4.0

@@ -15,15 +15,25 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+# Besides what this module uses, it imports what the pages show or call from the rest of the package (F401): pages
+# import this module only (tests/test_architecture.py checks it), so each page reads as layout.
 from . import config
+from .adapt import MIN_CORRECTIONS  # noqa: F401
 from .collection import Collection, get_collection, list_collections
-from .config import settings
-from .decisions import Thresholds
+from .config import CLASSES, ENV_DATA_ROOT, ENV_RELABELS, ENV_ROOM_RELABELS, settings  # noqa: F401
+from .decisions import OUT_OF_SCOPE, UNCERTAIN, Thresholds, distinct_digits, quality_decision  # noqa: F401
+from .features import build_feature_cache, cache_path  # noqa: F401
+from .human import too_few_to_learn  # noqa: F401
 from .images import ImageDecodeError, load_image
-from .inference import Predictor
+from .inference import Predictor, results_frame  # noqa: F401
+from .jobs import JobError, read_status, start, status_file  # noqa: F401
+from .labels import (AMBIGUOUS, NOT_A_ROOM, ROOM, ClaimBoard, LabelStore, annotator_agreement,  # noqa: F401
+                     export_csv, my_decision, neutralise_formulas, photo_history, relabel_queue)
 from .modelinfo import CheckpointError
 from .quality import compute_metrics, quality_reasons
-from .versions import current_default
+from .reports import filter_failures, report_paths  # noqa: F401
+from .versions import (current_default, rollback_team_default, set_team_default, version_files,  # noqa: F401
+                       versions_table)
 
 PHOTOS_PER_PAGE = 12  # cards the Predict page draws at once: a threshold step redraws one page
 PREVIEW_SIDE = 640  # the Predict page shows (and overlays Grad-CAM on) a preview, not the full-size photo
@@ -338,6 +348,7 @@ def cached_rooms_to_confirm(cache_file: str, mtime: float, manifest_file: str, m
 def learning_unavailable() -> str:
     """Why this install cannot write a learned version ('' when it can)."""
     import importlib.util
+
     from .config import missing_extra
     missing = next((m for m in ("torch", "timm") if importlib.util.find_spec(m) is None), None)
     return missing_extra(ModuleNotFoundError(name=missing)) if missing else ""
@@ -346,8 +357,9 @@ def learning_unavailable() -> str:
 @st.fragment(run_every=2)
 def progress_fragment(job: Path) -> None:
     """A background job's progress bar with an estimate and a cancel button, refreshed every 2 s."""
-    from .jobs import cancel, read_status
     import time
+
+    from .jobs import cancel
     status = read_status(job) or {}
     if not status.get("running"):
         st.rerun()

@@ -75,3 +75,13 @@ def test_pages_import_no_ml_library(page):
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module.split(".")[0])
     assert not names & banned, f"{page.name} imports {names & banned}"
+
+
+@pytest.mark.parametrize("page", sorted([*(ROOT / "pages").glob("*.py"), ROOT / "app.py"]), ids=lambda p: p.name)
+def test_pages_import_the_app_layer_only(page):
+    """Pages are layout: what they show or call comes from roomvision.webapp, never from the modules behind it."""
+    imported = {node.module for node in ast.walk(ast.parse(page.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("roomvision")}
+    imported |= {alias.name for node in ast.walk(ast.parse(page.read_text())) if isinstance(node, ast.Import)
+                 for alias in node.names if alias.name.startswith("roomvision")}
+    assert imported <= {"roomvision.webapp"}, imported
