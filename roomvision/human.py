@@ -30,7 +30,6 @@ from .quality import RULES, rule_flags, rule_metric
 MIN_PER_CLASS = 3            # fewer GOOD or BAD human labels than this: the proxy stays in charge
 MIN_RATINGS = 10             # fewer aesthetic ratings than this: the proxy score stays
 MIN_RULE_GAIN = 0.01         # a rule's threshold moves only when agreement with people rises at least this much
-MIN_ROOM_GAIN = 0.01         # per-room standards are learned only when they raise cross-validated ROC-AUC this much
 RULE_INPUT = 3.0             # the refitted rules' verdict enters the head as +-RULE_INPUT (GOOD +, BAD -)
 TOO_FEW = (f"label at least {MIN_PER_CLASS} GOOD and {MIN_PER_CLASS} BAD photos (or rate {MIN_RATINGS}) "
            "in the Relabel page first")
@@ -221,8 +220,8 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
     human labels (rules refitted inside each fold); the threshold is the best balanced accuracy on the same held-out
     predictions. With `rooms` (the model's room probabilities per photo), a standard that depends on the room
     (each room's weights on the photo statistics, and an offset) is tried on top of the best choice and kept when
-    it raises the cross-validated ROC-AUC by MIN_ROOM_GAIN. None when the human labels are too few to learn from
-    (the proxy stays in charge).
+    its cross-validated ROC-AUC is higher. None when the human labels are too few to learn from (the proxy stays
+    in charge).
     """
     labelled = np.flatnonzero(human >= 0)
     good = human[labelled].astype(int)
@@ -272,11 +271,11 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
                 if best is None or auc > best[0] + 1e-9:
                     best = (auc, penalty, with_rules, width, False, p)
     if by_room is not None:  # a standard per room, on top of the best choice
-        _, _, with_rules, width, _, _ = plain = best
+        _, _, with_rules, width, _, _ = best
         for penalty in PENALTIES:
             p = cv_probabilities(penalty, with_rules, width, True)
             auc = roc_auc_score(good, p)
-            if auc > max(best[0], plain[0] + MIN_ROOM_GAIN) + 1e-9:
+            if auc > best[0] + 1e-9:
                 best = (auc, penalty, with_rules, width, True, p)
     _, penalty, with_rules, width, with_rooms, p = best
     threshold, score = _best_threshold(p, good)
@@ -285,7 +284,7 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
     clf = _classifier(*penalty, seed).fit(design(everyone, rules if with_rules else None, width, with_rooms), good)
     coef = clf.coef_[0]
     n_rooms = np.asarray(rooms).shape[1] if with_rooms else 0
-    split = len(coef) - n_rooms * (PHOTO_STATISTICS + 1)
+    split = len(coef) - (by_room.shape[1] if with_rooms else 0)
     coef, room_coef = coef[:split], coef[split:]
     weight = np.zeros(2 * d)  # linear in the expanded standardised features
     weight[direct[:min(width, len(direct))]] = coef[:min(width, len(direct))]
