@@ -237,7 +237,7 @@ def cmd_app(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from .api import create_app, serve
-    serve(create_app(a.weights, a.device, a.allow_image_urls, _profile(a)), a.host, a.port)
+    serve(create_app(a.weights, a.device, a.allow_image_urls, profile=_profile(a)), a.host, a.port)
     return 0
 
 

@@ -159,3 +159,13 @@ def test_api_serves_the_fast_profile(photos):
         files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in sorted(photos.iterdir())]
         results = client.post("/v1/predict", files=files).json()["results"]
         assert len(results) == 3 and all(r["model_version"] == health["model_version"] for r in results)
+
+
+def test_serve_fast_starts_the_api_on_the_int8_model(monkeypatch):
+    from fastapi.testclient import TestClient
+    from roomvision.cli import main
+    started = {}
+    monkeypatch.setattr("roomvision.api.serve", lambda app, host, port: started.update(app=app))
+    assert main(["serve", "--fast", "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu"]) == 0
+    with TestClient(started["app"]) as client:
+        assert client.get("/health").json()["profile"] == "fast"
