@@ -169,3 +169,17 @@ def test_serve_fast_starts_the_api_on_the_int8_model(monkeypatch):
     assert main(["serve", "--fast", "--weights", str(DEFAULT_WEIGHTS), "--device", "cpu"]) == 0
     with TestClient(started["app"]) as client:
         assert client.get("/health").json()["profile"] == "fast"
+
+
+def test_pruned_graphs_are_made_once_and_answer_like_the_full_graph(committed_inputs):
+    from roomvision.inference import ensure_onnx, onnx_session, pruned_graph
+    from roomvision.modelinfo import HEAD_OUTPUTS, ONNX_OUTPUTS
+    full = ensure_onnx(DEFAULT_WEIGHTS)
+    pruned = pruned_graph(full, HEAD_OUTPUTS)
+    made = pruned.stat().st_mtime_ns
+    assert pruned_graph(full, HEAD_OUTPUTS) == pruned and pruned.stat().st_mtime_ns == made  # kept, not remade
+    assert pruned.stat().st_size < full.stat().st_size
+    a = onnx_session(full, None).run(list(ONNX_OUTPUTS), {"x": committed_inputs})
+    b = onnx_session(pruned, None).run(list(HEAD_OUTPUTS), {"x": committed_inputs})
+    for name, value in zip(HEAD_OUTPUTS, b):
+        np.testing.assert_allclose(value, a[ONNX_OUTPUTS.index(name)], rtol=1e-4, atol=1e-5)
