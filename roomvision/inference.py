@@ -175,7 +175,7 @@ def onnx_session(model, threads: int | None):
 def pruned_graph(path: Path, outputs: tuple[str, ...]) -> Path:
     """The graph at `path` cut down to `outputs` (onnx.utils.Extractor), made once and kept in the cache: importing
     onnx costs a process 0.7 s, reading the kept file nothing."""
-    out = settings().cache_dir / "onnx" / f"{file_sha256(path)[:16]}-{'-'.join(outputs)}.onnx"
+    out = settings().cache_dir / "onnx-pruned" / f"{file_sha256(path)[:16]}-{'-'.join(outputs)}.onnx"
     if not out.is_file():
         import onnx
         from onnx.utils import Extractor
