@@ -32,7 +32,7 @@ from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa
 from roomvision.decisions import is_good  # noqa: E402
 from roomvision.features import CACHE_VERSION  # noqa: E402
 from roomvision.human import active_queue, fit_human_aesthetic, fit_human_quality  # noqa: E402
-from roomvision.inference import Predictor, room_probabilities  # noqa: E402
+from roomvision.inference import Predictor, head_scores  # noqa: E402
 from roomvision.modelinfo import file_sha256  # noqa: E402
 
 SIZES = (50, 100, 200, 400)
@@ -65,9 +65,10 @@ def extract(predictor: Predictor, files: list[Path]) -> tuple[np.ndarray, np.nda
             items = list(pool.map(load, files[start:start + 64]))
             raw = predictor.run(np.stack([x for x, _ in items]), ("room", "quality", "aesthetic", "quality_features"))
             feats.append(raw["quality_features"].astype(np.float32))
-            p_good.append(1 / (1 + np.exp(-raw["quality"])))
-            aesthetic.append(raw["aesthetic"] @ np.arange(1, 11))
-            rooms.append(room_probabilities(raw["room"], predictor.calibration.temperature))
+            heads = head_scores(raw, predictor.calibration.temperature)
+            p_good.append(heads["p_good"])
+            aesthetic.append(heads["aesthetic"])
+            rooms.append(heads["probs"])
             stats += [s for _, s in items]
             print(f"\rfeatures {start + len(items)}/{len(files)}", end="", file=sys.stderr)
     print(file=sys.stderr)

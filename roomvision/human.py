@@ -296,7 +296,8 @@ def fit_human_quality(features: np.ndarray, metrics: pd.DataFrame, human: np.nda
                             threshold=threshold, labels=len(good), rule_thresholds=rules, uses_rules=with_rules,
                             rule_weight=float(coef[-1] * RULE_INPUT) if with_rules else 0.0,
                             cv_balanced_accuracy=score,
-                            room_weight=room_coef[:n_rooms * PHOTO_STATISTICS].reshape(n_rooms, PHOTO_STATISTICS).tolist(),
+                            room_weight=room_coef[:n_rooms * PHOTO_STATISTICS].reshape(
+                                n_rooms, PHOTO_STATISTICS).tolist(),
                             room_bias=room_coef[n_rooms * PHOTO_STATISTICS:].tolist())
 
 

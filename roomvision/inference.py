@@ -113,7 +113,8 @@ def int8_onnx(weights: str | Path) -> Path:
     """The INT8 export that serves `weights`: beside them, or beside the committed default model when `weights`
     only adds heads to it; a ValueError naming the command that makes one otherwise."""
     wanted = int8_provenance(weights)
-    for candidate in dict.fromkeys([Path(weights).with_suffix(".int8.onnx"), DEFAULT_WEIGHTS.with_suffix(".int8.onnx")]):
+    beside = [Path(weights).with_suffix(".int8.onnx"), DEFAULT_WEIGHTS.with_suffix(".int8.onnx")]
+    for candidate in dict.fromkeys(beside):
         try:
             meta = json.loads(candidate.with_suffix(".onnx.json").read_text())
         except (OSError, ValueError):
@@ -172,10 +173,11 @@ def onnx_session(model, threads: int | None):
                                 providers=["CPUExecutionProvider"])
 
 
-def pruned_graph(path: Path, outputs: tuple[str, ...]) -> Path:
-    """The graph at `path` cut down to `outputs` (onnx.utils.Extractor), made once and kept in the cache: importing
-    onnx costs a process 0.7 s, reading the kept file nothing."""
-    out = settings().cache_dir / "onnx-pruned" / f"{file_sha256(path)[:16]}-{'-'.join(outputs)}.onnx"
+def pruned_graph(path: Path, outputs: tuple[str, ...], digest: str | None = None) -> Path:
+    """The graph at `path` (of sha256 `digest`, computed when not given) cut down to `outputs`
+    (onnx.utils.Extractor), made once and kept in the cache: importing onnx costs a process 0.7 s, reading the kept
+    file nothing."""
+    out = settings().cache_dir / "onnx-pruned" / f"{(digest or file_sha256(path))[:16]}-{'-'.join(outputs)}.onnx"
     if not out.is_file():
         import onnx
         from onnx.utils import Extractor
@@ -198,9 +200,14 @@ class OnnxGraph:
         self.path, self.threads = Path(path), threads
         self.sessions: dict[tuple[str, ...], object] = {}
 
+    @cached_property
+    def digest(self) -> str:
+        """The graph file's sha256, read once however many output sets are asked for."""
+        return file_sha256(self.path)
+
     def session(self, outputs: tuple[str, ...]):
         if outputs not in self.sessions:
-            self.sessions[outputs] = onnx_session(pruned_graph(self.path, outputs), self.threads)
+            self.sessions[outputs] = onnx_session(pruned_graph(self.path, outputs, self.digest), self.threads)
         return self.sessions[outputs]
 
     def run(self, x: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -341,8 +348,7 @@ class Predictor:
         if self.market is not None:  # the market's own head where a photo looks like that market
             served["probs"], served["in_scope"] = self.market.blend(market_inputs(raw), served["probs"],
                                                                     served["in_scope"])
-        if self.human_quality is not None:
-            served["p_good"] = self.human_quality.p_good(raw.get("quality_features"), metrics, served["probs"])
+        served["p_good"] = self.p_good(raw["quality"], raw.get("quality_features"), metrics, served["probs"])
         return served
 
     def _rows(self, raw: dict, metrics: pd.DataFrame | None = None) -> list[dict]:

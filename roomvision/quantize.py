@@ -34,6 +34,12 @@ from .inference import int8_provenance
 from .modelinfo import read_model_info
 from .preprocess import EvalPreprocess, Preprocess, decode_for_model
 
+
+def weight_scale(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 scale of each output channel: max |w| / 127."""
+    return w.detach().abs().amax(dim=tuple(range(1, w.dim()))).clamp(min=1e-8) / 127
+
+
 class PerChannelWeightQuant(nn.Module):
     """Symmetric int8 per output channel (ONNX Runtime's weight scheme); straight-through gradient."""
     enabled = True
@@ -41,9 +47,9 @@ class PerChannelWeightQuant(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return w
-        amax = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).clamp(min=1e-8)
-        zero = torch.zeros(len(amax), dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(w, amax / 127, zero, 0, -128, 127)
+        scale = weight_scale(w)
+        return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(len(scale), dtype=torch.int32), 0,
+                                                      -128, 127)
 
 
 class FixedWeightQuant(nn.Module):
@@ -51,9 +57,8 @@ class FixedWeightQuant(nn.Module):
 
     def __init__(self, w: torch.Tensor):
         super().__init__()
-        amax = w.detach().abs().amax(dim=tuple(range(1, w.dim()))).clamp(min=1e-8)
-        self.register_buffer("scale", amax / 127)
-        self.register_buffer("zero", torch.zeros(len(amax), dtype=torch.int32))
+        self.register_buffer("scale", weight_scale(w))
+        self.register_buffer("zero", torch.zeros(len(self.scale), dtype=torch.int32))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return torch.fake_quantize_per_channel_affine(w, self.scale, self.zero, 0, -128, 127)
@@ -149,12 +154,6 @@ def set_observers(model: nn.Module, enabled: bool) -> None:
             m.enable_observer() if enabled else m.disable_observer()
 
 
-def set_fake_quant(model: nn.Module, enabled: bool) -> None:
-    for m in model.modules():
-        if isinstance(m, FakeQuantize):
-            m.enable_fake_quant() if enabled else m.disable_fake_quant()
-
-
 @dataclass
 class QATConfig:
     """A quantisation-aware fine-tune: what it starts from, learns on and how long."""
@@ -206,7 +205,7 @@ def training_photos(weights: Path, limit: int = 0) -> tuple[list[Path], np.ndarr
     return files, cache["features"][order], cache["room"][order]
 
 
-def int8_preprocess(weights: Path, input_size: int = 0) -> Preprocess:
+def preprocess_at(weights: Path, input_size: int = 0) -> Preprocess:
     """The model's preprocessing, at `input_size` when given (the resize scaled with it)."""
     pre = read_model_info(weights).preprocess
     if not input_size or input_size == pre.input_size:
@@ -223,7 +222,7 @@ def validation_batch(weights: Path, n: int, input_size: int = 0) -> torch.Tensor
     df = load_manifest(manifest)
     val = df[df["split"] == "val"]
     files = resolve_paths(val.sample(min(n, len(val)), random_state=0), manifest_roots(manifest))
-    pre = int8_preprocess(weights, input_size)
+    pre = preprocess_at(weights, input_size)
     transform = EvalPreprocess(pre)
     return torch.from_numpy(np.stack([transform(decode_for_model(f, pre)) for f in files]))
 
@@ -250,14 +249,16 @@ def run_qat(cfg: QATConfig, resume: bool = False, log=print) -> Path:
     checkpoint = Checkpoint.load(cfg.weights)
     model = prepare_qat(checkpoint.build_model(), tuple(cfg.keep_fp32))
     files, features, room = training_photos(Path(cfg.weights), cfg.limit)
-    loader = DataLoader(CachedTargets(files, features, room, int8_preprocess(Path(cfg.weights), cfg.input_size)), batch_size=cfg.batch_size,
-                        shuffle=True, num_workers=1, drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = DataLoader(CachedTargets(files, features, room, preprocess_at(Path(cfg.weights), cfg.input_size)),
+                        batch_size=cfg.batch_size, shuffle=True, num_workers=1, drop_last=True,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     for p in (*model.room_head.parameters(), *model.quality_head.parameters(), *model.aesthetic_head.parameters()):
         p.requires_grad_(False)
     trainable = [p for p in model.backbone.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(trainable, lr=cfg.lr)
     total = int(cfg.epochs * len(loader))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / max(1, total))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / max(1, total))))  # cosine to 0
     step = 0
     if resume and state_file.is_file():
         state = torch.load(state_file, map_location="cpu", weights_only=False)
@@ -347,7 +348,7 @@ def store_int8_weights(path: Path) -> None:
 def export_int8(model: RoomVisionNet, weights: Path, out: Path, cfg: QATConfig) -> Path:
     """The fake-quantised serving graph as QDQ ONNX with int8 weights, with a sidecar recording what it was made
     from and how."""
-    pre = int8_preprocess(weights, cfg.input_size)
+    pre = preprocess_at(weights, cfg.input_size)
     export_graph(freeze_quantisation(model), pre.input_size, out)
     store_int8_weights(out)
     run = {k: v for k, v in asdict(cfg).items() if k not in ("weights", "run_dir", "threads", "save_every")}

@@ -94,7 +94,8 @@ def summary(df: pd.DataFrame) -> str:
             f"BAD share {bad:.1%} | listing-ready {ready:.1%}")
 
 
-def _setup(weights, device, thresholds: dict | None, profile: str = "default") -> tuple[Predictor, Thresholds, list[str]]:
+def _setup(weights, device, thresholds: dict | None,
+           profile: str = "default") -> tuple[Predictor, Thresholds, list[str]]:
     predictor = Predictor(weights, device=device, profile=profile)
     chosen = predictor.thresholds.with_values(**(thresholds or {}))
     return predictor, chosen, list(results_frame([], predictor.classes, chosen).columns)
@@ -157,7 +158,8 @@ def score_ray(paths: list[Path], out: Path, weights=None, device="auto", batch_s
         workers = num_workers or max(1, int(gpus) or int(ray.cluster_resources().get("CPU", 1)) // 2)
         if todo:
             ds = ray.data.read_binary_files(todo, include_paths=True)
-            scored = ds.map_batches(_RayScorer, fn_constructor_args=(weights, "cuda" if gpus and profile == "default" else "cpu" if profile == "fast" else device, chosen, given, profile),
+            worker_device = "cpu" if profile == "fast" else "cuda" if gpus else device  # INT8 runs on the CPU
+            scored = ds.map_batches(_RayScorer, fn_constructor_args=(weights, worker_device, chosen, given, profile),
                                     batch_size=batch_size, concurrency=workers, num_gpus=1 if gpus else 0,
                                     batch_format="numpy")
             for batch in scored.iter_batches(batch_size=batch_size * 4, batch_format="pandas"):
