@@ -1,7 +1,8 @@
 """Adapting to a team's market: a team's photos imported as a collection without labels, rooms corrected by
 simulated annotators (who alone read the folder names), in the room queue's order or at random; accuracy on
 listings never shown to the annotator, before -> after, per class, and the version's House Rooms and Places365 test
-accuracy beside the default model's.
+accuracy beside the default model's — for the market head alone and with the last stage fine-tuned; then the
+product's adapt job itself (`retrain-heads --collection --fine-tune`) on 400 corrections, timed end to end.
 
 python benchmarks/adapt_loop.py [--root ../shared/datasets/listings-es-dev] [--seeds 3]
 """
@@ -12,6 +13,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +25,16 @@ sys.path.insert(0, str(ROOT))
 from roomvision.adapt import fit_gate, fit_market_head, market_inputs, room_queue  # noqa: E402
 from roomvision.config import CLASSES, DEFAULT_WEIGHTS, settings  # noqa: E402
 from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa: E402
+from roomvision.finetune import fine_tune_stage, stage_inputs, stage_logits  # noqa: E402
 from roomvision.inference import Predictor  # noqa: E402
+from roomvision.labels import ROOM, LabelStore  # noqa: E402
+from roomvision.model import Checkpoint  # noqa: E402
 from roomvision.photocache import score_photos  # noqa: E402
 
 BUDGETS = (50, 100, 200, 400, 800)
 FIRST = 20    # corrections before the queue can rank by a head fitted on them (drawn at random)
 BATCH = 25    # the queue is re-ranked after every batch of corrections
+JOB_CORRECTIONS = 400
 
 
 def base_photos(per_source: int = 1000) -> pd.DataFrame:
@@ -64,8 +70,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("ROOMVISION_COLLECTIONS_DIR", tmp)
+        os.environ.setdefault("ROOMVISION_VERSIONS_DIR", tmp)
         settings.cache_clear()
         from roomvision.collection import get_collection, import_photos
+        from roomvision.retrain import adapt_to_collection
         listing = pd.read_csv(args.root / "manifest.csv", dtype=str)
         groups = Path(tmp) / "groups.csv"
         listing[["file", "listing_group"]].to_csv(groups, index=False)  # listing ids only: no room labels
@@ -75,57 +83,90 @@ def main() -> None:
         photos = collection.photos()
         print(f"imported {len(photos)} photos without labels in {time.monotonic() - started:.1f} s")
         predictor = Predictor(args.weights, device="cpu")
+        files = resolve_paths(photos, manifest_roots(collection.manifest))
         started = time.monotonic()
-        raw = score_photos(predictor, resolve_paths(photos, manifest_roots(collection.manifest)),
-                           photos["sha256"].tolist())
+        raw = score_photos(predictor, files, photos["sha256"].tolist())
         print(f"scored {len(photos)} photos (cached per photo) in {time.monotonic() - started:.1f} s")
         base = base_photos()
-        roots = manifest_roots(settings().manifest)
-        raw_base = score_photos(predictor, resolve_paths(base, roots), base["sha256"].tolist())
-    truth_names = photos["path"].str.split("/").str[0].to_numpy()  # the simulated annotator reads the folder
-    truth = np.array([CLASSES.index(c) for c in truth_names])
-    x, x_base_all = market_inputs(raw), market_inputs(raw_base)
-    base_probs = predictor.scores(raw)["probs"]
-    base_probs_b = predictor.scores(raw_base)["probs"]
-    held = (photos["split"] == "test").to_numpy()
-    pool = np.flatnonzero(~held)
-    gate_rows = (base["split"] == "train").to_numpy()
-    started = time.monotonic()
-    gate = fit_gate(x[pool], x_base_all[gate_rows])
-    gate_seconds = time.monotonic() - started
-    tests = {name: ((base["source"] == source) & (base["split"] == "test")).to_numpy()
-             for name, source in (("House Rooms", "house-rooms"), ("Places365", "places365-rooms"))}
-    base_class = np.array([CLASSES.index(c) for c in base["class"]])
+        base_files = resolve_paths(base, manifest_roots(settings().manifest))
+        raw_base = score_photos(predictor, base_files, base["sha256"].tolist())
+        truth_names = photos["path"].str.split("/").str[0].to_numpy()  # the simulated annotator reads the folder
+        truth = np.array([CLASSES.index(c) for c in truth_names])
+        x, x_base_all = market_inputs(raw), market_inputs(raw_base)
+        base_probs = predictor.scores(raw)["probs"]
+        base_probs_b = predictor.scores(raw_base)["probs"]
+        held = (photos["split"] == "test").to_numpy()
+        pool = np.flatnonzero(~held)
+        gate_rows = (base["split"] == "train").to_numpy()
+        started = time.monotonic()
+        gate = fit_gate(x[pool], x_base_all[gate_rows])
+        gate_seconds = time.monotonic() - started
+        test_rows = (base["split"] == "test").to_numpy()
+        tests = {name: (base["source"][test_rows] == source).to_numpy()
+                 for name, source in (("House Rooms", "house-rooms"), ("Places365", "places365-rooms"))}
+        base_class = np.array([CLASSES.index(c) for c in base["class"][test_rows]])
+        model = Checkpoint.load(args.weights).build_model()
+        started = time.monotonic()
+        inputs, mirrored = stage_inputs(model, files, predictor.info.preprocess)
+        per_photo = (time.monotonic() - started) / len(files)  # what fine-tuning pays per corrected photo
+        base_inputs, _ = stage_inputs(model, [f for f, t in zip(base_files, test_rows) if t],
+                                      predictor.info.preprocess, mirror=False)
+        print(f"last-stage inputs: {per_photo * 1000:.0f} ms per photo (and its mirror image)")
 
-    def accuracy(probs, rows, y):
-        return float(np.mean(probs[rows].argmax(1) == y[rows]))
-    before = accuracy(base_probs, held, truth)
-    per_class_before = {c: accuracy(base_probs, held & (truth == k), truth) for k, c in enumerate(CLASSES)
-                        if (held & (truth == k)).any()}
-    print(f"held-out listings: {held.sum()} photos of {photos['group'][held].nunique()} listings; default model "
-          f"{before:.3f} ({', '.join(f'{c} {a:.2f}' for c, a in per_class_before.items())})")
-    default_base = {name: accuracy(base_probs_b, rows, base_class) for name, rows in tests.items()}
-    rows = []
-    for strategy in ("queue", "random"):
-        for seed in range(args.seeds):
-            order = sequence(strategy, seed, x, truth, pool, base_probs, gate, max(BUDGETS))
-            for n in BUDGETS:
-                asked = order[:n]
-                started = time.monotonic()
-                head = fit_market_head("bench", x[asked], truth[asked], gate)
-                seconds = time.monotonic() - started + gate_seconds
-                probs = head.blend(x, base_probs)
-                probs_b = head.blend(x_base_all, base_probs_b)
-                rows.append({"strategy": strategy, "seed": seed, "corrections": n, "held-out": accuracy(probs, held, truth),
-                             **{c: accuracy(probs, held & (truth == k), truth) for k, c in enumerate(CLASSES)
-                                if (held & (truth == k)).any()},
-                             **{name: accuracy(probs_b, r, base_class) for name, r in tests.items()},
-                             "adapt s": seconds})
-    table = pd.DataFrame(rows).groupby(["strategy", "corrections"]).mean(numeric_only=True).drop(columns="seed")
-    pd.set_option("display.width", 160)
-    print(f"\nmeans over {args.seeds} seeds; default model: held-out {before:.3f}, "
-          + ", ".join(f"{k} test {v:.3f}" for k, v in default_base.items()))
-    print(table.round(3).to_string())
+        def accuracy(probs, y, rows=None):
+            rows = np.ones(len(y), bool) if rows is None else rows
+            return float(np.mean(probs[rows].argmax(1) == y[rows]))
+        y_held = truth[held]
+        before = accuracy(base_probs[held], y_held)
+        per_class_before = {c: accuracy(base_probs[held], y_held, y_held == k) for k, c in enumerate(CLASSES)
+                            if (y_held == k).any()}
+        print(f"held-out listings: {held.sum()} photos of {photos['group'][held].nunique()} listings; default "
+              f"model {before:.3f} ({', '.join(f'{c} {a:.2f}' for c, a in per_class_before.items())})")
+        default_base = {name: accuracy(base_probs_b[test_rows], base_class, r) for name, r in tests.items()}
+        rows, orders = [], {}
+        for strategy in ("queue", "random"):
+            for seed in range(args.seeds):
+                order = orders[strategy, seed] = sequence(strategy, seed, x, truth, pool, base_probs, gate,
+                                                          max(BUDGETS))
+                for n in BUDGETS:
+                    asked = order[:n]
+                    started = time.monotonic()
+                    head = fit_market_head("bench", x[asked], truth[asked], gate)
+                    head_seconds = time.monotonic() - started + gate_seconds
+                    stage = fine_tune_stage(model, inputs[asked], mirrored[asked],
+                                            np.searchsorted(head.classes, truth[asked]), head.classes, seed=seed)
+                    stage_seconds = time.monotonic() - started + gate_seconds + n * per_photo
+                    fine_tuned = replace(head, stage=True)
+                    for method, version, seconds, logits, logits_b in (
+                            ("head", head, head_seconds, None, None),
+                            ("fine-tuned stage", fine_tuned, stage_seconds, stage_logits(stage, inputs[held]),
+                             stage_logits(stage, base_inputs))):
+                        probs = version.blend(x[held], base_probs[held], stage_logits=logits)
+                        probs_b = version.blend(x_base_all[test_rows], base_probs_b[test_rows], stage_logits=logits_b)
+                        rows.append({"method": method, "strategy": strategy, "seed": seed, "corrections": n,
+                                     "held-out": accuracy(probs, y_held),
+                                     **{c: accuracy(probs, y_held, y_held == k) for k, c in enumerate(CLASSES)
+                                        if (y_held == k).any()},
+                                     **{name: accuracy(probs_b, base_class, r) for name, r in tests.items()},
+                                     "adapt s": seconds})
+        table = (pd.DataFrame(rows).groupby(["method", "strategy", "corrections"]).mean(numeric_only=True)
+                 .drop(columns="seed"))
+        pd.set_option("display.width", 180)
+        print(f"\nmeans over {args.seeds} seeds; default model: held-out {before:.3f}, "
+              + ", ".join(f"{k} test {v:.3f}" for k, v in default_base.items()))
+        print(table.round(3).to_string())
+
+        store = LabelStore(collection.room_relabels, ROOM)  # the product's job on the queue's first corrections
+        for i in [*orders["queue", 0][:JOB_CORRECTIONS], *np.flatnonzero(held)]:  # test listings: measured only
+            store.append(photos["path"].iloc[i], CLASSES[truth[i]], sha256=photos["sha256"].iloc[i],
+                         annotator="simulated")
+        result = adapt_to_collection("bench-market", args.weights, fine_tune=True)
+        print(f"\nadapt job (retrain-heads --collection --fine-tune, {result['corrections_used']} corrections, photos "
+              f"already scored): {result['seconds']:.0f} s; held-out {result['held_out_accuracy_before']:.3f} -> "
+              f"{result['held_out_accuracy_after']:.3f}; House Rooms test "
+              f"{result['house_rooms_test_accuracy_default']:.3f} -> {result['house_rooms_test_accuracy_version']:.3f}"
+              f"; Places365 test {result['places365_test_accuracy_default']:.3f} -> "
+              f"{result['places365_test_accuracy_version']:.3f}")
 
 
 if __name__ == "__main__":

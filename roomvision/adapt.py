@@ -7,7 +7,11 @@ used only where a photo looks like that market.
 - gate: logistic regression separating the collection's photos (all of them, labelled or not) from a sample of
   the training photos; P(market) blends the two: probs = g * market + (1 - g) * base. Photos unlike the market
   keep the default model's answer, so the version does not forget House Rooms or Places365.
-Stored in the checkpoint header as plain numbers (readable without PyTorch), like the out-of-scope head.
+- market stage (optional, `retrain-heads --collection NAME --fine-tune`): the backbone's last stage fine-tuned on
+  the corrected photos (model.MarketStage, finetune.py), run beside the default one; where a version has it, its
+  room probabilities replace the market head's (measured better on the collection's validation listings).
+Stored in the checkpoint header as plain numbers (readable without PyTorch), like the out-of-scope head; a market
+stage's weights are tensors of the version's checkpoint.
 """
 from __future__ import annotations
 
@@ -47,6 +51,8 @@ class MarketHead:
     gate_scale: dict
     gate_weight: dict
     gate_bias: float
+    stage: bool = False      # a fine-tuned market stage gives the market's room probabilities (MARKET_OUTPUT)
+    base_tensors: str = ""   # with a stage: the tensors' digest of the model it was adapted from (shared outputs)
 
     @classmethod
     def from_dict(cls, d: dict) -> "MarketHead":
@@ -60,18 +66,23 @@ class MarketHead:
         z = (x - _unpack(self.gate_mean)) / _unpack(self.gate_scale)
         return expit(z @ _unpack(self.gate_weight) + self.gate_bias)
 
-    def market_probs(self, x: np.ndarray, n_classes: int) -> np.ndarray:
-        """The market head's own room probabilities (zero for rooms it never saw corrected)."""
+    def market_probs(self, x: np.ndarray, n_classes: int, stage_logits: np.ndarray | None = None) -> np.ndarray:
+        """The market's own room probabilities (zero for rooms it never saw corrected): from the market stage's
+        logits where the version has one, else from the market head."""
+        if self.stage and stage_logits is None:
+            raise ValueError(f"the {self.name!r} version's room probabilities need its market stage's outputs")
         z = (x - _unpack(self.mean)) / _unpack(self.scale)
+        logits = stage_logits if self.stage else z @ _unpack(self.weight).T + np.asarray(self.bias)
         probs = np.zeros((len(x), n_classes))
-        probs[:, self.classes] = softmax(z @ _unpack(self.weight).T + np.asarray(self.bias), axis=1)
+        probs[:, self.classes] = softmax(logits, axis=1)
         return probs
 
-    def blend(self, x: np.ndarray, base_probs: np.ndarray, base_in_scope: np.ndarray | None = None):
+    def blend(self, x: np.ndarray, base_probs: np.ndarray, base_in_scope: np.ndarray | None = None,
+              stage_logits: np.ndarray | None = None):
         """Room probabilities blended by P(market); with `base_in_scope`, also P(in scope): the market's photos
         count as rooms (its people corrected them as rooms), others keep the base model's signal."""
         g = self.market_share(x)
-        probs = g[:, None] * self.market_probs(x, base_probs.shape[1]) + (1 - g[:, None]) * base_probs
+        probs = g[:, None] * self.market_probs(x, base_probs.shape[1], stage_logits) + (1 - g[:, None]) * base_probs
         if base_in_scope is None:
             return probs
         return probs, np.where(np.isnan(base_in_scope), np.nan, g + (1 - g) * base_in_scope)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .devices import resolve_device
 from .model import Checkpoint, RoomVisionNet, fuse_batchnorm
-from .modelinfo import ONNX_OUTPUTS
+from .modelinfo import MARKET_OUTPUT, ONNX_OUTPUTS
 
 FORWARD_CHUNK = 32  # bounds activation memory; throughput is flat beyond this
 
@@ -31,25 +31,31 @@ def load_serving_model(weights: str | Path, device: str | torch.device = "cpu") 
     return fuse_batchnorm(Checkpoint.load(weights).build_model()).to(resolve_device(str(device)))
 
 
+def graph_outputs(model: RoomVisionNet) -> tuple[str, ...]:
+    """The names of `serving_outputs`: ONNX_OUTPUTS, and the market stage's room logits when the model has one."""
+    return ONNX_OUTPUTS + ((MARKET_OUTPUT,) if model.market_stage is not None else ())
+
+
 def serving_outputs(model: RoomVisionNet, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(features, room logits, quality logit, aesthetic probabilities, room activation maps, quality features) for
-    an image batch.
+    an image batch, then the market stage's room logits when the model has one (`graph_outputs`).
 
     The room head is a linear layer on globally pooled features, so its Grad-CAM equals the class activation map
     W_room · feature_map (up to a positive factor); it is computed here, inside the graph, for every image.
     """
-    fmap, quality_features = model.forward_with_quality_features(x)
+    fmap, stage_input, quality_features = model.forward_with_quality_features(x)
     feats = model.backbone.forward_head(fmap)
     heads = model.heads(feats)
     cam = torch.einsum("kc,bchw->bkhw", model.room_head.weight.to(fmap.dtype), fmap)
+    market = () if model.market_stage is None else (model.market_stage(stage_input),)
     return (feats, heads["room"], heads["quality"], torch.softmax(heads["aesthetic"].float(), dim=1), cam,
-            quality_features)
+            quality_features, *market)
 
 
 @torch.inference_mode()
 def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str | None = None,
               on_batch=None, outputs: tuple[str, ...] = ONNX_OUTPUTS) -> dict[str, np.ndarray]:
-    """The requested raw outputs (ONNX_OUTPUTS names) over a loader yielding image batches or (images, …) tuples.
+    """The requested raw outputs (`graph_outputs` names) over a loader yielding image batches or (images, …) tuples.
 
     `progress` names a tqdm bar; `on_batch(done, total)` reports progress to a UI.
     """
@@ -67,14 +73,14 @@ def run_model(model: RoomVisionNet, loader, device: torch.device, progress: str 
         for chunk in x.split(FORWARD_CHUNK):
             chunk = chunk.to(device, non_blocking=True)
             with autocast(device):
-                for key, value in zip(ONNX_OUTPUTS, serving_outputs(model, chunk)):
+                for key, value in zip(graph_outputs(model), serving_outputs(model, chunk)):
                     if key in out:
                         out[key].append(value.float().cpu())
     return {k: torch.cat(v).numpy() if v else np.zeros((0,)) for k, v in out.items()}
 
 
 class _ServingGraph(torch.nn.Module):
-    """Export wrapper: image batch -> ONNX_OUTPUTS."""
+    """Export wrapper: image batch -> `graph_outputs`."""
 
     def __init__(self, model: RoomVisionNet):
         super().__init__()
@@ -115,7 +121,7 @@ def export_graph(model: RoomVisionNet, size: int, out: Path) -> Path:
     with warnings.catch_warnings(), static_same_padding():
         warnings.simplefilter("ignore")
         torch.onnx.export(_ServingGraph(model).eval(), torch.zeros(1, 3, size, size), str(tmp),
-                          input_names=["x"], output_names=list(ONNX_OUTPUTS),
+                          input_names=["x"], output_names=list(graph_outputs(model)),
                           dynamic_axes={"x": {0: "batch"}}, opset_version=17, dynamo=False)
     tmp.replace(out)
     return out

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +28,7 @@ from .devices import resolve_device
 from .images import ImageDecodeError, printable_path
 from .human import HumanAestheticHead, HumanQualityHead
 from .config import DEFAULT_WEIGHTS
-from .modelinfo import HEAD_OUTPUTS, file_sha256, read_model_info, storage_digest
+from .modelinfo import HEAD_OUTPUTS, MARKET_OUTPUT, file_sha256, read_model_info, tensors_digest
 from .preprocess import EvalPreprocess, Preprocess, decode_for_model
 from .quality import compute_metrics
 from .scope import ScopeHead
@@ -67,27 +66,29 @@ def class_heatmap(cams: np.ndarray, class_index: int) -> np.ndarray:
 
 
 def onnx_path(weights: str | Path) -> Path:
-    """Where the ONNX export of a weights file is cached (keyed by the file's content)."""
-    return settings().cache_dir / "onnx" / f"{file_sha256(weights)[:16]}-v{ONNX_GRAPH_VERSION}.onnx"
+    """Where the ONNX export of a weights file is cached (keyed by its tensors and the graph version)."""
+    return settings().cache_dir / "onnx" / f"{tensors_digest(weights)[:16]}-v{ONNX_GRAPH_VERSION}.onnx"
 
 
 def onnx_provenance(weights: str | Path) -> dict:
-    """What the sidecar of a shipped export records: the weights it was made from and the graph version."""
-    return {"weights_sha256": file_sha256(weights), "graph_version": ONNX_GRAPH_VERSION}
+    """What the sidecar of a shipped export records: the tensors it was made from (a version that only adds heads
+    shares its base model's) and the graph version."""
+    return {"tensors_sha256": tensors_digest(weights), "graph_version": ONNX_GRAPH_VERSION}
 
 
 def shipped_onnx(weights: str | Path) -> Path | None:
-    """The ONNX export shipped next to a weights file (`<name>.onnx` with its `.json` sidecar), when it was made
-    from exactly these weights with the current graph version; installs without PyTorch serve from it."""
-    path = Path(weights).with_suffix(".onnx")
-    sidecar = path.with_suffix(".onnx.json")
-    if not (path.is_file() and sidecar.is_file()):
-        return None
-    try:
-        meta = json.loads(sidecar.read_text())
-    except ValueError:
-        return None
-    return path if meta == onnx_provenance(weights) else None
+    """The ONNX export shipped next to a weights file, or next to the committed default model (`<name>.onnx` with
+    its `.json` sidecar), made from exactly these tensors with the current graph version; installs without
+    PyTorch serve from it."""
+    wanted = onnx_provenance(weights)
+    for path in dict.fromkeys([Path(weights).with_suffix(".onnx"), DEFAULT_WEIGHTS.with_suffix(".onnx")]):
+        try:
+            meta = json.loads(path.with_suffix(".onnx.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if path.is_file() and meta == wanted:
+            return path
+    return None
 
 
 INT8_GRAPH_VERSION = 1  # bump when the placement of the INT8 quantisation changes (quantize.py)
@@ -97,9 +98,7 @@ PROFILES = ("default", "fast")  # fp32, or the INT8 graph of `python -m roomvisi
 def int8_provenance(weights: str | Path) -> dict:
     """What an INT8 export serves: the weights' tensors (a version that only adds heads shares its base model's)
     and the graph versions."""
-    with zipfile.ZipFile(weights) as archive:
-        tensors = storage_digest(archive)
-    return {"tensors_sha256": tensors, "graph_version": ONNX_GRAPH_VERSION, "int8_graph_version": INT8_GRAPH_VERSION}
+    return {**onnx_provenance(weights), "int8_graph_version": INT8_GRAPH_VERSION}
 
 
 def int8_preprocess(graph: Path) -> Preprocess | None:
@@ -256,7 +255,11 @@ class Predictor:
         # out-of-scope head the pooled features, a market head both
         reads_features = self.scope is not None or self.market is not None
         self.head_outputs = (HEAD_OUTPUTS + (("quality_features",) if human or self.market is not None else ())
-                             + (("features",) if reads_features else ()))
+                             + (("features",) if reads_features else ())
+                             + ((MARKET_OUTPUT,) if self.market is not None and self.market.stage else ()))
+        if profile == "fast" and MARKET_OUTPUT in self.head_outputs:
+            raise ValueError(f"{self.weights.name} runs a stage fine-tuned for the {self.market.name!r} market; the "
+                             f"fast profile serves only the shipped backbone: use the default profile")
         # a head that also reads the refitted proxy rules needs each photo's quality metrics
         self.needs_metrics = self.human_quality is not None and self.human_quality.uses_rules
         self.transform = EvalPreprocess(self.info.preprocess)
@@ -347,7 +350,7 @@ class Predictor:
         served["in_scope"] = self.in_scope_prob(raw)
         if self.market is not None:  # the market's own head where a photo looks like that market
             served["probs"], served["in_scope"] = self.market.blend(market_inputs(raw), served["probs"],
-                                                                    served["in_scope"])
+                                                                    served["in_scope"], raw.get(MARKET_OUTPUT))
         served["p_good"] = self.p_good(raw["quality"], raw.get("quality_features"), metrics, served["probs"])
         return served
 

@@ -1,6 +1,7 @@
 """The multi-task model: shared backbone, room / quality / aesthetic heads, and self-describing checkpoints."""
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import os
 import threading
@@ -79,11 +80,32 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> nn
     return model
 
 
+class MarketStage(nn.Module):
+    """A second copy of the backbone's last stage and head convolution with a room head of one market's rooms,
+    fine-tuned on that market's corrected photos: a version adapted to a market runs it beside the default path
+    from the same input (the output of the stage before), so the shared backbone is computed once."""
+
+    def __init__(self, backbone: nn.Module, market_rooms: int):
+        super().__init__()
+        self.stage = copy.deepcopy(backbone.blocks[-1])
+        self.conv_head = copy.deepcopy(backbone.conv_head)
+        self.bn2 = copy.deepcopy(backbone.bn2)
+        self.head = nn.Linear(backbone.num_features, market_rooms)
+
+    def features(self, stage_input: torch.Tensor) -> torch.Tensor:
+        return self.bn2(self.conv_head(self.stage(stage_input))).mean(dim=(2, 3))
+
+    def forward(self, stage_input: torch.Tensor) -> torch.Tensor:
+        """Room logits of the market's rooms."""
+        return self.head(self.features(stage_input))
+
+
 class RoomVisionNet(nn.Module):
-    """Shared backbone with three heads: room (5 logits), quality (1 logit), aesthetic (10-bin logits)."""
+    """Shared backbone with three heads: room (5 logits), quality (1 logit), aesthetic (10-bin logits); a version
+    adapted to a market adds a `MarketStage` (`market_rooms` > 0)."""
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, num_classes: int = len(CLASSES),
-                 pretrained: bool = True, dropout: float = 0.2):
+                 pretrained: bool = True, dropout: float = 0.2, market_rooms: int = 0):
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained)
         self.backbone.reset_classifier(0)  # pooled features out
@@ -92,6 +114,7 @@ class RoomVisionNet(nn.Module):
         self.room_head = nn.Linear(dim, num_classes)
         self.quality_head = nn.Linear(dim, 1)
         self.aesthetic_head = nn.Linear(dim, AESTHETIC_BINS)
+        self.market_stage = MarketStage(self.backbone, market_rooms) if market_rooms else None
 
     def heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.dropout(features)
@@ -101,8 +124,17 @@ class RoomVisionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.heads(self.backbone(x))
 
-    def forward_with_quality_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The last feature map, and the photo-quality descriptor: PHOTO_STATISTICS photo statistics, the mean and
+    def last_stage_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The output of the backbone's stage before the last: what a market stage reads."""
+        b = self.backbone
+        h = b.bn1(b.conv_stem(x))
+        for stage in b.blocks[:-1]:
+            h = stage(h)
+        return h
+
+    def forward_with_quality_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The last feature map, the input of the last stage (what a market stage reads) and the photo-quality
+        descriptor: PHOTO_STATISTICS photo statistics, the mean and
         std of each input channel on a 4x4 grid, the luminance layout on an 8x8 grid relative to the photo's mean
         (vignetting, dark corners, bright windows; together DIRECT_FEATURES), then the mean- and std-pooled output
         of every backbone stage (exposure, colour, sharpness and detail that globally pooled semantic features
@@ -115,11 +147,12 @@ class RoomVisionNet(nn.Module):
                   layout - layout.mean(dim=1, keepdim=True)]
         b = self.backbone
         h = b.bn1(b.conv_stem(x))
+        stage_input = h
         for stage in b.blocks:
-            h = stage(h)
+            stage_input, h = h, stage(h)
             mean = h.mean(dim=(2, 3))
             parts += [mean, torch.sqrt((h * h).mean(dim=(2, 3)) - mean * mean + 1e-6)]
-        return b.bn2(b.conv_head(h)), torch.cat(parts, dim=1)
+        return b.bn2(b.conv_head(h)), stage_input, torch.cat(parts, dim=1)
 
 
 LUMINANCE_STEPS = torch.linspace(-0.9, 0.9, LUMINANCE_LEVELS)  # in units of the normalised input
@@ -175,7 +208,8 @@ class Checkpoint(ModelInfo):
     state_dict: dict = field(default_factory=dict)
 
     def build_model(self) -> RoomVisionNet:
-        model = RoomVisionNet(self.backbone, len(self.classes), pretrained=False)
+        model = RoomVisionNet(self.backbone, len(self.classes), pretrained=False,
+                              market_rooms=len(self.market["classes"]) if self.market.get("stage") else 0)
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
         try:
             model.load_state_dict(state, strict=True)

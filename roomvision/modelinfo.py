@@ -17,6 +17,7 @@ CHECKPOINT_FORMAT = "roomvision-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: 'calibration' replaces version 1's 'thresholds'
 REQUIRED_KEYS = ("backbone", "classes", "preprocess", "state_dict")
 ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam", "quality_features")  # the serving graph
+MARKET_OUTPUT = "market_room"  # room logits of a market stage (model.MarketStage), in versions adapted to a market
 HEAD_OUTPUTS = ("room", "quality", "aesthetic")  # the raw outputs that predictions are made of
 # The photo-quality descriptor (model.py, `forward_with_quality_features`), in order:
 LUMINANCE_LEVELS = 16  # points of the luminance distribution (a smooth CDF)
@@ -103,6 +104,13 @@ def storage_digest(archive: zipfile.ZipFile) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def tensors_digest(weights: str | Path) -> str:
+    """The sha256 of a checkpoint's tensors (not its header): what the serving graph and cached outputs depend on,
+    so a version that only adds heads shares its base model's."""
+    with zipfile.ZipFile(weights) as archive:
+        return storage_digest(archive)
 
 
 def read_model_info(path: str | Path, verify: bool = False) -> ModelInfo:

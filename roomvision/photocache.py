@@ -18,23 +18,27 @@ import numpy as np
 from .config import settings
 from .images import ImageDecodeError
 from .inference import ONNX_GRAPH_VERSION, Predictor
-from .modelinfo import storage_digest
+from .modelinfo import MARKET_OUTPUT, read_model_info, tensors_digest
 
 OUTPUTS = ("room", "quality", "aesthetic", "quality_features", "features")
 HALF = ("quality_features", "features")  # stored as float16
 
 
 def model_key(weights: Path) -> str:
-    """What the cached outputs depend on: the graph version and the weights' tensors (not the header)."""
-    with zipfile.ZipFile(weights) as archive:
-        return f"g{ONNX_GRAPH_VERSION}-{storage_digest(archive)[:16]}"
+    """What the cached OUTPUTS depend on: the graph version and the tensors that compute them (not the header; a
+    version with a market stage computes them with its base model's tensors, which it records)."""
+    tensors = read_model_info(weights).market.get("base_tensors") or tensors_digest(weights)
+    return f"g{ONNX_GRAPH_VERSION}-{tensors[:16]}"
 
 
 class PhotoCache:
-    """Raw outputs of one model for any photos, by sha256."""
+    """Raw outputs of one model for any photos, by sha256: OUTPUTS, or with `market` the market stage's room
+    logits of a version that has one (keyed by the version's own tensors)."""
 
-    def __init__(self, weights: Path):
-        self.dir = settings().cache_dir / "photos" / model_key(Path(weights))
+    def __init__(self, weights: Path, market: bool = False):
+        key = f"g{ONNX_GRAPH_VERSION}-{tensors_digest(weights)[:16]}-market" if market else model_key(Path(weights))
+        self.dir = settings().cache_dir / "photos" / key
+        self.outputs = (MARKET_OUTPUT,) if market else OUTPUTS
 
     def load(self) -> tuple[dict[str, int], dict[str, np.ndarray]]:
         """(sha256 -> row, arrays) of everything cached; unreadable photos are cached as NaN rows."""
@@ -65,34 +69,43 @@ def score_photos(predictor: Predictor, files: list[Path], shas: list[str], batch
     """Raw outputs for `files` (with their sha256), one row each in order: cached photos are read back, the others
     run through the predictor in batches that are cached as they finish (NaN rows for unreadable files).
     `on_progress(done, total, message)` counts the photos to score; `cancel()` True stops after a batch."""
-    cache = PhotoCache(predictor.weights)
-    index, cached = cache.load()
-    todo = [i for i, h in enumerate(shas) if h not in index]
+    caches = [PhotoCache(predictor.weights)] + ([PhotoCache(predictor.weights, market=True)]
+                                                if MARKET_OUTPUT in predictor.head_outputs else [])
+    loaded = [cache.load() for cache in caches]
+    todo = [i for i, h in enumerate(shas) if any(h not in index for index, _ in loaded)]
+    outputs = tuple(k for cache in caches for k in cache.outputs)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
-        raw = run_files(predictor, [files[i] for i in batch])
-        cache.add([shas[i] for i in batch], raw)
+        raw = run_files(predictor, [files[i] for i in batch], outputs=outputs)
+        for cache in caches:
+            cache.add([shas[i] for i in batch], {k: raw[k] for k in cache.outputs})
         if on_progress is not None:
             on_progress(min(start + batch_size, len(todo)), len(todo), f"scoring new photos: "
                         f"{min(start + batch_size, len(todo))}/{len(todo)}")
         if cancel is not None and cancel():
             raise InterruptedError("scoring cancelled; the photos scored so far are kept")
     if todo:
-        index, cached = cache.load()
-    rows = np.array([index[h] for h in shas], dtype=int)
-    return {k: cached[k][rows] for k in OUTPUTS} if len(rows) else {k: np.zeros((0,)) for k in OUTPUTS}
+        loaded = [cache.load() for cache in caches]
+    result = {}
+    for cache, (index, cached) in zip(caches, loaded):
+        rows = np.array([index[h] for h in shas], dtype=int)
+        result.update({k: cached[k][rows] if len(rows) else np.zeros((0,)) for k in cache.outputs})
+    return result
 
 
-def run_files(predictor: Predictor, files: list[Path], batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Raw outputs of each file, in order (NaN rows for files that cannot be decoded), decoded and run one batch at
-    a time (memory bounded by the batch, whatever the number of files)."""
-    parts = [_run_batch(predictor, files[i:i + batch_size]) for i in range(0, len(files), batch_size)]
+def run_files(predictor: Predictor, files: list[Path], batch_size: int = 64,
+              outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Raw `outputs` (default: OUTPUTS, and the market stage's logits where the predictor has one) of each file, in
+    order (NaN rows for files that cannot be decoded), decoded and run one batch at a time (memory bounded by the
+    batch, whatever the number of files)."""
+    outputs = outputs or OUTPUTS + tuple(k for k in predictor.head_outputs if k == MARKET_OUTPUT)
+    parts = [_run_batch(predictor, files[i:i + batch_size], outputs) for i in range(0, len(files), batch_size)]
     if not parts:
-        return _run_batch(predictor, [])
-    return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}
+        return _run_batch(predictor, [], outputs)
+    return {k: np.concatenate([p[k] for p in parts]) for k in outputs}
 
 
-def _run_batch(predictor: Predictor, files: list[Path]) -> dict[str, np.ndarray]:
+def _run_batch(predictor: Predictor, files: list[Path], outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
     arrays, ok = [], []
     for f in files:
         try:
@@ -101,9 +114,9 @@ def _run_batch(predictor: Predictor, files: list[Path]) -> dict[str, np.ndarray]
         except ImageDecodeError:
             ok.append(False)
     size = predictor.info.preprocess.input_size
-    out = predictor.run(np.stack(arrays) if arrays else np.zeros((1, 3, size, size), np.float32), OUTPUTS)
+    out = predictor.run(np.stack(arrays) if arrays else np.zeros((1, 3, size, size), np.float32), outputs)
     result = {}
-    for k in OUTPUTS:
+    for k in outputs:
         full = np.full((len(files), *out[k].shape[1:]), np.nan, np.float32)
         if arrays:
             full[np.asarray(ok)] = out[k]

@@ -20,6 +20,7 @@ from .human import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_q
                     refit_room_head)
 from .labels import NOT_A_ROOM, room_corrections
 from .inference import Predictor, room_probabilities
+from .modelinfo import tensors_digest
 from .scope import fit_scope_head
 from .versions import current_default
 
@@ -222,11 +223,13 @@ BASE_SAMPLE = 1000  # training photos per source the gate learns the market is n
 
 
 def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None = None,
-                        data_roots: list[Path] | None = None, on_progress=None, cancel=None) -> dict:
+                        data_roots: list[Path] | None = None, on_progress=None, cancel=None,
+                        fine_tune: bool = False) -> dict:
     """A model version for collection `name`'s market: a room head fitted on the photos people corrected in its
-    train and val splits, blended in where a photo looks like that market. Measured before -> after on the
-    collection's held-out listings (its test split: photos with a correction, else the room its folder gave) and on
-    the project's House Rooms and Places365 test photos (forgetting is reported)."""
+    train and val splits (with `fine_tune`, also the backbone's last stage fine-tuned on them, run beside the
+    default one), blended in where a photo looks like that market. Measured before -> after, by the saved version
+    as it serves, on the collection's held-out listings (its test split: photos with a correction, else the room
+    its folder gave) and on the project's House Rooms and Places365 test photos (forgetting is reported)."""
     from .adapt import fit_gate, fit_market_head, market_inputs
     from .collection import get_collection
     from .data import manifest_roots, resolve_paths
@@ -240,16 +243,16 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     known = labels.isin(CLASSES).to_numpy()
     learn = known & (photos["split"] != "test").to_numpy() & corrections.notna().to_numpy()
     held = known & (photos["split"] == "test").to_numpy()
+    files = resolve_paths(photos, manifest_roots(collection.manifest))
     predictor = Predictor(weights, device="cpu")
-    raw = score_photos(predictor, resolve_paths(photos, manifest_roots(collection.manifest)),
-                       photos["sha256"].tolist(), on_progress=on_progress, cancel=cancel)
+    raw = score_photos(predictor, files, photos["sha256"].tolist(), on_progress=on_progress, cancel=cancel)
     manifest = load_manifest(settings().manifest)
     train = manifest[manifest["split"] == "train"]
     base = pd.concat([manifest[manifest["split"] == "test"],
                       *[g.sample(min(BASE_SAMPLE, len(g)), random_state=0) for _, g in train.groupby("source")]]
                      ).reset_index(drop=True)
-    raw_base = score_photos(predictor, resolve_paths(base, manifest_roots(settings().manifest, data_roots)),
-                            base["sha256"].tolist(), on_progress=on_progress, cancel=cancel)
+    base_files = resolve_paths(base, manifest_roots(settings().manifest, data_roots))
+    raw_base = score_photos(predictor, base_files, base["sha256"].tolist(), on_progress=on_progress, cancel=cancel)
     readable, readable_base = ~np.isnan(raw["room"][:, 0]), ~np.isnan(raw_base["room"][:, 0])
     learn, held = learn & readable, held & readable
     y = labels[learn].map(CLASSES.index).to_numpy()
@@ -257,34 +260,53 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     train_base = (base["split"] == "train").to_numpy() & readable_base
     gate = fit_gate(x[readable & (photos["split"] != "test").to_numpy()], x_base[train_base])
     head = fit_market_head(name, x[learn], y, gate)
+    stage = None
+    if fine_tune:
+        from .finetune import fine_tune_stage, stage_inputs
+        from .model import Checkpoint
+        model = Checkpoint.load(weights).build_model()
+        inputs = stage_inputs(model, [files[i] for i in np.flatnonzero(learn)], predictor.info.preprocess,
+                              on_progress=on_progress)
+        stage = fine_tune_stage(model, *inputs, np.searchsorted(head.classes, y), head.classes,
+                                on_progress=on_progress)
+        head = replace(head, stage=True, base_tensors=tensors_digest(weights))
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    out = Path(out) if out else settings().versions_dir / f"{weights.stem.split('-people-')[0]}-{name}-{stamp}.pt"
+    save_market_version(weights, out, head.to_dict(), {}, stage)
+    version = Predictor(out, device="cpu")  # measured as it serves: the version's own graph and caches
+    test_base = (base["split"] == "test").to_numpy()
+    after = version.scores(score_photos(version, files, photos["sha256"].tolist(), on_progress=on_progress,
+                                        cancel=cancel))["probs"]
+    after_b = version.scores(score_photos(version, [f for f, t in zip(base_files, test_base) if t],
+                                          base.loc[test_base, "sha256"].tolist(), on_progress=on_progress,
+                                          cancel=cancel))["probs"]
     before = predictor.scores(raw)["probs"]
-    after = head.blend(x, before)
-    before_b = predictor.scores(raw_base)["probs"]
-    after_b = head.blend(x_base, before_b)
+    before_b = predictor.scores(raw_base)["probs"][test_base]
     truth = labels.map(lambda c: CLASSES.index(c) if c in CLASSES else -1).to_numpy()
-    truth_b = base["class"].map(CLASSES.index).to_numpy()
+    test = base[test_base]
+    truth_b = test["class"].map(CLASSES.index).to_numpy()
 
     def accuracy(probs, rows, target):
         return float(np.mean(probs[rows].argmax(1) == target[rows])) if rows.any() else None
     report = {"collection": name, "corrections_used": int(learn.sum()),
               "corrections_per_room": {c: int((y == k).sum()) for k, c in enumerate(CLASSES) if (y == k).any()},
-              "held_out_photos": int(held.sum()),
+              "fine_tuned": fine_tune, "held_out_photos": int(held.sum()),
               "held_out_accuracy_before": accuracy(before, held, truth),
               "held_out_accuracy_after": accuracy(after, held, truth)}
     for label, source in (("house_rooms", "house-rooms"), ("places365", "places365-rooms")):
-        rows = (base["source"] == source).to_numpy() & (base["split"] == "test").to_numpy() & readable_base
+        rows = (test["source"] == source).to_numpy() & readable_base[test_base]
         report[f"{label}_test_accuracy_default"] = accuracy(before_b, rows, truth_b)
         report[f"{label}_test_accuracy_version"] = accuracy(after_b, rows, truth_b)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
-    out = Path(out) if out else settings().versions_dir / f"{weights.stem.split('-people-')[0]}-{name}-{stamp}.pt"
-    save_market_version(weights, out, head.to_dict(), report)
+    save_market_version(weights, out, head.to_dict(), report, stage)  # same tensors: its graph and caches stay
     return {"out": out, "seconds": time.monotonic() - started, **report}
 
 
-def save_market_version(weights: Path, out: Path, market: dict, report: dict) -> Path:
-    """A copy of `weights` carrying the market head (the weights themselves unchanged)."""
+def save_market_version(weights: Path, out: Path, market: dict, report: dict, stage=None) -> Path:
+    """A copy of `weights` carrying the market head, and the market stage's tensors when there is one (the
+    model's own weights unchanged)."""
     from .model import Checkpoint  # PyTorch writes the checkpoint
     ckpt = Checkpoint.load(weights)
+    state = {**ckpt.state_dict, **({f"market_stage.{k}": v for k, v in stage.state_dict().items()} if stage else {})}
     replace(ckpt, market=market, metrics={**ckpt.metrics, "adapted_to_market": report}, version=out.stem,
-            created="").save(out)
+            created="", state_dict=state).save(out)
     return out

@@ -159,16 +159,20 @@ def test_the_market_head_learns_the_market_and_leaves_other_photos_alone():
         fit_market_head("m", xm[:5], ym[:5], fit_gate(xm, xb))
 
 
-def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path, monkeypatch, make_room):
-    """Import grey listing photos without labels, correct some, `retrain-heads --collection`: the version answers
-    the corrected rooms for that market, leaves the project's photos as they were, and the default is unchanged."""
+@pytest.mark.parametrize("fine_tune", [False, True], ids=["head", "fine-tuned stage"])
+def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path, monkeypatch, make_room, fine_tune):
+    """Import grey listing photos without labels, correct some, `retrain-heads --collection [--fine-tune]`: the
+    version answers the corrected rooms for that market, leaves the project's photos as they were, and the default
+    is unchanged; a fine-tuned stage is served from the version's own graph while the outputs it shares with its
+    base model stay in the base model's cache."""
     from PIL import Image, ImageOps
     from roomvision.cli import main
     from roomvision.config import DEFAULT_WEIGHTS, settings
     from roomvision.data import prepare
     from roomvision.inference import Predictor
     from roomvision.modelinfo import read_model_info
-    from roomvision.photocache import model_key
+    from roomvision.modelinfo import MARKET_OUTPUT
+    from roomvision.photocache import PhotoCache, model_key
     manifest = tmp_path / "manifest.csv"
     prepare([tiny_dataset], manifest, workers=1)
     monkeypatch.setenv("ROOMVISION_MANIFEST", str(manifest))
@@ -197,12 +201,19 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
         store.append(row.path, row.path.split("-")[0], sha256=row.sha256, annotator="ana")
     out = tmp_path / "versions" / "grey.pt"
     assert main(["retrain-heads", "--collection", "grey-market", "--weights", str(DEFAULT_WEIGHTS),
-                 "--out", str(out)]) == 0
+                 "--out", str(out)] + (["--fine-tune"] if fine_tune else [])) == 0
     report = read_model_info(out).metrics["adapted_to_market"]
     assert report["corrections_used"] == int((photos["split"] != "test").sum())
-    assert report["held_out_accuracy_after"] == 1.0
+    assert report["held_out_accuracy_after"] == 1.0 and report["fine_tuned"] is fine_tune
     assert model_key(out) == model_key(DEFAULT_WEIGHTS)  # the version shares its base model's photo cache
     version, default = Predictor(out, device="cpu"), Predictor(DEFAULT_WEIGHTS, device="cpu")
+    assert (MARKET_OUTPUT in version.head_outputs) is fine_tune
+    assert (version.graph.path == DEFAULT_WEIGHTS.with_suffix(".onnx")) is not fine_tune  # heads only: shipped graph
+    if fine_tune:
+        assert PhotoCache(out, market=True).dir != PhotoCache(out).dir == PhotoCache(DEFAULT_WEIGHTS).dir
+        assert any(PhotoCache(out, market=True).dir.glob("part-*.npz"))  # scored while measuring the version
+        with pytest.raises(ValueError, match="fine-tuned for the 'grey-market' market; the fast profile"):
+            Predictor(out, profile="fast")
     test = photos[photos["split"] == "test"]
     files = [market / p for p in test["path"]]
     assert [r["room"] for r in version.predict_paths(files)] == [p.split("-")[0] for p in test["path"]]

@@ -4,8 +4,9 @@ import pandas as pd
 import pytest
 
 from roomvision.config import QUALITY_THRESHOLDS
-from roomvision.human import (active_queue, fit_human_aesthetic, fit_human_quality, moved_rules, refit_rules,
-                              rules_bad)
+from roomvision.human import (MIN_PER_CLASS, MIN_RATINGS, _best_threshold, active_queue, balanced_accuracy,
+                              fit_human_aesthetic, fit_human_quality, moved_rules, refit_rules, rules_bad,
+                              too_few_to_learn)
 from roomvision.modelinfo import DIRECT_FEATURES
 
 
@@ -183,3 +184,35 @@ def test_room_probabilities_that_do_not_help_are_left_out():
     human = np.where(m.cast > 0.8, 0, 1)
     human[300:] = -1
     assert not fit_human_quality(f, m, human, rooms=rooms).uses_rooms
+
+
+def test_balanced_accuracy_weighs_both_classes_equally_row_by_row():
+    truth = np.array([True, True, True, False])
+    predicted = np.array([[True, True, True, True], [True, False, False, False], [False, False, False, True]])
+    assert balanced_accuracy(truth, predicted) == pytest.approx([0.5, (1 / 3 + 1) / 2, 0.0])
+
+
+@pytest.mark.parametrize("p, good", [([0.2, 0.6], [0, 1]), ([0.3, 0.3, 0.9], [0, 0, 1]), ([0.1, 0.5, 0.5], [0, 1, 1])])
+def test_the_chosen_threshold_decides_every_photo_rightly_a_photo_at_it_is_good(p, good):
+    p, good = np.array(p), np.array(good)
+    threshold, score = _best_threshold(p, good)
+    assert score == 1.0
+    assert ((p >= threshold) == good.astype(bool)).all()   # GOOD from the threshold up, as decisions.quality_label
+
+
+def test_the_threshold_trades_errors_for_the_best_balanced_accuracy():
+    p = np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])
+    good = np.array([0, 1, 0, 0, 1, 1])   # one GOOD photo among the low ones: calling it BAD costs less
+    threshold, score = _best_threshold(p, good)
+    assert 0.4 < threshold <= 0.8 and score == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_learning_starts_at_the_label_minimums_and_not_one_before():
+    few = MIN_PER_CLASS - 1
+    assert too_few_to_learn(MIN_PER_CLASS, MIN_PER_CLASS, 0, 0) == ""
+    assert too_few_to_learn(MIN_PER_CLASS, few, 0, 0).startswith(f"label at least {MIN_PER_CLASS} GOOD")
+    assert too_few_to_learn(few, MIN_PER_CLASS, 0, 0) != ""
+    assert too_few_to_learn(0, 0, MIN_RATINGS, 0) == ""
+    assert too_few_to_learn(0, 0, MIN_RATINGS - 1, 0) != ""
+    assert too_few_to_learn(0, 0, 0, 1) == ""
+    assert "Mistakes page" in too_few_to_learn(0, 0, 0, 0)

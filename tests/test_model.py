@@ -5,8 +5,8 @@ import torch
 from roomvision.config import CLASSES, DEFAULT_WEIGHTS
 from roomvision.devices import resolve_device
 from roomvision.inference import Predictor
-from roomvision.model import Checkpoint, CheckpointError, RoomVisionNet, create_backbone
-from roomvision.modelinfo import ONNX_OUTPUTS
+from roomvision.model import Checkpoint, CheckpointError, MarketStage, RoomVisionNet, create_backbone
+from roomvision.modelinfo import MARKET_OUTPUT, ONNX_OUTPUTS
 from roomvision.preprocess import Preprocess
 from roomvision.transforms import eval_transform
 
@@ -145,6 +145,35 @@ def test_fused_batchnorm_gives_the_same_outputs(tiny_checkpoint):
         assert torch.allclose(expected[k], got[k], atol=1e-4, rtol=1e-4), k
 
 
+def test_a_market_stage_copied_from_the_model_repeats_its_room_logits_in_both_backends(committed_inputs, tmp_path,
+                                                                                       monkeypatch):
+    """An untouched copy of the last stage with the room head's rows of its rooms answers exactly the committed
+    model's room logits of those rooms: the stage reads the right input, in PyTorch and in the version's own
+    exported graph."""
+    from roomvision.adapt import fit_gate, fit_market_head
+    from roomvision.config import settings
+    from roomvision.retrain import save_market_version
+    monkeypatch.setenv("ROOMVISION_CACHE_DIR", str(tmp_path / "cache"))
+    settings.cache_clear()
+    model = Checkpoint.load(DEFAULT_WEIGHTS).build_model()
+    classes = [0, 1, 3, 4]
+    stage = MarketStage(model.backbone, len(classes)).eval()
+    with torch.no_grad():
+        stage.head.weight.copy_(model.room_head.weight[classes])
+        stage.head.bias.copy_(model.room_head.bias[classes])
+    rng = np.random.default_rng(0)
+    head = fit_market_head("copy", rng.normal(size=(20, 3)), np.repeat(classes, 5), fit_gate(rng.normal(size=(9, 3)),
+                                                                                             rng.normal(size=(9, 3))))
+    out = save_market_version(DEFAULT_WEIGHTS, tmp_path / "copy.pt", {**head.to_dict(), "stage": True}, {}, stage)
+    onnx, eager = Predictor(out, backend="onnx"), Predictor(out, backend="torch")
+    assert MARKET_OUTPUT in onnx.head_outputs and onnx.graph.path.parent == tmp_path / "cache" / "onnx"
+    a, b = (p.run(committed_inputs, ("room", MARKET_OUTPUT)) for p in (onnx, eager))
+    for raw in (a, b):
+        np.testing.assert_allclose(raw[MARKET_OUTPUT], raw["room"][:, classes], rtol=1e-3, atol=2e-3)
+    np.testing.assert_allclose(a[MARKET_OUTPUT], b[MARKET_OUTPUT], rtol=1e-3, atol=2e-3)
+    assert np.abs(a[MARKET_OUTPUT]).max() > 1
+
+
 def test_onnx_backend_matches_pytorch_on_the_committed_model(committed_inputs):
     """Raw logits, pooled features and activation maps of the committed weights, ONNX Runtime vs PyTorch."""
     pytest.importorskip("onnxruntime")
@@ -168,7 +197,7 @@ def test_quality_descriptor_layout_sees_dark_corners():
     even = torch.full((1, 3, 224, 224), 0.2)
     vignetted = even - 0.8 * (yy ** 2 + xx ** 2) / 2
     with torch.no_grad():
-        d = {name: model.forward_with_quality_features(x)[1][0] for name, x in
+        d = {name: model.forward_with_quality_features(x)[2][0] for name, x in
              (("even", even), ("vignetted", vignetted))}
     cells = LAYOUT_GRID ** 2
     for name, descriptor in d.items():
@@ -206,7 +235,7 @@ def test_quality_descriptor_widths_are_the_declared_ones():
     model = RoomVisionNet(pretrained=False).eval()
     x = torch.rand(2, 3, 224, 224) * 2 - 1
     with torch.no_grad():
-        _, descriptor = model.forward_with_quality_features(x)
+        *_, descriptor = model.forward_with_quality_features(x)
     stage_channels = sum(stage[-1].conv_pwl.out_channels if hasattr(stage[-1], "conv_pwl")
                          else stage[-1].conv_pw.out_channels for stage in model.backbone.blocks)
     assert photo_statistics(x).shape[1] == PHOTO_STATISTICS == 24
