@@ -109,6 +109,7 @@ def main() -> None:
         started = time.monotonic()
         inputs, mirrored = stage_inputs(model, files, predictor.info.preprocess)
         per_photo = (time.monotonic() - started) / len(files)  # what fine-tuning pays per corrected photo
+        held_inputs = inputs[np.flatnonzero(held)]
         base_inputs, _ = stage_inputs(model, [f for f, t in zip(base_files, test_rows) if t],
                                       predictor.info.preprocess, mirror=False)
         print(f"last-stage inputs: {per_photo * 1000:.0f} ms per photo (and its mirror image)")
@@ -139,7 +140,7 @@ def main() -> None:
                     fine_tuned = replace(head, stage=True)
                     for method, version, seconds, logits, logits_b in (
                             ("head", head, head_seconds, None, None),
-                            ("fine-tuned stage", fine_tuned, stage_seconds, stage_logits(stage, inputs[held]),
+                            ("fine-tuned stage", fine_tuned, stage_seconds, stage_logits(stage, held_inputs),
                              stage_logits(stage, base_inputs))):
                         probs = version.blend(x[held], base_probs[held], stage_logits=logits)
                         probs_b = version.blend(x_base_all[test_rows], base_probs_b[test_rows], stage_logits=logits_b)

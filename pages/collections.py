@@ -73,10 +73,10 @@ reason = (learning_unavailable() or
 st.write(f"**{chosen}**: {summary['photos']} photos, {summary['room corrections']} room corrections. Adapting fits "
          "a room head on the corrected photos and blends it in where a photo looks like this market; photos unlike "
          "it keep the current model's answer. The current model is never changed.")
-fine_tune = st.checkbox("Also fine-tune the model's last stage on the corrected photos", value=True,
+fine_tune = st.checkbox("Also fine-tune the model's last stage on the corrected photos", value=False,
                         key="adapt-fine-tune",
                         help="A copy of the backbone's last stage learns this market's photos and runs beside the "
-                             "default one: a minute or two more, measured better than the head alone.")
+                             "default one: a minute or two more (README, Your own photos, has the measurements).")
 status = job_panel("adapt")
 if st.button(f"Adapt {Path(active_weights()).stem} to {chosen}", disabled=bool(reason), help=reason or None,
              key="adapt-start", type="primary"):
@@ -87,7 +87,8 @@ if reason:
 if status and status["state"] == "done":
     r = status["result"]
     st.success(f"Saved {Path(r['out']).name}: {r['corrections_used']} corrections "
-               f"({', '.join(f'{k} {v}' for k, v in r['corrections_per_room'].items())}), {r['seconds']:.0f} s.")
+               f"({', '.join(f'{k} {v}' for k, v in r['corrections_per_room'].items())})"
+               f"{', last stage fine-tuned' if r.get('fine_tuned') else ''}, {r['seconds']:.0f} s.")
     before, after = r["held_out_accuracy_before"], r["held_out_accuracy_after"]
     cols = st.columns(3)
     if before is not None:

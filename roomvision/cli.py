@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "for that market; the default model is unchanged)")
     p.add_argument("--fine-tune", action="store_true",
                    help="with --collection: also fine-tune the backbone's last stage on the corrected photos, run "
-                        "beside the default one (a minute or two on a CPU; measured better than the head alone)")
+                        "beside the default one (PyTorch; a minute or two on a CPU)")
     p.add_argument("--out", type=Path, default=None,
                    help="default: data/versions/<name>-people-<UTC time>.pt (or <name>-<collection>-<UTC time>.pt)")
     p.set_defaults(func=cmd_retrain_heads)

@@ -30,7 +30,8 @@ def stage_inputs(model: RoomVisionNet, files: list, preprocess: Preprocess, batc
     transform = EvalPreprocess(preprocess)
     plain, mirrored = [], []
     for start in range(0, len(files), batch_size):
-        x = torch.from_numpy(transform.batch([decode_for_model(f, preprocess) for f in files[start:start + batch_size]]))
+        images = [decode_for_model(f, preprocess) for f in files[start:start + batch_size]]
+        x = torch.from_numpy(transform.batch(images))
         h = model.last_stage_input(torch.cat([x, x.flip(3)]) if mirror else x).half()
         plain.append(h[:len(x)])
         mirrored.append(h[len(x):])
