@@ -113,4 +113,11 @@ def test_each_rule_fires_just_past_its_threshold_and_flags_agree_with_reasons(ru
     flags = rule_flags(pd.DataFrame([m])).iloc[0]
     assert bool(flags[key]) is fires and flags.drop(key).sum() == 0
     assert len(quality_reasons(m)) == int(fires)
-    assert quality_label(m)[0] == ("BAD" if fires else "GOOD")
+    assert quality_label(m) == (("BAD", quality_reasons(m)[0]) if fires else ("GOOD", ""))
+
+
+def test_every_reason_is_given_one_after_another():
+    m = _neutral_metrics()
+    m["sharpness"], m["noise"] = QUALITY_THRESHOLDS["sharpness_min"] - 1, QUALITY_THRESHOLDS["noise_max"] + 1
+    label, reasons = quality_label(m)
+    assert label == "BAD" and reasons == "; ".join(quality_reasons(m)) and reasons.count("; ") == 1

@@ -48,6 +48,15 @@ def test_out_of_scope_split_is_fixed_by_content():
     assert set(splits) == {"train", "val", "test"} and splits.count("train") > splits.count("test")
 
 
+@pytest.mark.parametrize("fraction, below, above", [(0.70, "train", "val"), (0.85, "val", "test")])
+def test_out_of_scope_split_changes_exactly_at_its_fractions(fraction, below, above):
+    """The first 32 bits of the hash as a fraction of 2**32: the last prefix under each boundary and the first one
+    over it fall on either side."""
+    first_over = int(np.ceil(fraction * 2**32))
+    assert out_of_scope_split(f"{first_over - 1:08x}" + "f" * 56) == below
+    assert out_of_scope_split(f"{first_over:08x}" + "0" * 56) == above
+
+
 def test_committed_model_carries_the_head_and_its_threshold():
     info = read_model_info(DEFAULT_WEIGHTS)
     assert info.scope and 0.05 < info.calibration.in_scope < 0.95
