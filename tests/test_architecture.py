@@ -11,7 +11,7 @@ LAYERS = [
     {"config", "images", "decisions", "preprocess", "modelinfo", "devices", "calibration", "reports", "quality",
      "robustness", "scope"},
     {"labels", "data", "model", "losses", "transforms", "human", "jobs", "adapt", "versions"},
-    {"engine", "samples", "collection"},
+    {"engine", "samples", "collection", "finetune"},
     {"inference", "train"},
     {"photocache"},
     {"features", "evaluate"},
