@@ -35,7 +35,7 @@ def main() -> None:
     cache = build_feature_cache(predictor, manifest)
     df = load_manifest(manifest).reset_index(drop=True)
     data = load_feature_cache(cache)
-    issues = find_room_label_issues(manifest, cache, predictor.calibration.temperature, "train")
+    issues = find_room_label_issues(manifest, cache, predictor, "train")
     flagged = issues[issues["issue"]].set_index("sha256")["suggested"]
     ok = ~np.isnan(data["features"][:, 0].astype(np.float32))
     features = data["features"].astype(np.float32)

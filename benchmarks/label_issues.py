@@ -75,7 +75,7 @@ def main() -> None:
                 copy = Path(tmp) / f"manifest-{kind}-{seed}.csv"
                 df.to_csv(copy, index=False)
                 started = time.monotonic()
-                issues = find_room_label_issues(copy, cache, predictor.calibration.temperature, "all", None, seed=seed)
+                issues = find_room_label_issues(copy, cache, predictor, "all", None, seed=seed)
                 seconds = time.monotonic() - started
                 baseline_score = 1 - probs[np.arange(len(df)), df["class"].map(CLASSES.index).to_numpy()]
                 baseline = df.assign(score=baseline_score).sort_values("score", ascending=False)

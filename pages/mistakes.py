@@ -117,9 +117,8 @@ def label_issues_view() -> None:
     else:
         bar, on_progress = progress_with_estimate("Looking for wrong room labels (out-of-fold classifiers on the "
                                                   "cached features; once per model and labels)…")
-        ranked = cached_label_issues(str(cache), cache.stat().st_mtime, str(manifest_file),
-                                     predictor.calibration.temperature, str(store.path), len(store.merged()) // 25,
-                                     on_progress)
+        ranked = cached_label_issues(str(cache), cache.stat().st_mtime, str(manifest_file), predictor,
+                                     str(store.path), len(store.merged()) // 25, on_progress)
         bar.empty()
     corrected = store.decided_keys()
     if show == "Flagged label issues":

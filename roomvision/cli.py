@@ -147,7 +147,7 @@ def cmd_label_issues(a: argparse.Namespace) -> int:
     manifest = a.manifest or settings().manifest
     predictor = Predictor(a.weights, device="cpu")
     cache = build_feature_cache(predictor, manifest, a.data_roots)
-    issues = find_room_label_issues(manifest, cache, predictor.calibration.temperature, a.split,
+    issues = find_room_label_issues(manifest, cache, predictor, a.split,
                                     a.room_relabels or settings().room_relabels)
     table = neutralise_formulas(issues[["source", "path", "split", "given", "suggested", "score", "issue",
                                         *[c for c in issues if c.startswith("prob_")]]])

@@ -90,7 +90,8 @@ def cached_scores(path: Path, predictor: Predictor, manifest: pd.DataFrame) -> p
     data = load_feature_cache(path)
     ok = ~np.isnan(data["quality"])
     p_good = np.full(len(ok), np.nan)
+    rooms = room_probabilities(predictor.room_logits({k: data[k][ok] for k in ("room", "features")}),
+                               predictor.calibration.temperature)
     p_good[ok] = predictor.p_good(data["quality"][ok], data["quality_features"][ok].astype(np.float32),
-                                  manifest[ok].reset_index(drop=True),
-                                  room_probabilities(data["room"][ok], predictor.calibration.temperature))
+                                  manifest[ok].reset_index(drop=True), rooms)
     return pd.DataFrame({"p_good": p_good}, index=data["sha256"])

@@ -31,7 +31,7 @@ from .config import DEFAULT_WEIGHTS
 from .modelinfo import HEAD_OUTPUTS, MARKET_OUTPUT, file_sha256, read_model_info, tensors_digest
 from .preprocess import EvalPreprocess, Preprocess, decode_for_model
 from .quality import compute_metrics
-from .scope import ScopeHead
+from .scope import ScopeHead, _unpack
 from .versions import current_default
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
@@ -250,10 +250,11 @@ class Predictor:
         self.human_quality = HumanQualityHead(**human["quality"]) if "quality" in human else None
         self.human_aesthetic = HumanAestheticHead(**human["aesthetic"]) if "aesthetic" in human else None
         self.scope = ScopeHead.from_dict(self.info.scope) if self.info.scope else None
+        self.refitted_room = human.get("room")  # a room head refitted to people's corrections (plain numbers)
         self.market = MarketHead.from_dict(self.info.market) if self.info.market else None
         # the raw outputs a prediction needs: heads learned from people read the quality features, the
         # out-of-scope head the pooled features, a market head both
-        reads_features = self.scope is not None or self.market is not None
+        reads_features = self.scope is not None or self.market is not None or self.refitted_room is not None
         self.head_outputs = (HEAD_OUTPUTS + (("quality_features",) if human or self.market is not None else ())
                              + (("features",) if reads_features else ())
                              + ((MARKET_OUTPUT,) if self.market is not None and self.market.stage else ()))
@@ -317,6 +318,14 @@ class Predictor:
             return self.human_quality.p_good(quality_features, metrics, rooms)
         return expit(quality_logit)
 
+    def room_logits(self, raw: dict) -> np.ndarray:
+        """The room logits of raw outputs: the graph's, or for a version with a refitted room head, that head's on
+        the pooled features (cached outputs are shared with the base model, whose room head they hold)."""
+        if self.refitted_room is None:
+            return raw["room"]
+        features = np.asarray(raw["features"], np.float32)
+        return features @ _unpack(self.refitted_room["weight"]).T + np.asarray(self.refitted_room["bias"], np.float32)
+
     def in_scope_prob(self, raw: dict) -> np.ndarray:
         """P(one of the five rooms) from the raw outputs; NaN for a model without the out-of-scope head."""
         if self.scope is None:
@@ -344,7 +353,7 @@ class Predictor:
         """The served numbers from raw outputs (the one place they are computed): calibrated room probabilities,
         P(GOOD) and the aesthetic score from the heads learned from people where the model has them, the aesthetic
         spread, P(in scope)."""
-        served = head_scores(raw, self.calibration.temperature)
+        served = head_scores({**raw, "room": self.room_logits(raw)}, self.calibration.temperature)
         if self.human_aesthetic is not None:
             served["aesthetic"] = self.human_aesthetic.score(raw["quality_features"])
         served["in_scope"] = self.in_scope_prob(raw)

@@ -69,26 +69,29 @@ def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np
     return 1.0 - quality, issue
 
 
-def find_room_label_issues(manifest: Path, cache: Path, temperature: float, split: str = "all",
+def find_room_label_issues(manifest: Path, cache: Path, predictor, split: str = "all",
                            room_relabels: Path | None = None, seed: int = 0, on_progress=None) -> pd.DataFrame:
     """Manifest photos of `split`, most suspect room label first, with the suggested class and its probabilities.
 
-    `temperature` is the served model's (its calibration). The K-fold classifier learns from every readable photo
-    with its current label (people's corrections applied);
-    photos people already marked ambiguous or not a room are left out, and photos they corrected are not listed.
-    The ranking is kept on disk per feature cache, temperature and corrections: asking again is instant.
+    `predictor` is the served model (its room head and calibration give the probabilities of photos outside the
+    training split). The K-fold classifier learns from every readable photo with its current label (people's
+    corrections applied); photos people already marked ambiguous or not a room are left out, and photos they
+    corrected are not listed. The ranking is kept on disk per feature cache, model version and corrections: asking
+    again is instant.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
     df = load_manifest(manifest).reset_index(drop=True)
     corrected = room_corrections(df, room_relabels)
-    key = hashlib.sha256("|".join([Path(cache).name, f"{temperature:.6f}", str(seed),
+    temperature = predictor.calibration.temperature
+    key = hashlib.sha256("|".join([Path(cache).name, predictor.version, f"{temperature:.6f}", str(seed),
                                    corrected.fillna("").str.cat(sep=",")]).encode()).hexdigest()[:24]
     stored = settings().cache_dir / "label-issues" / f"{key}.parquet"
     if stored.is_file():
         out = pd.read_parquet(stored)
     else:
-        out = _rank(df, load_feature_cache(cache, df), corrected, temperature, seed, on_progress)
+        data = load_feature_cache(cache, df)
+        out = _rank(df, {**data, "room": predictor.room_logits(data)}, corrected, temperature, seed, on_progress)
         stored.parent.mkdir(parents=True, exist_ok=True)
         tmp = stored.with_name(f"{stored.stem}.{os.getpid()}.tmp")
         out.to_parquet(tmp, index=False)

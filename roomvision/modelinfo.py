@@ -113,6 +113,14 @@ def tensors_digest(weights: str | Path) -> str:
         return storage_digest(archive)
 
 
+def outputs_tensors(weights: str | Path) -> str:
+    """The digest of the tensors that compute a checkpoint's cached outputs: its own, or where it only adds a
+    refitted room head or a market stage to a base model, the base model's (recorded in its header)."""
+    info = read_model_info(weights)
+    return (info.market.get("base_tensors") or info.human.get("room", {}).get("base_tensors")
+            or tensors_digest(weights))
+
+
 def read_model_info(path: str | Path, verify: bool = False) -> ModelInfo:
     """The self-description of a checkpoint file, read without PyTorch; CheckpointError when it is not one, and
     with `verify` when its weights no longer match the digest saved with them (a damaged or edited file)."""

@@ -18,7 +18,7 @@ import numpy as np
 from .config import settings
 from .images import ImageDecodeError
 from .inference import ONNX_GRAPH_VERSION, Predictor
-from .modelinfo import MARKET_OUTPUT, read_model_info, tensors_digest
+from .modelinfo import MARKET_OUTPUT, outputs_tensors, tensors_digest
 
 OUTPUTS = ("room", "quality", "aesthetic", "quality_features", "features")
 HALF = ("quality_features", "features")  # stored as float16
@@ -26,9 +26,9 @@ HALF = ("quality_features", "features")  # stored as float16
 
 def model_key(weights: Path) -> str:
     """What the cached OUTPUTS depend on: the graph version and the tensors that compute them (not the header; a
-    version with a market stage computes them with its base model's tensors, which it records)."""
-    tensors = read_model_info(weights).market.get("base_tensors") or tensors_digest(weights)
-    return f"g{ONNX_GRAPH_VERSION}-{tensors[:16]}"
+    version with a refitted room head or a market stage shares its base model's, and `Predictor.room_logits`
+    recomputes the room logits of a refitted head from the cached features)."""
+    return f"g{ONNX_GRAPH_VERSION}-{outputs_tensors(weights)[:16]}"
 
 
 class PhotoCache:

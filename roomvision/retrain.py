@@ -20,7 +20,7 @@ from .human import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_q
                     refit_room_head)
 from .labels import NOT_A_ROOM, room_corrections
 from .inference import Predictor, room_probabilities
-from .modelinfo import tensors_digest
+from .modelinfo import outputs_tensors
 from .scope import fit_scope_head
 from .versions import current_default
 
@@ -83,14 +83,24 @@ def room_head_from_corrections(weights: Path, df: pd.DataFrame, data: dict,
 def save_version(weights: Path, out: Path, human: dict, quality_threshold: float | None, metrics: dict,
                  room_head: dict | None = None) -> Path:
     """A copy of `weights` carrying the human heads (and the human threshold as its calibrated default) and, when
-    given, a room head refitted to people's corrections."""
+    given, a room head refitted to people's corrections: in the weights (the version's graph and activation maps)
+    and as plain numbers with the base model's tensors digest in the header, so that the version shares its base
+    model's cached outputs (its room logits are recomputed from the cached features)."""
     import torch
     from .model import Checkpoint  # PyTorch writes the checkpoint
+    from .scope import _pack
     ckpt = Checkpoint.load(weights)
     calibration = ckpt.calibration if quality_threshold is None else replace(ckpt.calibration,
                                                                              quality=quality_threshold)
     state = {**ckpt.state_dict, **{k: torch.from_numpy(v) for k, v in (room_head or {}).items()}}
-    replace(ckpt, human=human or ckpt.human, calibration=calibration, state_dict=state,
+    human = dict(human or {k: v for k, v in ckpt.human.items() if k != "room"})
+    if room_head is not None:
+        human["room"] = {"weight": _pack(room_head["room_head.weight"]),
+                         "bias": [float(b) for b in room_head["room_head.bias"]],
+                         "base_tensors": outputs_tensors(weights)}
+    elif "room" in ckpt.human:
+        human["room"] = ckpt.human["room"]
+    replace(ckpt, human=human, calibration=calibration, state_dict=state,
             metrics={**ckpt.metrics, "learned_from_people": metrics}, version=out.stem, created="").save(out)
     return out
 
@@ -119,7 +129,8 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
     cache = build_feature_cache(predictor, manifest, data_roots, on_batch=scoring, progress=on_progress is None,
                                 cancel=cancel)
     ok, features, pool, data = _cached_pool(cache, df)
-    rooms = room_probabilities(data["room"][ok], predictor.calibration.temperature)
+    rooms = room_probabilities(predictor.room_logits({k: data[k][ok] for k in ("room", "features")}),
+                               predictor.calibration.temperature)
     labelled = decision[ok] >= 0
     before = predictor.p_good(data["quality"][ok], features, pool, rooms)[labelled]
     human_good = decision[ok][labelled] == 1
@@ -269,7 +280,7 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
                               on_progress=on_progress)
         stage = fine_tune_stage(model, *inputs, np.searchsorted(head.classes, y), head.classes,
                                 on_progress=on_progress)
-        head = replace(head, stage=True, base_tensors=tensors_digest(weights))
+        head = replace(head, stage=True, base_tensors=outputs_tensors(weights))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     out = Path(out) if out else settings().versions_dir / f"{weights.stem.split('-people-')[0]}-{name}-{stamp}.pt"
     save_market_version(weights, out, head.to_dict(), {}, stage)

@@ -300,16 +300,16 @@ def active_priority(cache_file: str, manifest_file: str, relabels_file: str, lab
 _LABEL_ISSUES: dict[tuple, pd.DataFrame] = {}  # the app process's rankings (a plain memo: the view reports progress)
 
 
-def cached_label_issues(cache_file: str, mtime: float, manifest_file: str, temperature: float, room_relabels: str,
+def cached_label_issues(cache_file: str, mtime: float, manifest_file: str, predictor: Predictor, room_relabels: str,
                         corrections_bucket: int, on_progress=None) -> pd.DataFrame:
     """Every manifest photo ranked by how likely its room label is wrong, exactly as `label-issues` ranks them
     (people's room corrections applied, photos marked ambiguous or not a room left out; kept on disk, so a restart
     opens at once); recomputed every 25 corrections (`corrections_bucket`), and the page leaves out the photos
     corrected since."""
     from .label_issues import find_room_label_issues
-    key = (cache_file, mtime, manifest_file, temperature, room_relabels, corrections_bucket)
+    key = (cache_file, mtime, manifest_file, predictor.version, room_relabels, corrections_bucket)
     if key not in _LABEL_ISSUES:
-        ranked = find_room_label_issues(Path(manifest_file), Path(cache_file), temperature,
+        ranked = find_room_label_issues(Path(manifest_file), Path(cache_file), predictor,
                                         room_relabels=Path(room_relabels), on_progress=on_progress)
         while len(_LABEL_ISSUES) >= 4:
             _LABEL_ISSUES.pop(next(iter(_LABEL_ISSUES)))

@@ -184,7 +184,17 @@ def test_room_corrections_reach_training_retraining_and_evaluation(tiny_dataset,
     out = tmp_path / "people.pt"
     assert main(["retrain-heads", "--weights", str(tiny_checkpoint), "--manifest", str(manifest), "--data-root",
                  str(tiny_dataset), "--room-relabels", str(store.path), "--out", str(out)]) == 0
-    assert [r["room"] for r in Predictor(out, device="cpu").predict_paths(files)] == wanted
+    version = Predictor(out, device="cpu")
+    live = version.predict_paths(files)
+    assert [r["room"] for r in live] == wanted
+    # the version shares its base model's cached outputs and reads its own room head from the cached features
+    from roomvision.features import build_feature_cache, cache_path, load_feature_cache
+    assert cache_path(out, manifest) == cache_path(tiny_checkpoint, manifest)
+    cached = load_feature_cache(build_feature_cache(predictor, manifest, [tiny_dataset], progress=False))
+    raw = {k: cached[k][train.index.to_numpy()] for k in version.head_outputs}
+    served = version.scores(raw)["probs"]
+    np.testing.assert_allclose(served, [[r[f"prob_{c}"] for c in CLASSES] for r in live], atol=2e-3)
+    assert not np.allclose(predictor.scores(raw)["probs"], served, atol=0.05)  # not the base model's room head
     room = Checkpoint.load(out).metrics["learned_from_people"]["room"]
     assert room["room_corrections_used"] == 3 and room["room_corrections"][AMBIGUOUS] == 1
     assert {"val_accuracy_before", "val_accuracy_after"} <= set(room)

@@ -54,6 +54,7 @@ def issues_env(tmp_path, tiny_dataset, tiny_checkpoint, monkeypatch):
     manifest = tmp_path / "manifest.csv"
     prepare([tiny_dataset], manifest, workers=1)
     monkeypatch.setenv("ROOMVISION_ROOM_RELABELS", str(tmp_path / "labels" / "room.csv"))
+    monkeypatch.setenv("ROOMVISION_CACHE_DIR", str(tmp_path / "cache"))  # rankings kept by one test only
     return manifest, tiny_checkpoint, tiny_dataset
 
 
@@ -96,16 +97,16 @@ def test_the_ranking_is_kept_per_model_and_corrections_and_reports_progress(issu
     cache = build_feature_cache(predictor, manifest, [root], progress=False)
     relabels = tmp_path / "labels" / "room.csv"
     steps = []
-    first = li.find_room_label_issues(manifest, cache, 1.0, room_relabels=relabels,
+    first = li.find_room_label_issues(manifest, cache, predictor, room_relabels=relabels,
                                       on_progress=lambda d, t, m: steps.append((d, t)))
     assert steps == [(k, li.FOLDS) for k in range(1, li.FOLDS + 1)]
 
     def no_fit(*args, **kwargs):
         raise AssertionError("the stored ranking should have been read")
     monkeypatch.setattr(li, "out_of_fold_probabilities", no_fit)
-    again = li.find_room_label_issues(manifest, cache, 1.0, room_relabels=relabels)
+    again = li.find_room_label_issues(manifest, cache, predictor, room_relabels=relabels)
     pd.testing.assert_frame_equal(first, again)
     row = first.iloc[0]
     LabelStore(relabels, ROOM).append(row["path"], row["suggested"], sha256=row["sha256"], given_label=row["given"])
     with pytest.raises(AssertionError, match="stored ranking"):
-        li.find_room_label_issues(manifest, cache, 1.0, room_relabels=relabels)  # new labels: ranked anew
+        li.find_room_label_issues(manifest, cache, predictor, room_relabels=relabels)  # new labels: ranked anew
