@@ -40,6 +40,11 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def nearest_cosine(features: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each feature vector to the nearest of the (normalised) prototypes."""
+    return (_normalised(features) @ prototypes.T).max(axis=1)
+
+
 def out_of_scope_split(sha256: str) -> str:
     """The split of an out-of-scope photo, fixed by its content hash."""
     u = int(sha256[:8], 16) / 0x100000000
@@ -70,7 +75,7 @@ class ScopeHead:
 
     def similarity(self, features: np.ndarray) -> np.ndarray:
         """Cosine similarity to the nearest training-room prototype."""
-        return (_normalised(features) @ _unpack(self.prototypes).T).max(axis=1)
+        return nearest_cosine(features, _unpack(self.prototypes))
 
     def gate(self, features: np.ndarray) -> np.ndarray:
         return expit((self.similarity(features) - self.gate_centre) / self.gate_width)
@@ -90,10 +95,9 @@ def fit_scope_head(rooms: np.ndarray, others: np.ndarray, val_rooms: np.ndarray,
     y = np.r_[np.ones(len(rooms)), np.zeros(len(others))]
     learned = LogisticRegression(C=LEARNED_C, class_weight="balanced", max_iter=3000).fit(x, y)
     kmeans = MiniBatchKMeans(min(PROTOTYPES, len(rooms)), random_state=seed, n_init=3).fit(_normalised(rooms))
+    prototypes = _pack(_normalised(kmeans.cluster_centers_))
+    low, median = np.quantile(nearest_cosine(val_rooms, _unpack(prototypes)), [GATE_QUANTILE, 0.5])
     head = ScopeHead(mean=_pack(mean), scale=_pack(scale), weight=_pack(learned.coef_[0]),
-                     bias=float(learned.intercept_[0]), prototypes=_pack(_normalised(kmeans.cluster_centers_)),
-                     gate_centre=0.0, gate_width=1.0)
-    similarity = head.similarity(val_rooms)
-    low, median = np.quantile(similarity, [GATE_QUANTILE, 0.5])
-    head.gate_centre, head.gate_width = float(low), float(max(median - low, 1e-4) / GATE_SOFTNESS)
+                     bias=float(learned.intercept_[0]), prototypes=prototypes, gate_centre=float(low),
+                     gate_width=float(max(median - low, 1e-4) / GATE_SOFTNESS))
     return head, float(np.quantile(head.in_scope_prob(val_rooms), MAX_FLAGGED_ROOMS))

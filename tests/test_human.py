@@ -192,12 +192,18 @@ def test_balanced_accuracy_weighs_both_classes_equally_row_by_row():
     assert balanced_accuracy(truth, predicted) == pytest.approx([0.5, (1 / 3 + 1) / 2, 0.0])
 
 
-@pytest.mark.parametrize("p, good", [([0.2, 0.6], [0, 1]), ([0.3, 0.3, 0.9], [0, 0, 1]), ([0.1, 0.5, 0.5], [0, 1, 1])])
+@pytest.mark.parametrize("p, good", [([0.2, 0.6], [0, 1]), ([0.3, 0.3, 0.9], [0, 0, 1]), ([0.1, 0.5, 0.5], [0, 1, 1]),
+                                     ([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1])])
 def test_the_chosen_threshold_decides_every_photo_rightly_a_photo_at_it_is_good(p, good):
     p, good = np.array(p), np.array(good)
     threshold, score = _best_threshold(p, good)
     assert score == 1.0
     assert ((p >= threshold) == good.astype(bool)).all()   # GOOD from the threshold up, as decisions.quality_label
+
+
+def test_a_clean_separation_with_room_around_a_half_keeps_the_threshold_at_a_half():
+    p = np.r_[np.full(50, 0.1), np.full(51, 0.9)]
+    assert _best_threshold(p, p > 0.5) == (0.5, 1.0)
 
 
 def test_the_threshold_trades_errors_for_the_best_balanced_accuracy():

@@ -116,6 +116,14 @@ def test_each_rule_fires_just_past_its_threshold_and_flags_agree_with_reasons(ru
     assert quality_label(m) == (("BAD", quality_reasons(m)[0]) if fires else ("GOOD", ""))
 
 
+def test_rule_flags_keep_the_rows_of_the_metrics_they_were_given():
+    import pandas as pd
+    frame = pd.DataFrame([_neutral_metrics(), _neutral_metrics()], index=[10, 11])
+    frame.loc[11, "sharpness"] = QUALITY_THRESHOLDS["sharpness_min"] - 1
+    flags = rule_flags(frame)
+    assert list(flags.index) == [10, 11] and flags.loc[11, "sharpness_min"] and not flags.loc[10].any()
+
+
 def test_every_reason_is_given_one_after_another():
     m = _neutral_metrics()
     m["sharpness"], m["noise"] = QUALITY_THRESHOLDS["sharpness_min"] - 1, QUALITY_THRESHOLDS["noise_max"] + 1

@@ -12,7 +12,8 @@ from roomvision.config import CLASSES, DEFAULT_WEIGHTS
 from roomvision.decisions import OUT_OF_SCOPE, Thresholds, decide
 from roomvision.inference import Predictor
 from roomvision.modelinfo import read_model_info
-from roomvision.scope import MAX_FLAGGED_ROOMS, ScopeHead, fit_scope_head, out_of_scope_split
+from roomvision.scope import (GATE_QUANTILE, GATE_SOFTNESS, LEARNED_C, MAX_FLAGGED_ROOMS, ScopeHead, _pack,
+                              fit_scope_head, out_of_scope_split)
 
 EPS = 1e-3
 
@@ -41,6 +42,56 @@ def test_fitted_head_separates_known_and_unseen_kinds():
         assert np.mean(head.in_scope_prob(kind) < threshold) > 0.8
     again = ScopeHead.from_dict(head.to_dict())
     np.testing.assert_allclose(again.in_scope_prob(unseen), head.in_scope_prob(unseen))
+
+
+def test_the_learned_signal_is_a_balanced_logistic_regression_on_standardised_rooms():
+    """learned_prob is exactly what its recipe says: rooms standardised by their own mean and spread, class-balanced
+    logistic regression with C = LEARNED_C (a fitted head is reproduced with scikit-learn); fitting is repeatable."""
+    from sklearn.linear_model import LogisticRegression
+    rng = np.random.default_rng(1)
+    rooms = _clusters(rng, 150, rng.uniform(1, 3, 12), 0.8) * rng.uniform(0.5, 4, 12)
+    others = _clusters(rng, 50, rng.uniform(1, 3, 12), 0.8) * rng.uniform(0.5, 4, 12)
+    head, _ = fit_scope_head(rooms, others, rooms[:40])
+    mean, scale = rooms.mean(0), rooms.std(0) + 1e-6
+    reference = LogisticRegression(C=LEARNED_C, class_weight="balanced", max_iter=3000).fit(
+        (np.r_[rooms, others] - mean) / scale, np.r_[np.ones(len(rooms)), np.zeros(len(others))])
+    probe = np.r_[rooms[:20], others[:20]]
+    expected = reference.predict_proba((probe - mean) / scale)[:, 1]
+    np.testing.assert_allclose(head.learned_prob(probe), expected, atol=2e-3)  # float16 packing
+    assert np.ptp(expected) > 0.2
+    again, _ = fit_scope_head(rooms, others, rooms[:40])
+    assert again.to_dict() == head.to_dict()
+
+
+def test_few_rooms_get_one_prototype_each():
+    rng = np.random.default_rng(2)
+    rooms = rng.uniform(0.1, 1, (5, 6)).astype(np.float32)
+    head, _ = fit_scope_head(rooms, rng.uniform(0.1, 1, (5, 6)), rooms)
+    assert head.to_dict()["prototypes"]["shape"] == [5, 6]
+    assert (head.similarity(rooms) > 0.98).all()  # each room near a prototype of its own
+
+
+def test_the_gate_is_a_half_at_its_centre_and_its_width_sets_the_slope():
+    """Similarity is the cosine to the nearest prototype (whatever a feature's length); the gate is expit((s - centre)
+    / width); a fitted gate sits at the GATE_QUANTILE of validation similarity with width (median - it) /
+    GATE_SOFTNESS."""
+    prototypes = np.eye(3, dtype=np.float32)
+    head = ScopeHead(mean=_pack(np.zeros(3)), scale=_pack(np.ones(3)), weight=_pack(np.zeros(3)), bias=0.0,
+                     prototypes=_pack(prototypes), gate_centre=0.6, gate_width=0.1)
+    tiny, long = np.array([[1e-3, 0, 0]], np.float32), np.array([[0, 50.0, 0]], np.float32)
+    np.testing.assert_allclose(head.similarity(np.r_[tiny, long]), [1.0, 1.0], atol=1e-3)
+    at_centre = np.array([[0.6, 0.8, 0.0]], np.float32)   # cosine 0.8 to the second prototype
+    head.gate_centre = 0.8
+    assert head.gate(at_centre)[0] == pytest.approx(0.5, abs=1e-3)
+    head.gate_centre = 0.7
+    assert head.gate(at_centre)[0] == pytest.approx(1 / (1 + np.exp(-1.0)), abs=2e-3)   # one width above
+    rng = np.random.default_rng(3)
+    rooms = rng.uniform(0.1, 1, (300, 8)).astype(np.float32)
+    val = rng.uniform(0.1, 1, (200, 8)).astype(np.float32)
+    fitted, _ = fit_scope_head(rooms, rng.uniform(0.1, 1, (50, 8)), val)
+    low, median = np.quantile(fitted.similarity(val), [GATE_QUANTILE, 0.5])
+    assert fitted.gate_centre == pytest.approx(low) and fitted.gate_width == pytest.approx((median - low) / GATE_SOFTNESS)
+    assert fitted.gate_width > 1e-4 / GATE_SOFTNESS
 
 
 def test_out_of_scope_split_is_fixed_by_content():
