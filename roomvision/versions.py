@@ -43,7 +43,8 @@ def versions_table(paths: list[Path], default: Path | None = None) -> pd.DataFra
             rows.append({**row, "error": str(exc)})
             continue
         val = info.metrics.get("validation", {})
-        rows.append({**row, "version": info.version, "market": info.market.get("name", ""),
+        market = info.market.get("name", "") + (" (fine-tuned stage)" if info.market.get("stage") else "")
+        rows.append({**row, "version": info.version, "market": market,
                      "learned from people": bool(info.human) or "learned_from_people" in info.metrics,
                      "backbone": info.backbone, "created": info.created,
                      "val_room_accuracy": val.get("room_accuracy"), "val_quality_roc_auc": val.get("quality_roc_auc"),

@@ -214,6 +214,9 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
         assert any(PhotoCache(out, market=True).dir.glob("part-*.npz"))  # scored while measuring the version
         with pytest.raises(ValueError, match="fine-tuned for the 'grey-market' market; the fast profile"):
             Predictor(out, profile="fast")
+    from roomvision.versions import versions_table
+    shown = versions_table([out]).iloc[0]
+    assert shown["market"] == "grey-market" + (" (fine-tuned stage)" if fine_tune else "") and shown["error"] == ""
     test = photos[photos["split"] == "test"]
     files = [market / p for p in test["path"]]
     assert [r["room"] for r in version.predict_paths(files)] == [p.split("-")[0] for p in test["path"]]
