@@ -15,6 +15,7 @@ from .model import MarketStage, RoomVisionNet
 from .preprocess import EvalPreprocess, Preprocess, decode_for_model
 
 EPOCHS = 8
+MIN_STEPS = 100          # fewer corrections train for more epochs: at least the steps of 8 epochs over 400 photos
 LEARNING_RATE = 3e-3     # peak of the one-cycle schedule
 WEIGHT_DECAY = 1e-4
 BATCH = 32
@@ -42,13 +43,17 @@ def stage_inputs(model: RoomVisionNet, files: list, preprocess: Preprocess, batc
 
 
 def fine_tune_stage(model: RoomVisionNet, inputs: torch.Tensor, mirrored: torch.Tensor, y: np.ndarray,
-                    classes: list[int], seed: int = 0, epochs: int = EPOCHS, on_progress=None) -> MarketStage:
+                    classes: list[int], seed: int = 0, epochs: int | None = None, on_progress=None) -> MarketStage:
     """A market stage trained on `inputs` (each step draws a photo or its mirror image) with labels `y`, indices
     into `classes` (the model's class indices the market's corrections contain): class-balanced cross-entropy with
-    label smoothing, AdamW on a one-cycle schedule; its BatchNorm statistics move to the market's photos."""
+    label smoothing, AdamW on a one-cycle schedule; its BatchNorm statistics move to the market's photos. `epochs`
+    by default: EPOCHS, or more where that would be fewer than MIN_STEPS steps."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     y = np.asarray(y, dtype=np.int64)
+    steps_per_epoch = math.ceil(len(y) / BATCH)
+    if epochs is None:
+        epochs = max(EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch))
     stage = MarketStage(model.backbone, len(classes))
     with torch.no_grad():
         stage.head.weight.copy_(model.room_head.weight[classes])
@@ -57,7 +62,7 @@ def fine_tune_stage(model: RoomVisionNet, inputs: torch.Tensor, mirrored: torch.
     weight = torch.tensor(len(y) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
     optimiser = torch.optim.AdamW(stage.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, LEARNING_RATE,
-                                                   total_steps=max(1, epochs * math.ceil(len(y) / BATCH)))
+                                                   total_steps=max(1, epochs * steps_per_epoch))
     stage.train()
     for epoch in range(epochs):
         order = rng.permutation(len(y))
