@@ -384,3 +384,24 @@ def test_model_page_switches_to_the_learned_version_and_back(app_env):
         assert version() == before
     finally:
         job.unlink(missing_ok=True)
+
+
+def test_a_version_with_a_refitted_room_head_opens_the_relabel_page_without_rescoring(app_env, monkeypatch):
+    """A version whose room head people's corrections refitted reads its base model's scored manifest: the Relabel
+    page ranks by it at once instead of asking to score every photo again."""
+    import numpy as np
+    from roomvision.features import build_feature_cache
+    from roomvision.inference import Predictor
+    from roomvision.model import Checkpoint
+    from roomvision.retrain import save_version
+    build_feature_cache(Predictor(app_env["weights"], device="cpu"), app_env["manifest"], [app_env["root"]],
+                        progress=False)
+    state = Checkpoint.load(app_env["weights"]).state_dict
+    weight, bias = (state[f"room_head.{k}"].float().numpy() for k in ("weight", "bias"))
+    new = app_env["weights"].with_name("tiny-people-rooms.pt")
+    save_version(app_env["weights"], new, {}, None, {"human_labels": 0},
+                 {"room_head.weight": weight[::-1].copy(), "room_head.bias": bias[::-1].copy()})
+    monkeypatch.setenv("ROOMVISION_WEIGHTS", str(new))
+    at = run_page("pages/relabel.py")
+    assert not any("has not scored the manifest yet" in w.value for w in at.warning)
+    assert Predictor(new).refitted_room is not None and np.any(weight[::-1] != weight)
