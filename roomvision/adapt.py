@@ -69,10 +69,12 @@ class MarketHead:
     def market_probs(self, x: np.ndarray, n_classes: int, stage_logits: np.ndarray | None = None) -> np.ndarray:
         """The market's own room probabilities (zero for rooms it never saw corrected): from the market stage's
         logits where the version has one, else from the market head."""
-        if self.stage and stage_logits is None:
-            raise ValueError(f"the {self.name!r} version's room probabilities need its market stage's outputs")
-        z = (x - _unpack(self.mean)) / _unpack(self.scale)
-        logits = stage_logits if self.stage else z @ _unpack(self.weight).T + np.asarray(self.bias)
+        if self.stage:
+            if stage_logits is None:
+                raise ValueError(f"the {self.name!r} version's room probabilities need its market stage's outputs")
+            logits = stage_logits
+        else:
+            logits = (x - _unpack(self.mean)) / _unpack(self.scale) @ _unpack(self.weight).T + np.asarray(self.bias)
         probs = np.zeros((len(x), n_classes))
         probs[:, self.classes] = softmax(logits, axis=1)
         return probs

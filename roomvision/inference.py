@@ -250,7 +250,9 @@ class Predictor:
         self.human_quality = HumanQualityHead(**human["quality"]) if "quality" in human else None
         self.human_aesthetic = HumanAestheticHead(**human["aesthetic"]) if "aesthetic" in human else None
         self.scope = ScopeHead.from_dict(self.info.scope) if self.info.scope else None
-        self.refitted_room = human.get("room")  # a room head refitted to people's corrections (plain numbers)
+        # a room head refitted to people's corrections (weight, bias), stored as plain numbers in the header
+        self.refitted_room = ((_unpack(human["room"]["weight"]), np.asarray(human["room"]["bias"], np.float32))
+                              if "room" in human else None)
         self.market = MarketHead.from_dict(self.info.market) if self.info.market else None
         # the raw outputs a prediction needs: heads learned from people read the quality features, the
         # out-of-scope head the pooled features, a market head both
@@ -323,8 +325,8 @@ class Predictor:
         the pooled features (cached outputs are shared with the base model, whose room head they hold)."""
         if self.refitted_room is None:
             return raw["room"]
-        features = np.asarray(raw["features"], np.float32)
-        return features @ _unpack(self.refitted_room["weight"]).T + np.asarray(self.refitted_room["bias"], np.float32)
+        weight, bias = self.refitted_room
+        return np.asarray(raw["features"], np.float32) @ weight.T + bias
 
     def in_scope_prob(self, raw: dict) -> np.ndarray:
         """P(one of the five rooms) from the raw outputs; NaN for a model without the out-of-scope head."""

@@ -73,12 +73,15 @@ def score_photos(predictor: Predictor, files: list[Path], shas: list[str], batch
                                                 if MARKET_OUTPUT in predictor.head_outputs else [])
     loaded = [cache.load() for cache in caches]
     todo = [i for i, h in enumerate(shas) if any(h not in index for index, _ in loaded)]
-    outputs = tuple(k for cache in caches for k in cache.outputs)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
+        # each cache gets only the photos it lacks, and the graph runs only for the outputs of those caches
+        missing = [[j for j, i in enumerate(batch) if shas[i] not in index] for index, _ in loaded]
+        outputs = tuple(k for cache, rows in zip(caches, missing) if rows for k in cache.outputs)
         raw = run_files(predictor, [files[i] for i in batch], outputs=outputs)
-        for cache in caches:
-            cache.add([shas[i] for i in batch], {k: raw[k] for k in cache.outputs})
+        for cache, rows in zip(caches, missing):
+            if rows:
+                cache.add([shas[batch[j]] for j in rows], {k: raw[k][rows] for k in cache.outputs})
         if on_progress is not None:
             on_progress(min(start + batch_size, len(todo)), len(todo), f"scoring new photos: "
                         f"{min(start + batch_size, len(todo))}/{len(todo)}")
@@ -98,7 +101,7 @@ def run_files(predictor: Predictor, files: list[Path], batch_size: int = 64,
     """Raw `outputs` (default: OUTPUTS, and the market stage's logits where the predictor has one) of each file, in
     order (NaN rows for files that cannot be decoded), decoded and run one batch at a time (memory bounded by the
     batch, whatever the number of files)."""
-    outputs = outputs or OUTPUTS + tuple(k for k in predictor.head_outputs if k == MARKET_OUTPUT)
+    outputs = outputs or OUTPUTS + ((MARKET_OUTPUT,) if MARKET_OUTPUT in predictor.head_outputs else ())
     parts = [_run_batch(predictor, files[i:i + batch_size], outputs) for i in range(0, len(files), batch_size)]
     if not parts:
         return _run_batch(predictor, [], outputs)

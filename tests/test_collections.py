@@ -212,6 +212,8 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
     if fine_tune:
         assert PhotoCache(out, market=True).dir != PhotoCache(out).dir == PhotoCache(DEFAULT_WEIGHTS).dir
         assert any(PhotoCache(out, market=True).dir.glob("part-*.npz"))  # scored while measuring the version
+        stored = np.concatenate([np.load(p)["sha256"] for p in PhotoCache(out).dir.glob("part-*.npz")])
+        assert len(stored) == len(set(stored))  # the shared outputs were not stored a second time
         with pytest.raises(ValueError, match="fine-tuned for the 'grey-market' market; the fast profile"):
             Predictor(out, profile="fast")
     from roomvision.versions import versions_table
