@@ -30,10 +30,9 @@ sys.path.insert(0, str(ROOT))
 from roomvision.config import DEFAULT_WEIGHTS, settings  # noqa: E402
 from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa: E402
 from roomvision.decisions import is_good  # noqa: E402
-from roomvision.features import CACHE_VERSION  # noqa: E402
 from roomvision.human import active_queue, fit_human_aesthetic, fit_human_quality  # noqa: E402
 from roomvision.inference import Predictor, head_scores  # noqa: E402
-from roomvision.modelinfo import file_sha256  # noqa: E402
+from roomvision.modelinfo import GRAPH_KEY, file_sha256  # noqa: E402
 
 SIZES = (50, 100, 200, 400)
 BATCH = 50
@@ -142,7 +141,7 @@ def main() -> None:
     df = load_manifest(manifest)
     df = pd.concat([df[df.split == "train"].sample(a.pool, random_state=a.seed),
                     df[df.split == "test"].sample(a.held_out, random_state=a.seed)], ignore_index=True)
-    cache = settings().cache_dir / (f"relabel-bench-rooms-v{CACHE_VERSION}-{file_sha256(a.weights)[:12]}-"
+    cache = settings().cache_dir / (f"relabel-bench-rooms-{GRAPH_KEY}-{file_sha256(a.weights)[:12]}-"
                                     f"{file_sha256(manifest)[:12]}-{a.pool}-{a.held_out}-{a.seed}.npz")
     predictor = Predictor(a.weights, device="cpu")
     if cache.is_file():

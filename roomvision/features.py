@@ -22,13 +22,12 @@ from .modelinfo import file_sha256
 from .photocache import model_key, run_files
 
 PART = 512  # photos per saved part: an interrupted build resumes from the last finished part
-CACHE_VERSION = 4  # bump when OUTPUTS change: caches are keyed by it (3: layout; 4: colour spread)
 
 
 def cache_path(weights: Path, manifest: Path) -> Path:
-    """Keyed by what produced the outputs (graph version and weights' tensors: a version that only adds heads learned
-    from people shares its base model's cache) and by the manifest."""
-    return settings().cache_dir / f"features-v{CACHE_VERSION}-{model_key(weights)}-{file_sha256(manifest)[:12]}.npz"
+    """Keyed by what produced the outputs (the graph's key and the weights' tensors: a version that only adds heads
+    learned from people shares its base model's cache) and by the manifest."""
+    return settings().cache_dir / f"features-{model_key(weights)}-{file_sha256(manifest)[:12]}.npz"
 
 
 def build_feature_cache(predictor: Predictor, manifest: Path, data_roots: list[Path] | None = None,

@@ -28,14 +28,13 @@ from .devices import resolve_device
 from .images import ImageDecodeError, printable_path
 from .human import HumanAestheticHead, HumanQualityHead
 from .config import DEFAULT_WEIGHTS
-from .modelinfo import HEAD_OUTPUTS, MARKET_OUTPUT, file_sha256, read_model_info, tensors_digest
+from .modelinfo import GRAPH_KEY, HEAD_OUTPUTS, MARKET_OUTPUT, file_sha256, read_model_info, tensors_digest
 from .preprocess import EvalPreprocess, Preprocess, decode_for_model
 from .quality import compute_metrics
 from .scope import ScopeHead, _unpack
 from .versions import current_default
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
-ONNX_GRAPH_VERSION = 7  # bump when the exported outputs change: cached exports keyed by it (6: layout; 7: colour)
 ONNX_CHUNK = 4  # images per ONNX Runtime call: batch-64 peak 445 MB (520 at 8, 1.3 GB at 32), same throughput
 
 
@@ -66,19 +65,19 @@ def class_heatmap(cams: np.ndarray, class_index: int) -> np.ndarray:
 
 
 def onnx_path(weights: str | Path) -> Path:
-    """Where the ONNX export of a weights file is cached (keyed by its tensors and the graph version)."""
-    return settings().cache_dir / "onnx" / f"{tensors_digest(weights)[:16]}-v{ONNX_GRAPH_VERSION}.onnx"
+    """Where the ONNX export of a weights file is cached (keyed by its tensors and the graph's declaration)."""
+    return settings().cache_dir / "onnx" / f"{tensors_digest(weights)[:16]}-{GRAPH_KEY}.onnx"
 
 
 def onnx_provenance(weights: str | Path) -> dict:
     """What the sidecar of a shipped export records: the tensors it was made from (a version that only adds heads
-    shares its base model's) and the graph version."""
-    return {"tensors_sha256": tensors_digest(weights), "graph_version": ONNX_GRAPH_VERSION}
+    shares its base model's) and the key of the graph's declaration (modelinfo.GRAPH_KEY)."""
+    return {"tensors_sha256": tensors_digest(weights), "graph": GRAPH_KEY}
 
 
 def shipped_onnx(weights: str | Path) -> Path | None:
     """The ONNX export shipped next to a weights file, or next to the committed default model (`<name>.onnx` with
-    its `.json` sidecar), made from exactly these tensors with the current graph version; installs without
+    its `.json` sidecar), made from exactly these tensors with the current graph; installs without
     PyTorch serve from it."""
     wanted = onnx_provenance(weights)
     for path in dict.fromkeys([Path(weights).with_suffix(".onnx"), DEFAULT_WEIGHTS.with_suffix(".onnx")]):
@@ -97,7 +96,7 @@ PROFILES = ("default", "fast")  # fp32, or the INT8 graph of `python -m roomvisi
 
 def int8_provenance(weights: str | Path) -> dict:
     """What an INT8 export serves: the weights' tensors (a version that only adds heads shares its base model's)
-    and the graph versions."""
+    and the graph's key and quantisation placement."""
     return {**onnx_provenance(weights), "int8_graph_version": INT8_GRAPH_VERSION}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import json
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -30,6 +31,21 @@ GRID_STATISTICS = 2 * 3 * INPUT_GRID ** 2
 LAYOUT_GRID = 8        # luminance layout relative to the photo's mean on a LAYOUT_GRID x LAYOUT_GRID grid
 DIRECT_FEATURES = PHOTO_STATISTICS + GRID_STATISTICS + LAYOUT_GRID ** 2  # read from the pixels directly; the
 # mean- and std-pooled output of every backbone stage follows
+QUALITY_DESCRIPTOR = (  # (what each part measures, its width): edit a part's words when its computation changes
+    ("luminance distribution: points of a smooth CDF", LUMINANCE_LEVELS),
+    ("log-variance of the Laplacian at full and half resolution", SHARPNESS_SCALES),
+    ("colour balance: red minus blue, green minus magenta", COLOUR_BALANCE),
+    ("spread of the two opponent colour channels, mean chroma, luminance spread", SPREADS),
+    ("mean and std of each input channel on a square grid", GRID_STATISTICS),
+    ("luminance layout on a square grid relative to the photo's mean", LAYOUT_GRID ** 2),
+    ("mean- and std-pooled output of every backbone stage", "2 x the stages' channels"),
+)
+# What every ONNX export and cached output is keyed by (with the weights' tensors): a hash of the serving graph's
+# declaration, so a change of outputs or descriptor gives new exports and caches, and nothing else does. The
+# committed model's shipped export is checked against PyTorch (tests/test_model.py), so a computation changed
+# without its words here fails there.
+GRAPH_KEY = hashlib.sha256(json.dumps([ONNX_OUTPUTS, MARKET_OUTPUT, HEAD_OUTPUTS, QUALITY_DESCRIPTOR])
+                           .encode()).hexdigest()[:12]
 
 
 class CheckpointError(ValueError):

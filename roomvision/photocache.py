@@ -1,6 +1,6 @@
-"""Model outputs cached per photo: keyed by the photo's sha256 and by what produced them (the serving graph's
-version and a digest of the weights' tensors, so a version that only adds heads read from the features — learned
-from people, adapted to a market — shares its base model's cache). Importing 500 photos scores those 500; a new
+"""Model outputs cached per photo: keyed by the photo's sha256 and by what produced them (the key of the serving
+graph's declaration and a digest of the weights' tensors, so a version that only adds heads read from the features —
+learned from people, adapted to a market — shares its base model's cache). Importing 500 photos scores those 500; a new
 model scores into a cache of its own, resumably: every batch is saved as it finishes.
 
 Layout: `<cache_dir>/photos/<model key>/part-*.npz`, each part holding `sha256` and one array per output.
@@ -17,18 +17,18 @@ import numpy as np
 
 from .config import settings
 from .images import ImageDecodeError
-from .inference import ONNX_GRAPH_VERSION, Predictor
-from .modelinfo import MARKET_OUTPUT, outputs_tensors, tensors_digest
+from .inference import Predictor
+from .modelinfo import GRAPH_KEY, MARKET_OUTPUT, outputs_tensors, tensors_digest
 
 OUTPUTS = ("room", "quality", "aesthetic", "quality_features", "features")
 HALF = ("quality_features", "features")  # stored as float16
 
 
 def model_key(weights: Path) -> str:
-    """What the cached OUTPUTS depend on: the graph version and the tensors that compute them (not the header; a
-    version with a refitted room head or a market stage shares its base model's, and `Predictor.room_logits`
-    recomputes the room logits of a refitted head from the cached features)."""
-    return f"g{ONNX_GRAPH_VERSION}-{outputs_tensors(weights)[:16]}"
+    """What the cached OUTPUTS depend on: the graph's key (modelinfo.GRAPH_KEY) and the tensors that compute them
+    (not the header; a version with a refitted room head or a market stage shares its base model's, and
+    `Predictor.room_logits` recomputes the room logits of a refitted head from the cached features)."""
+    return f"g{GRAPH_KEY}-{outputs_tensors(weights)[:16]}"
 
 
 class PhotoCache:
@@ -36,7 +36,7 @@ class PhotoCache:
     logits of a version that has one (keyed by the version's own tensors)."""
 
     def __init__(self, weights: Path, market: bool = False):
-        key = f"g{ONNX_GRAPH_VERSION}-{tensors_digest(weights)[:16]}-market" if market else model_key(Path(weights))
+        key = f"g{GRAPH_KEY}-{tensors_digest(weights)[:16]}-market" if market else model_key(Path(weights))
         self.dir = settings().cache_dir / "photos" / key
         self.outputs = (MARKET_OUTPUT,) if market else OUTPUTS
 

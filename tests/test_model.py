@@ -231,7 +231,7 @@ def test_quality_descriptor_widths_are_the_declared_ones():
     """modelinfo declares the descriptor's parts; the model computes exactly those widths, then two statistics per
     channel of every backbone stage."""
     from roomvision.model import photo_statistics
-    from roomvision.modelinfo import DIRECT_FEATURES, PHOTO_STATISTICS
+    from roomvision.modelinfo import DIRECT_FEATURES, PHOTO_STATISTICS, QUALITY_DESCRIPTOR
     model = RoomVisionNet(pretrained=False).eval()
     x = torch.rand(2, 3, 224, 224) * 2 - 1
     with torch.no_grad():
@@ -240,3 +240,27 @@ def test_quality_descriptor_widths_are_the_declared_ones():
                          else stage[-1].conv_pw.out_channels for stage in model.backbone.blocks)
     assert photo_statistics(x).shape[1] == PHOTO_STATISTICS == 24
     assert descriptor.shape[1] == DIRECT_FEATURES + 2 * stage_channels
+    assert sum(width for _, width in QUALITY_DESCRIPTOR if isinstance(width, int)) == DIRECT_FEATURES
+
+
+def test_exports_and_caches_are_keyed_by_the_graph_declaration(tmp_path, monkeypatch):
+    """The ONNX export, the per-photo cache and the feature cache carry the hash of the graph's declaration, and the
+    shipped export's sidecar records the current one (a changed declaration makes new exports and caches)."""
+    import hashlib
+    import json
+
+    from roomvision import features, inference, modelinfo, photocache
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path\n")
+    key = modelinfo.GRAPH_KEY
+    assert key == hashlib.sha256(json.dumps([modelinfo.ONNX_OUTPUTS, modelinfo.MARKET_OUTPUT, modelinfo.HEAD_OUTPUTS,
+                                             modelinfo.QUALITY_DESCRIPTOR]).encode()).hexdigest()[:12]
+    assert json.loads(DEFAULT_WEIGHTS.with_suffix(".onnx.json").read_text())["graph"] == key
+    places = (inference.onnx_path(DEFAULT_WEIGHTS).name, photocache.PhotoCache(DEFAULT_WEIGHTS).dir.name,
+              features.cache_path(DEFAULT_WEIGHTS, manifest).name)
+    assert all(key in place for place in places), places
+    for module in (inference, photocache):
+        monkeypatch.setattr(module, "GRAPH_KEY", "changed0000")
+    moved = (inference.onnx_path(DEFAULT_WEIGHTS).name, photocache.PhotoCache(DEFAULT_WEIGHTS).dir.name,
+             features.cache_path(DEFAULT_WEIGHTS, manifest).name)
+    assert all("changed0000" in place and key not in place for place in moved), moved

@@ -115,7 +115,7 @@ def test_fine_tune_resumes_from_its_saved_state(tiny_checkpoint, tmp_path, monke
 
 def test_sidecar_records_what_the_int8_model_was_made_from():
     meta = json.loads(SHIPPED_INT8.with_suffix(".onnx.json").read_text())
-    assert {"tensors_sha256", "graph_version", "int8_graph_version", "qat"} <= set(meta)
+    assert {"tensors_sha256", "graph", "int8_graph_version", "qat"} <= set(meta)
     assert meta["qat"]["steps"] > 0  # fine-tuned, not only calibrated
 
 
