@@ -22,12 +22,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from roomvision.adapt import fit_gate, fit_market_head, market_inputs, room_queue  # noqa: E402
+from roomvision.learning.market import fit_gate, fit_market_head, market_inputs  # noqa: E402
+from roomvision.learning.queue import room_queue  # noqa: E402
 from roomvision.config import CLASSES, DEFAULT_WEIGHTS, settings  # noqa: E402
 from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa: E402
-from roomvision.finetune import fine_tune_stage, stage_inputs, stage_logits  # noqa: E402
+from roomvision.learning.finetune import fine_tune_stage, stage_inputs, stage_logits  # noqa: E402
 from roomvision.inference import Predictor  # noqa: E402
-from roomvision.labels import ROOM, LabelStore  # noqa: E402
+from roomvision.learning.stores import ROOM, LabelStore  # noqa: E402
 from roomvision.model import Checkpoint  # noqa: E402
 from roomvision.photocache import score_photos  # noqa: E402
 
@@ -72,8 +73,8 @@ def main() -> None:
         os.environ.setdefault("ROOMVISION_COLLECTIONS_DIR", tmp)
         os.environ.setdefault("ROOMVISION_VERSIONS_DIR", tmp)
         settings.cache_clear()
-        from roomvision.collection import get_collection, import_photos
-        from roomvision.retrain import adapt_to_collection
+        from roomvision.learning.collection import get_collection, import_photos
+        from roomvision.learning.retraining import adapt_to_collection
         listing = pd.read_csv(args.root / "manifest.csv", dtype=str)
         groups = Path(tmp) / "groups.csv"
         listing[["file", "listing_group"]].to_csv(groups, index=False)  # listing ids only: no room labels

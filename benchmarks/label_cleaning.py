@@ -24,7 +24,7 @@ from roomvision.config import CLASSES, settings  # noqa: E402
 from roomvision.data import load_manifest  # noqa: E402
 from roomvision.features import build_feature_cache, load_feature_cache  # noqa: E402
 from roomvision.inference import Predictor  # noqa: E402
-from roomvision.label_issues import find_room_label_issues  # noqa: E402
+from roomvision.learning.label_issues import find_room_label_issues  # noqa: E402
 
 DOWN_WEIGHT = 0.2
 

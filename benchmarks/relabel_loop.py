@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 from roomvision.config import DEFAULT_WEIGHTS, settings  # noqa: E402
 from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa: E402
 from roomvision.decisions import is_good  # noqa: E402
-from roomvision.human import active_queue, fit_human_aesthetic, fit_human_quality  # noqa: E402
+from roomvision.learning.heads import fit_human_aesthetic, fit_human_quality  # noqa: E402
+from roomvision.learning.queue import active_queue  # noqa: E402
 from roomvision.inference import Predictor, head_scores  # noqa: E402
 from roomvision.modelinfo import GRAPH_KEY, file_sha256  # noqa: E402
 

@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from image_corpus import make_corpus  # noqa: E402
 from roomvision.config import DEFAULT_WEIGHTS, MAX_UPLOAD_BYTES  # noqa: E402
-from roomvision.labels import LabelError, LabelStore  # noqa: E402
+from roomvision.learning.stores import LabelError, LabelStore  # noqa: E402
 
 HANG_S = 10
 MEMORY_LIMIT_MB = 1024
@@ -208,7 +208,7 @@ def sigkill(folder: Path, rounds: int = 5) -> None:
     for r in range(rounds):
         path, ack = folder / f"kill{r}.csv", folder / f"ack{r}.txt"
         script = textwrap.dedent(f"""
-            from roomvision.labels import LabelStore
+            from roomvision.learning.stores import LabelStore
             store = LabelStore({str(path)!r})
             with open({str(ack)!r}, "a", buffering=1) as ack:
                 for i in range(10**6):
@@ -251,7 +251,7 @@ def _serve(weights: Path) -> tuple[subprocess.Popen, str]:
 
 def team_labels(folder: Path) -> None:
     """Two annotators with undo; two annotators in grid mode on the same queue."""
-    from roomvision.labels import ClaimBoard
+    from roomvision.learning.stores import ClaimBoard
     store = LabelStore(folder / "team.csv")
     store.append("k/1.jpg", "GOOD", sha256="s1", annotator="alice")
     store.append("k/1.jpg", "BAD", sha256="s1", annotator="bob")
@@ -271,7 +271,7 @@ def team_jobs(weights: Path, folder: Path) -> None:
     """Two jobs of one kind at once, a job killed without a word, a damaged model version."""
     import os
     import torch
-    from roomvision import jobs
+    from roomvision.learning import jobs
     from roomvision.modelinfo import CheckpointError
     from roomvision.inference import Predictor
     os.environ["ROOMVISION_CACHE_DIR"] = str(folder / "cache")

@@ -50,7 +50,7 @@ if submitted:
     if not dirs or not name.strip():
         st.error("Give at least one folder and a collection name.")
     else:
-        start_job("import", "roomvision.collection:import_job",
+        start_job("import", "roomvision.learning.collection:import_job",
                   {"dirs": dirs, "name": name.strip(), "rooms_from_folders": from_folders})
 elif status and status["state"] == "done":
     r = status["result"]
@@ -80,7 +80,7 @@ fine_tune = st.checkbox("Also fine-tune the model's last stage on the corrected 
 status = job_panel("adapt")
 if st.button(f"Adapt {Path(active_weights()).stem} to {chosen}", disabled=bool(reason), help=reason or None,
              key="adapt-start", type="primary"):
-    start_job("adapt", "roomvision.retrain:adapt_to_collection",
+    start_job("adapt", "roomvision.learning.retraining:adapt_to_collection",
               {"name": chosen, "weights": str(active_weights()), "fine_tune": fine_tune})
 if reason:
     st.caption(f"Not yet: {reason}.")

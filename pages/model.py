@@ -148,7 +148,7 @@ if status and status["running"]:
     progress_fragment(job)
 elif st.button("Learn from people now", disabled=bool(reason), help=reason or None):
     try:
-        start("learn-from-people", "roomvision.retrain:retrain_heads",
+        start("learn-from-people", "roomvision.learning.retraining:retrain_heads",
               {"weights": str(predictor.weights), "manifest": str(manifest_path()), "relabels": str(relabels_path()),
                "room_relabels": str(room_relabels_path()), "data_roots": list(roots.values())})
     except JobError as exc:

@@ -35,7 +35,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def cmd_import(a: argparse.Namespace) -> int:
-    from .collection import get_collection, import_photos
+    from .learning.collection import get_collection, import_photos
     from .data import summarise
     df, report = import_photos(a.dirs, a.collection, a.rooms_from_folders, a.groups, a.group_column, a.seed,
                                a.workers)
@@ -46,7 +46,7 @@ def cmd_import(a: argparse.Namespace) -> int:
 
 def cmd_collections(a: argparse.Namespace) -> int:
     import pandas as pd
-    from .collection import list_collections
+    from .learning.collection import list_collections
     table = pd.DataFrame([c.summary() for c in list_collections()])
     print(table.to_string(index=False))
     return 0
@@ -72,7 +72,7 @@ def cmd_use(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     """Train; then, when people have labelled photos, learn from them the way `retrain-heads` does."""
     from .data import load_manifest
-    from .retrain import any_human_labels, human_targets, retrain_heads
+    from .learning.retraining import any_human_labels, human_targets, retrain_heads
     from .train import train
     cfg = TrainConfig(**{k: v for k, v in vars(a).items() if k in TrainConfig.__dataclass_fields__})
     out = train(cfg)
@@ -125,7 +125,7 @@ def cmd_cache_features(a: argparse.Namespace) -> int:
 
 def cmd_retrain_heads(a: argparse.Namespace) -> int:
     import json
-    from .retrain import adapt_to_collection, retrain_heads
+    from .learning.retraining import adapt_to_collection, retrain_heads
     if a.fine_tune and not a.collection:
         raise ValueError("--fine-tune adapts to a collection: give --collection NAME")
     if a.collection:
@@ -142,8 +142,8 @@ def cmd_retrain_heads(a: argparse.Namespace) -> int:
 def cmd_label_issues(a: argparse.Namespace) -> int:
     from .features import build_feature_cache
     from .inference import Predictor
-    from .label_issues import find_room_label_issues
-    from .labels import neutralise_formulas
+    from .learning.label_issues import find_room_label_issues
+    from .tables import neutralise_formulas
     manifest = a.manifest or settings().manifest
     predictor = Predictor(a.weights, device="cpu")
     cache = build_feature_cache(predictor, manifest, a.data_roots)
@@ -162,7 +162,7 @@ def cmd_label_issues(a: argparse.Namespace) -> int:
 
 def cmd_fit_scope(a: argparse.Namespace) -> int:
     import json
-    from .retrain import fit_scope
+    from .learning.retraining import fit_scope
     weights = a.weights or current_default()
     out = a.out or Path(weights).with_name(Path(weights).stem + "-scope.pt")
     result = fit_scope(weights, a.manifest or settings().manifest, a.out_of_scope_root or settings().out_of_scope_root,

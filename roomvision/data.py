@@ -197,7 +197,7 @@ def manifest_roots(manifest: Path, overrides: list[Path] | None = None) -> dict[
 def load_out_of_scope(root: Path) -> pd.DataFrame:
     """The photos of none of the five rooms under `root` (its manifest.csv: class = kind, file): absolute path,
     kind, sha256 and a split fixed by content."""
-    from .scope import out_of_scope_split
+    from .learning.scope import out_of_scope_split
     listing = Path(root) / "manifest.csv"
     if not listing.is_file():
         raise FileNotFoundError(f"no out-of-scope photos: {listing} not found (set ROOMVISION_OUT_OF_SCOPE_ROOT)")

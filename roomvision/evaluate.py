@@ -16,7 +16,7 @@ from .calibration import best_quality_threshold, expected_calibration_error, rel
 from .config import settings
 from .data import load_manifest, manifest_roots, resolve_paths, scan_root
 from .inference import Predictor, room_probabilities
-from .labels import LabelStore, room_corrections
+from .learning.stores import LabelStore, room_corrections
 from .reports import report_paths
 from .samples import degraded_cache_path, degraded_samples, real_samples
 

@@ -94,3 +94,11 @@ def cached_scores(path: Path, predictor: Predictor, manifest: pd.DataFrame) -> p
     p_good[ok] = predictor.p_good(data["quality"][ok], data["quality_features"][ok].astype(np.float32),
                                   manifest[ok].reset_index(drop=True), rooms)
     return pd.DataFrame({"p_good": p_good}, index=data["sha256"])
+
+
+def cached_pool(cache: Path, manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, dict]:
+    """From a feature cache matching `manifest`: the rows the model could read, their quality features and
+    manifest rows (the pool human heads are fitted on), and the cache's arrays."""
+    data = load_feature_cache(cache, manifest)
+    ok = np.flatnonzero(~np.isnan(data["quality"]))
+    return ok, data["quality_features"][ok].astype(np.float32), manifest.iloc[ok].reset_index(drop=True), data

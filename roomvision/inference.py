@@ -21,17 +21,17 @@ from PIL import Image
 from scipy.special import expit, softmax
 from tqdm import tqdm
 
-from .adapt import MarketHead, market_inputs
+from .learning.market import MarketHead, market_inputs
 from .config import settings
 from .decisions import DECISION_COLUMNS, Thresholds, decide_frame
 from .devices import resolve_device
 from .images import ImageDecodeError, printable_path
-from .human import HumanAestheticHead, HumanQualityHead
+from .learning.heads import HumanAestheticHead, HumanQualityHead
 from .config import DEFAULT_WEIGHTS
 from .modelinfo import GRAPH_KEY, HEAD_OUTPUTS, MARKET_OUTPUT, file_sha256, read_model_info, tensors_digest
 from .preprocess import EvalPreprocess, Preprocess, decode_for_model
 from .quality import compute_metrics
-from .scope import ScopeHead, _unpack
+from .learning.scope import ScopeHead, _unpack
 from .versions import current_default
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)
@@ -495,7 +495,7 @@ def check_output(out: Path | None) -> None:
 def write_results(results: list[dict], out: Path | None, classes: list[str], thresholds: Thresholds) -> None:
     """CSV (stdout when out is None; cells a spreadsheet would run as formulas neutralised), JSON or Parquet (the
     values as they are) by the file suffix."""
-    from .labels import neutralise_formulas
+    from .tables import neutralise_formulas
     check_output(out)
     df = results_frame(results, classes, thresholds)
     suffix = out.suffix.lower() if out is not None else ".csv"

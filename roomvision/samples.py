@@ -12,9 +12,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .config import CLASSES, settings
-from .human import human_targets
+from .learning.heads import human_targets
 from .images import load_image
-from .labels import room_corrections
+from .learning.stores import room_corrections
 from .modelinfo import file_sha256
 from .preprocess import Preprocess, decode_for_model
 from .robustness import listing_augment

@@ -12,7 +12,7 @@ import pandas as pd
 from .decisions import Thresholds
 from .images import find_images, printable_path
 from .inference import Predictor, results_frame
-from .labels import neutralise_formulas, restore_formulas
+from .tables import neutralise_formulas, restore_formulas
 
 
 def read_inputs(source: Path) -> list[Path]:

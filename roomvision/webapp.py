@@ -18,17 +18,19 @@ from PIL import Image
 # Besides what this module uses, it imports what the pages show or call from the rest of the package (F401): pages
 # import this module only (tests/test_architecture.py checks it), so each page reads as layout.
 from . import config
-from .adapt import MIN_CORRECTIONS  # noqa: F401
-from .collection import Collection, get_collection, list_collections
+from .learning.market import MIN_CORRECTIONS  # noqa: F401
+from .learning.collection import Collection, get_collection, list_collections
 from .config import CLASSES, ENV_DATA_ROOT, ENV_RELABELS, ENV_ROOM_RELABELS, settings  # noqa: F401
 from .decisions import OUT_OF_SCOPE, UNCERTAIN, Thresholds, distinct_digits, quality_decision  # noqa: F401
 from .features import build_feature_cache, cache_path  # noqa: F401
-from .human import too_few_to_learn  # noqa: F401
+from .learning.heads import too_few_to_learn  # noqa: F401
 from .images import ImageDecodeError, load_image
 from .inference import Predictor, results_frame  # noqa: F401
-from .jobs import JobError, read_status, start, status_file  # noqa: F401
-from .labels import (AMBIGUOUS, NOT_A_ROOM, ROOM, ClaimBoard, LabelStore, annotator_agreement,  # noqa: F401
-                     export_csv, my_decision, neutralise_formulas, photo_history, relabel_queue)
+from .learning.jobs import JobError, read_status, start, status_file  # noqa: F401
+from .learning.queue import relabel_queue  # noqa: F401
+from .learning.stores import (AMBIGUOUS, NOT_A_ROOM, ROOM, ClaimBoard, LabelStore, annotator_agreement,  # noqa: F401
+                              my_decision, photo_history)
+from .tables import export_csv, neutralise_formulas  # noqa: F401
 from .modelinfo import CheckpointError
 from .quality import compute_metrics, quality_reasons
 from .reports import filter_failures, report_paths  # noqa: F401
@@ -234,8 +236,8 @@ def save_upload_feedback(data: bytes, name: str, annotator: str, model_version: 
                          quality: str | None = None) -> str:
     """A correction made where the photo was seen (Predict page): the photo joins the uploads collection and the
     decision goes to its stores. Returns what happened, 'Not saved: …' when nothing could be written."""
-    from .collection import UPLOADS, add_upload, record_feedback
-    from .labels import LabelError
+    from .learning.collection import UPLOADS, add_upload, record_feedback
+    from .learning.stores import LabelError
     if not annotator.strip():
         return "Not saved: enter your name in the sidebar first."
     try:
@@ -253,7 +255,7 @@ def save_decisions(store, history: list, label: str, rows: list[dict], annotator
     """Append one decision per photo (`fields(row)` adds the store's own columns), or with label UNDO take the
     session's last action back, all its photos; `history` holds this session's actions. Returns what happened
     for the page to show, 'Not saved: …' when nothing could be written."""
-    from .labels import LabelError
+    from .learning.stores import LabelError
     try:
         if label == "UNDO":
             if not history:
@@ -293,7 +295,7 @@ def cached_p_good(cache_file: str, mtime: float, _predictor: Predictor, model_ve
 @st.cache_data(show_spinner="Learning from the labels so far to choose what to ask next…", max_entries=4)
 def active_priority(cache_file: str, manifest_file: str, relabels_file: str, labels_bucket: int) -> pd.Series | None:
     """The active-learning order, refitted every 25 new decisions (`labels_bucket`)."""
-    from .retrain import next_to_label
+    from .learning.queue import next_to_label
     return next_to_label(Path(cache_file), Path(manifest_file), Path(relabels_file))
 
 
@@ -306,7 +308,7 @@ def cached_label_issues(cache_file: str, mtime: float, manifest_file: str, predi
     (people's room corrections applied, photos marked ambiguous or not a room left out; kept on disk, so a restart
     opens at once); recomputed every 25 corrections (`corrections_bucket`), and the page leaves out the photos
     corrected since."""
-    from .label_issues import find_room_label_issues
+    from .learning.label_issues import find_room_label_issues
     key = (cache_file, mtime, manifest_file, predictor.version, room_relabels, corrections_bucket)
     if key not in _LABEL_ISSUES:
         ranked = find_room_label_issues(Path(manifest_file), Path(cache_file), predictor,
@@ -335,7 +337,7 @@ def cached_rooms_to_confirm(cache_file: str, mtime: float, manifest_file: str, m
     """A collection without room labels: every photo with the model's room, least sure first (computed once per
     cache and model; the page leaves out the photos people have corrected since)."""
     from .features import load_feature_cache
-    from .label_issues import rooms_to_confirm
+    from .learning.label_issues import rooms_to_confirm
     data = load_feature_cache(Path(cache_file))
     readable = ~np.isnan(data["room"][:, 0])
     probs = np.full((len(readable), len(_predictor.classes)), 1.0 / len(_predictor.classes))
@@ -359,7 +361,7 @@ def progress_fragment(job: Path) -> None:
     """A background job's progress bar with an estimate and a cancel button, refreshed every 2 s."""
     import time
 
-    from .jobs import cancel
+    from .learning.jobs import cancel
     status = read_status(job) or {}
     if not status.get("running"):
         st.rerun()

@@ -136,7 +136,7 @@ def test_label_issues_view_corrects_room_labels(app_env):
     from roomvision.features import build_feature_cache
     from roomvision.inference import Predictor
     from roomvision.features import cache_path
-    from roomvision.labels import NOT_A_ROOM, ROOM, LabelStore
+    from roomvision.learning.stores import NOT_A_ROOM, ROOM, LabelStore
     cache_path(app_env["weights"], app_env["manifest"]).unlink(missing_ok=True)  # another test may have built it
     at = run_page("pages/mistakes.py")
     at.segmented_control(key="mistakes_view").set_value("Label issues").run()
@@ -215,7 +215,7 @@ def relabel_as_ana() -> tuple[AppTest, callable]:
 
 
 def test_relabel_previous_and_next(app_env):
-    from roomvision.labels import LabelStore
+    from roomvision.learning.stores import LabelStore
     at, shown = relabel_as_ana()
     a = shown()
     at.button(key="btn-bad").click().run()
@@ -235,7 +235,7 @@ def test_relabel_previous_and_next(app_env):
 
 
 def test_relabel_undo_after_next_shows_the_undone_photo_and_history_counts_right(app_env):
-    from roomvision.labels import LabelStore
+    from roomvision.learning.stores import LabelStore
     at, shown = relabel_as_ana()
     a = shown()
     at.button(key="btn-bad").click().run()
@@ -326,7 +326,7 @@ def test_model_page_lists_versions(app_env):
 
 
 def test_model_page_counts_room_corrections_and_enables_learning(app_env):
-    from roomvision.labels import ROOM, LabelStore
+    from roomvision.learning.stores import ROOM, LabelStore
     manifest = pd.read_csv(app_env["manifest"], keep_default_na=False)
     store = LabelStore(app_env["relabels"].parent / "room.csv", ROOM)
     for _, row in manifest.head(2).iterrows():
@@ -361,8 +361,8 @@ def test_model_page_shows_the_committed_model_per_test_set(app_env, monkeypatch)
 
 
 def test_model_page_switches_to_the_learned_version_and_back(app_env):
-    from roomvision.jobs import status_file, write_status
-    from roomvision.retrain import save_version
+    from roomvision.learning.jobs import status_file, write_status
+    from roomvision.learning.retraining import save_version
     new = app_env["weights"].with_name("tiny-people-1.pt")
     save_version(app_env["weights"], new, {}, None, {"human_labels": 0})
     job = status_file("learn-from-people")
@@ -393,7 +393,7 @@ def test_a_version_with_a_refitted_room_head_opens_the_relabel_page_without_resc
     from roomvision.features import build_feature_cache
     from roomvision.inference import Predictor
     from roomvision.model import Checkpoint
-    from roomvision.retrain import save_version
+    from roomvision.learning.retraining import save_version
     build_feature_cache(Predictor(app_env["weights"], device="cpu"), app_env["manifest"], [app_env["root"]],
                         progress=False)
     state = Checkpoint.load(app_env["weights"]).state_dict

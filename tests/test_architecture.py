@@ -6,36 +6,57 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "roomvision"
-# Lower layers never import higher ones.
+# Lower layers never import higher ones; `learning.` is the learning loop's subpackage.
 LAYERS = [
     {"config", "images", "decisions", "preprocess", "modelinfo", "devices", "calibration", "reports", "quality",
-     "robustness", "scope"},
-    {"labels", "data", "model", "losses", "transforms", "human", "jobs", "adapt", "versions"},
-    {"engine", "samples", "collection", "finetune"},
+     "robustness", "tables", "learning.scope"},
+    {"data", "model", "losses", "transforms", "versions", "learning.stores", "learning.heads", "learning.jobs",
+     "learning.market"},
+    {"engine", "samples", "learning.collection", "learning.finetune"},
     {"inference", "train"},
     {"photocache"},
     {"features", "evaluate"},
-    {"retrain", "label_issues", "quantize"},
+    {"quantize", "learning.retraining", "learning.label_issues", "learning.queue"},
     {"api", "score", "webapp"},
     {"cli", "__main__"},
 ]
 
 
+def module_name(path: Path) -> str:
+    """`learning.stores` for roomvision/learning/stores.py."""
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
 def package_imports(path: Path) -> set[str]:
-    """Modules of this package that a file imports (at any depth)."""
+    """Modules of this package that a file imports (at any depth), by `module_name`."""
+    here = module_name(path).split(".")[:-1]  # the file's subpackage
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:
-                found.update(a.name for a in node.names)
+            if node.level:
+                base = here[:len(here) - (node.level - 1)]
+                if node.module:
+                    found.add(".".join([*base, node.module]))
+                else:
+                    found.update(".".join([*base, a.name]) for a in node.names)
             elif node.module and node.module.startswith("roomvision."):
-                found.add(node.module.split(".")[1])
-    return found - {"__init__"}
+                found.add(node.module.removeprefix("roomvision."))
+        elif isinstance(node, ast.Import):
+            found.update(a.name.removeprefix("roomvision.") for a in node.names if a.name.startswith("roomvision."))
+    return {m for m in found if not m.endswith("__init__") and m != "learning"}
 
 
-GRAPH = {p.stem: package_imports(p) for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+GRAPH = {module_name(p): package_imports(p) for p in PACKAGE.rglob("*.py") if p.stem != "__init__"}
+
+
+def test_the_learning_loop_lives_in_its_subpackage():
+    """Stores, queues, heads learned from people, retraining, collections and jobs are modules of
+    roomvision.learning; the subpackage's __init__ imports nothing (each module is imported by name)."""
+    learning = {m for m in GRAPH if m.startswith("learning.")}
+    assert {"learning.stores", "learning.queue", "learning.heads", "learning.retraining", "learning.scope",
+            "learning.jobs", "learning.collection", "learning.market"} <= learning
+    init = ast.parse((PACKAGE / "learning" / "__init__.py").read_text())
+    assert not [n for n in init.body if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
 def test_every_module_has_a_layer():

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from roomvision.data import prepare
-from roomvision.labels import LabelStore
+from roomvision.learning.stores import LabelStore
 
 from conftest import write_failures
 
@@ -208,7 +208,7 @@ def test_room_correction_in_chromium_teaches_a_retrained_model(server, tmp_path)
     from roomvision.config import CLASSES
     from roomvision.features import build_feature_cache
     from roomvision.inference import Predictor
-    from roomvision.labels import ROOM
+    from roomvision.learning.stores import ROOM
     build_feature_cache(Predictor(server["weights"], device="cpu"), server["manifest"], [server["root"]],
                         progress=False)
     with chromium_page() as page:
@@ -297,7 +297,7 @@ def test_a_team_adapts_the_model_to_its_market_in_the_browser(tmp_path, tiny_dat
     import numpy as np
     from PIL import Image
     from roomvision.config import CLASSES, DEFAULT_WEIGHTS
-    from roomvision.labels import ROOM
+    from roomvision.learning.stores import ROOM
     market = grey_market(tmp_path / "market")
     with app_server(tmp_path, tiny_dataset, DEFAULT_WEIGHTS) as server, chromium_page() as page:
         page.goto(server["url"] + "/collections")

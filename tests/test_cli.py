@@ -83,7 +83,7 @@ def test_prepare_train_evaluate_predict(tiny_dataset, tmp_path, monkeypatch):
 
     assert main(["cache-features", "--weights", str(weights), "--manifest", str(manifest), "--data-root",
                  str(tiny_dataset), "--device", "cpu"]) == 0
-    from roomvision.labels import LabelStore
+    from roomvision.learning.stores import LabelStore
     from roomvision.inference import Predictor
     relabels = tmp_path / "relabels.csv"
     rows = pd.read_csv(manifest).sort_values("path").reset_index(drop=True)
@@ -104,7 +104,7 @@ def test_prepare_train_evaluate_predict(tiny_dataset, tmp_path, monkeypatch):
                                                            [info.calibration.quality] * len(files))]
     agreement = np.mean([d == (human[p] == "GOOD") for d, p in zip(decided, rows["path"])])
     assert agreement >= 0.8, agreement  # the retrained model decides the way the people did
-    from roomvision.retrain import retrain_heads
+    from roomvision.learning.retraining import retrain_heads
     with pytest.raises(ValueError, match="refusing to overwrite the default"):
         retrain_heads(weights, manifest, relabels, [tiny_dataset], DEFAULT_WEIGHTS)
     assert (DEFAULT_WEIGHTS.stat().st_mtime_ns, sorted(DEFAULT_WEIGHTS.parent.iterdir())) == before
@@ -157,7 +157,7 @@ def test_room_corrections_reach_training_retraining_and_evaluation(tiny_dataset,
     head; evaluation reports corrected-label metrics beside the original ones."""
     import json
     from roomvision.inference import Predictor
-    from roomvision.labels import AMBIGUOUS, ROOM, LabelStore
+    from roomvision.learning.stores import AMBIGUOUS, ROOM, LabelStore
     from roomvision.samples import IGNORE_ROOM, real_samples
     manifest = tmp_path / "manifest.csv"
     assert main(["prepare", str(tiny_dataset), "--out", str(manifest), "--workers", "1"]) == 0
@@ -233,10 +233,10 @@ def test_training_can_leave_flagged_label_issues_out_of_the_room_head(tiny_datas
 def test_relabel_queue_starts_at_random_then_asks_what_the_head_is_unsure_of(tiny_dataset, tmp_path, tiny_checkpoint):
     from roomvision.data import prepare
     from roomvision.features import build_feature_cache, load_feature_cache
-    from roomvision.human import fit_human_quality, human_targets
+    from roomvision.learning.heads import fit_human_quality, human_targets
     from roomvision.inference import Predictor
-    from roomvision.labels import LabelStore
-    from roomvision.retrain import COLD_START, next_to_label
+    from roomvision.learning.stores import LabelStore
+    from roomvision.learning.queue import COLD_START, next_to_label
     manifest, relabels = tmp_path / "manifest.csv", tmp_path / "relabels.csv"
     prepare([tiny_dataset], manifest, workers=1)
     cache = build_feature_cache(Predictor(tiny_checkpoint, device="cpu"), manifest, [tiny_dataset], progress=False)

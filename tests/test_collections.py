@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from roomvision.collection import get_collection, import_photos, list_collections
-from roomvision.labels import ROOM, LabelStore
+from roomvision.learning.collection import get_collection, import_photos, list_collections
+from roomvision.learning.stores import ROOM, LabelStore
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def _market_data(rng, n, shift):
 
 
 def test_the_market_head_learns_the_market_and_leaves_other_photos_alone():
-    from roomvision.adapt import fit_gate, fit_market_head
+    from roomvision.learning.market import fit_gate, fit_market_head
     rng = np.random.default_rng(0)
     xm, ym = _market_data(rng, 300, 8.0)
     xb, _ = _market_data(rng, 300, -8.0)
@@ -178,7 +178,7 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
     monkeypatch.setenv("ROOMVISION_MANIFEST", str(manifest))
     monkeypatch.setenv("ROOMVISION_DATA_ROOT", str(tiny_dataset))
     monkeypatch.setenv("ROOMVISION_VERSIONS_DIR", str(tmp_path / "versions"))
-    monkeypatch.setattr("roomvision.retrain.BASE_SAMPLE", 5)
+    monkeypatch.setattr("roomvision.learning.retraining.BASE_SAMPLE", 5)
     settings.cache_clear()
     market = tmp_path / "market"
     rng = np.random.default_rng(0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from roomvision.config import CLASSES, DEFAULT_WEIGHTS
-from roomvision.finetune import fine_tune_stage, stage_inputs, stage_logits
+from roomvision.learning.finetune import fine_tune_stage, stage_inputs, stage_logits
 from roomvision.model import Checkpoint
 from tests.conftest import needs_shared
 

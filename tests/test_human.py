@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from roomvision.config import QUALITY_THRESHOLDS
-from roomvision.human import (MIN_PER_CLASS, MIN_RATINGS, TOO_FEW, _best_threshold, active_queue, balanced_accuracy,
+from roomvision.learning.queue import active_queue
+from roomvision.learning.heads import (MIN_PER_CLASS, MIN_RATINGS, TOO_FEW, _best_threshold, balanced_accuracy,
                               fit_human_aesthetic, fit_human_quality, moved_rules, refit_rules, rules_bad,
                               too_few_to_learn)
 from roomvision.modelinfo import DIRECT_FEATURES
@@ -68,7 +69,7 @@ def test_ignoring_the_labels_would_be_caught():
 def test_a_criterion_one_feature_carries_is_learned_by_the_sparse_penalty(monkeypatch):
     """A property one descriptor entry measures among hundreds of unrelated ones (like a colour cast): dense
     penalties alone spread the weight and miss it; cross-validation picks the sparse one."""
-    import roomvision.human as human_module
+    import roomvision.learning.heads as human_module
     rng = np.random.default_rng(3)
     _, m = photos(1500)
     f = rng.normal(size=(1500, DIRECT_FEATURES + 200)).astype(np.float32)
@@ -133,7 +134,7 @@ def test_active_queue_alternates_uncertain_and_random_photos():
 
 
 def test_room_head_refit_learns_corrections_and_keeps_the_rest():
-    from roomvision.human import refit_room_head
+    from roomvision.learning.heads import refit_room_head
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1, (5, 64))
     truth = rng.integers(0, 5, 1500)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from roomvision import jobs
+from roomvision.learning import jobs
 
 
 def wait_until(predicate, seconds: float = 60.0):

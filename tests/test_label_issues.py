@@ -6,8 +6,8 @@ import pytest
 from roomvision.cli import main
 from roomvision.config import CLASSES
 from roomvision.data import prepare
-from roomvision.label_issues import out_of_fold_probabilities, rank_label_issues
-from roomvision.labels import AMBIGUOUS, NOT_A_ROOM, ROOM, LabelError, LabelStore, room_corrections
+from roomvision.learning.label_issues import out_of_fold_probabilities, rank_label_issues
+from roomvision.learning.stores import AMBIGUOUS, NOT_A_ROOM, ROOM, LabelError, LabelStore, room_corrections
 
 
 def test_room_store_keeps_the_label_guarantees(tmp_path):
@@ -89,7 +89,7 @@ def test_too_few_photos_of_a_class_is_a_clear_error():
 def test_the_ranking_is_kept_per_model_and_corrections_and_reports_progress(issues_env, tmp_path, monkeypatch):
     """A second ask with the same cache and corrections reads the stored ranking (no classifier is fitted); a new
     correction ranks again; every fold reports its progress."""
-    import roomvision.label_issues as li
+    import roomvision.learning.label_issues as li
     from roomvision.features import build_feature_cache
     from roomvision.inference import Predictor
     manifest, weights, root = issues_env

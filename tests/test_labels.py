@@ -11,7 +11,9 @@ import time
 import pandas as pd
 import pytest
 
-from roomvision.labels import LabelError, LabelStore, export_csv, relabel_queue
+from roomvision.learning.queue import relabel_queue
+from roomvision.learning.stores import LabelError, LabelStore
+from roomvision.tables import export_csv
 
 
 def _write_many(path: str, writer: str, n: int) -> None:
@@ -42,7 +44,7 @@ def test_sigkill_mid_burst_keeps_every_acknowledged_row(tmp_path):
     ack = tmp_path / "ack.txt"
     script = textwrap.dedent(f"""
         import sys
-        from roomvision.labels import LabelStore
+        from roomvision.learning.stores import LabelStore
         store = LabelStore({str(path)!r})
         with open({str(ack)!r}, "a", buffering=1) as ack:
             for i in range(100000):
@@ -175,7 +177,7 @@ def test_formulas_behind_invisible_characters_are_neutralised(lead):
 
 def test_history_agreement_and_claims(tmp_path):
     import time
-    from roomvision.labels import ClaimBoard, annotator_agreement, photo_history
+    from roomvision.learning.stores import ClaimBoard, annotator_agreement, photo_history
     store = LabelStore(tmp_path / "q.csv")
     ana, ben = ["GOOD", "BAD", "GOOD", "BAD", "GOOD"], ["GOOD", "BAD", "BAD", "BAD", "GOOD"]
     for i, (a, b) in enumerate(zip(ana, ben)):
@@ -204,7 +206,7 @@ def test_history_agreement_and_claims(tmp_path):
 
 def test_undo_takes_back_only_the_undoers_own_decision(tmp_path):
     """Latest wins among each annotator's standing decision; an UNDO retracts the undoer's own latest one."""
-    from roomvision.labels import annotator_agreement, photo_history
+    from roomvision.learning.stores import annotator_agreement, photo_history
     store = LabelStore(tmp_path / "q.csv")
     store.append("x/1.jpg", "GOOD", sha256="s1", annotator="alice", proxy_label="GOOD")
     store.append("x/1.jpg", "BAD", sha256="s1", annotator="bob", proxy_label="GOOD")
@@ -225,7 +227,7 @@ def test_undo_takes_back_only_the_undoers_own_decision(tmp_path):
 
 def test_one_person_one_annotator_name(tmp_path):
     """NFC and NFD spellings, zero-width and byte-order-mark characters name the same annotator everywhere."""
-    from roomvision.labels import ClaimBoard, normalise_annotator
+    from roomvision.learning.stores import ClaimBoard, normalise_annotator
     nfc, nfd = "Jos\u00e9", "Jose\u0301"
     assert normalise_annotator(nfd) == normalise_annotator(nfc) == nfc
     assert normalise_annotator("alice\u200b") == normalise_annotator("\ufeffalice ") == "alice"
@@ -246,7 +248,7 @@ def test_one_person_one_annotator_name(tmp_path):
                                      '{"p1": {"annotator": "ana", "until": true}}',
                                      '{"p1": {"annotator": "ana", "until": 1e30}}', '{not json', '\xff\xfe'])
 def test_a_damaged_claims_file_blocks_nobody_and_never_crashes(tmp_path, content):
-    from roomvision.labels import ClaimBoard
+    from roomvision.learning.stores import ClaimBoard
     board = ClaimBoard(tmp_path / "q.csv")
     board.path.write_text(content, encoding="utf-8", errors="surrogateescape")
     assert board.held_by_others("ben") == set()
@@ -255,7 +257,7 @@ def test_a_damaged_claims_file_blocks_nobody_and_never_crashes(tmp_path, content
 
 
 def test_grid_claims_every_photo_on_screen(tmp_path):
-    from roomvision.labels import ClaimBoard
+    from roomvision.learning.stores import ClaimBoard
     board = ClaimBoard(tmp_path / "q.csv")
     assert board.claim([f"p{i}" for i in range(12)], "ana") == {f"p{i}" for i in range(12)}
     assert board.claim([f"p{i}" for i in range(8, 20)], "ben") == {f"p{i}" for i in range(12, 20)}

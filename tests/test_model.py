@@ -150,9 +150,9 @@ def test_a_market_stage_copied_from_the_model_repeats_its_room_logits_in_both_ba
     """An untouched copy of the last stage with the room head's rows of its rooms answers exactly the committed
     model's room logits of those rooms: the stage reads the right input, in PyTorch and in the version's own
     exported graph."""
-    from roomvision.adapt import fit_gate, fit_market_head
+    from roomvision.learning.market import fit_gate, fit_market_head
     from roomvision.config import settings
-    from roomvision.retrain import save_market_version
+    from roomvision.learning.retraining import save_market_version
     monkeypatch.setenv("ROOMVISION_CACHE_DIR", str(tmp_path / "cache"))
     settings.cache_clear()
     model = Checkpoint.load(DEFAULT_WEIGHTS).build_model()

@@ -82,7 +82,7 @@ def test_serving_runs_without_pytorch(tmp_path, make_room):
 def test_learning_without_pytorch_says_which_extra_to_install(tmp_path, tiny_dataset):
     """`retrain-heads` in a process without PyTorch ends in one line naming the install, never a traceback."""
     from roomvision.data import prepare
-    from roomvision.labels import LabelStore
+    from roomvision.learning.stores import LabelStore
     manifest = tmp_path / "manifest.csv"
     prepare([tiny_dataset], manifest, workers=1)
     store = LabelStore(tmp_path / "relabels.csv")
@@ -107,8 +107,8 @@ def test_learning_without_pytorch_says_which_extra_to_install(tmp_path, tiny_dat
 def test_runtime_state_stays_in_git_ignored_places(monkeypatch):
     """Labels, claims, learned versions, caches and job logs never show up as untracked files."""
     from roomvision.config import DEFAULT_RELABELS, DEFAULT_ROOM_RELABELS, settings
-    from roomvision.labels import ClaimBoard
-    from roomvision.retrain import output_path
+    from roomvision.learning.stores import ClaimBoard
+    from roomvision.learning.retraining import output_path
     monkeypatch.delenv("ROOMVISION_VERSIONS_DIR", raising=False)
     monkeypatch.delenv("ROOMVISION_CACHE_DIR", raising=False)
     settings.cache_clear()

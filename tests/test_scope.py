@@ -12,7 +12,7 @@ from roomvision.config import CLASSES, DEFAULT_WEIGHTS
 from roomvision.decisions import OUT_OF_SCOPE, Thresholds, decide
 from roomvision.inference import Predictor
 from roomvision.modelinfo import read_model_info
-from roomvision.scope import (GATE_QUANTILE, GATE_SOFTNESS, LEARNED_C, MAX_FLAGGED_ROOMS, ScopeHead, _pack,
+from roomvision.learning.scope import (GATE_QUANTILE, GATE_SOFTNESS, LEARNED_C, MAX_FLAGGED_ROOMS, ScopeHead, _pack,
                               fit_scope_head, out_of_scope_split)
 
 EPS = 1e-3

@@ -57,7 +57,7 @@ def test_serving_process_never_imports_torch(tiny_checkpoint, make_room, tmp_pat
     code = f"""
 import sys
 import roomvision.webapp
-import roomvision.retrain  # the Relabel page's active-learning order and the Model page read it
+import roomvision.learning.retraining  # the Relabel page's active-learning order and the Model page read it
 from roomvision.inference import Predictor
 from roomvision.images import load_image
 p = Predictor({str(tiny_checkpoint)!r}, device="auto")

@@ -26,9 +26,6 @@ from .scope import _pack, _unpack
 MARKET_C = 0.01   # inverse regularisation of the market head (inputs standardised); chosen on the collection's val
 GATE_C = 1.0      # and of the gate (market and training photos differ plainly: a sharp gate)
 MIN_CORRECTIONS = 10   # fewer corrected photos than this (or a single room): nothing to adapt to yet
-RANDOM_SHARE = 0.5     # the room queue alternates uncertain photos with photos drawn at random
-
-
 def market_inputs(raw: dict) -> np.ndarray:
     """What the market head and the gate read: pooled features and the quality descriptor of each photo."""
     return np.hstack([np.asarray(raw["features"], np.float32), np.asarray(raw["quality_features"], np.float32)])
@@ -117,19 +114,3 @@ def fit_market_head(name: str, x_labelled: np.ndarray, y: np.ndarray, gate: dict
                       weight=_pack(weight), bias=[float(b) for b in bias], **gate)
 
 
-def room_queue(probs: np.ndarray, candidates: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
-    """Which candidate photos (indices) to ask about next: the ones the current model is least sure of (smallest
-    margin between its two most probable rooms) alternating with photos drawn at random, `size` of them."""
-    rng = np.random.default_rng(seed)
-    candidates = np.asarray(candidates)
-    top2 = np.sort(probs[candidates], axis=1)[:, -2:]
-    sources = [iter(candidates[np.argsort(top2[:, 1] - top2[:, 0], kind="stable")]), iter(rng.permutation(candidates))]
-    chosen: dict[int, None] = {}  # insertion-ordered set
-    while len(chosen) < min(size, len(candidates)):
-        first = int(rng.random() < RANDOM_SHARE)
-        for source in (sources[first], sources[1 - first]):
-            pick = next((int(k) for k in source if int(k) not in chosen), None)
-            if pick is not None:
-                chosen[pick] = None
-                break
-    return np.fromiter(chosen, dtype=int, count=len(chosen))

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import MarketStage, RoomVisionNet
-from .preprocess import EvalPreprocess, Preprocess, decode_for_model
+from ..model import MarketStage, RoomVisionNet
+from ..preprocess import EvalPreprocess, Preprocess, decode_for_model
 
 EPOCHS = 8
 MIN_STEPS = 100          # fewer corrections train for more epochs: at least the steps of 8 epochs over 400 photos

@@ -22,10 +22,10 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from .config import QUALITY_THRESHOLDS
-from .labels import LabelStore, human_lookup
-from .modelinfo import DIRECT_FEATURES, PHOTO_STATISTICS
-from .quality import RULES, rule_flags, rule_metric
+from ..config import QUALITY_THRESHOLDS
+from ..modelinfo import DIRECT_FEATURES, PHOTO_STATISTICS
+from ..quality import RULES, rule_flags, rule_metric
+from .stores import LabelStore, human_lookup
 
 MIN_PER_CLASS = 3            # fewer GOOD or BAD human labels than this: the proxy stays in charge
 MIN_RATINGS = 10             # fewer aesthetic ratings than this: the proxy score stays
@@ -35,7 +35,6 @@ TOO_FEW = (f"label at least {MIN_PER_CLASS} GOOD and {MIN_PER_CLASS} BAD photos 
            "in the Relabel page first")
 PENALTIES = (("l2", 0.002), ("l2", 0.01), ("l2", 0.1),  # (penalty, inverse strength) tried by cross-validation;
              ("l1", 0.05), ("l1", 0.1), ("l1", 0.3))    # l1: criteria a few descriptor entries carry (a colour cast)
-EXPLORE = 0.5               # share of each active-learning batch drawn at random
 COMPONENTS = 96              # principal components of the standardised backbone statistics
 
 
@@ -315,39 +314,6 @@ def fit_human_aesthetic(features: np.ndarray, scores: np.ndarray,
     fitted = Ridge(alpha=model.alpha_).fit(z, scores[rated])
     return HumanAestheticHead(mean=mean.tolist(), scale=scale.tolist(), weight=fitted.coef_.tolist(),
                               bias=float(fitted.intercept_), ratings=int(rated.sum()))
-
-
-def active_queue(p_good: np.ndarray, threshold: float, features: np.ndarray, candidates: np.ndarray,
-                 size: int, seed: int = 0) -> np.ndarray:
-    """Indices (from `candidates`) to ask about next: the most uncertain under the human head, spread out,
-    alternating with photos drawn at random (EXPLORE of the batch).
-
-    The 5 x uncertain-share photos nearest the decision threshold are narrowed by farthest-point sampling in the
-    standardised feature space, so one batch does not ask about ten near-identical photos; the random share keeps
-    the labels representative, so a head fitted on them is not misled by asking only about borderline photos.
-    """
-    size = min(size, len(candidates))
-    explore = int(size * EXPLORE)
-    size -= explore
-    margin = np.abs(np.log(np.clip(p_good[candidates], 1e-6, 1 - 1e-6)) -
-                    np.log(np.clip(1 - p_good[candidates], 1e-6, 1))
-                    - np.log(threshold / (1 - threshold)))
-    shortlist = candidates[np.argsort(margin)[:5 * size]]
-    x = features[shortlist]
-    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    chosen = [0]
-    dist = np.linalg.norm(x - x[0], axis=1)
-    while len(chosen) < size:
-        nxt = int(np.argmax(dist))
-        chosen.append(nxt)
-        dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
-    uncertain = shortlist[chosen]
-    rest = np.setdiff1d(candidates, uncertain)
-    drawn = np.random.default_rng(seed).choice(rest, min(explore, len(rest)), replace=False)
-    order = np.empty(len(uncertain) + len(drawn), dtype=candidates.dtype)
-    order[:2 * len(drawn):2], order[1:2 * len(drawn):2] = uncertain[:len(drawn)], drawn
-    order[2 * len(drawn):] = uncertain[len(drawn):]
-    return order
 
 
 ROOM_HUMAN_WEIGHT = 5.0      # a photo people relabelled counts this many times in the room head's refit

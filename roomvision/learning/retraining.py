@@ -11,31 +11,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import CLASSES, DEFAULT_WEIGHTS, QUALITY_THRESHOLDS, settings
-from .decisions import is_good, out_of_scope
-from .data import load_manifest, load_out_of_scope
-from .features import build_feature_cache, load_feature_cache
-from .photocache import run_files
-from .human import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules,
+from ..config import CLASSES, DEFAULT_WEIGHTS, QUALITY_THRESHOLDS, settings
+from ..data import load_manifest, load_out_of_scope
+from ..decisions import is_good, out_of_scope
+from ..features import build_feature_cache, cached_pool, load_feature_cache
+from ..inference import Predictor, room_probabilities
+from ..modelinfo import outputs_tensors
+from ..photocache import run_files
+from ..versions import current_default
+from .heads import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules,
                     refit_room_head)
-from .labels import NOT_A_ROOM, room_corrections
-from .inference import Predictor, room_probabilities
-from .modelinfo import outputs_tensors
 from .scope import fit_scope_head
-from .versions import current_default
+from .stores import NOT_A_ROOM, room_corrections
 
 
 def any_human_labels(decision: np.ndarray, score: np.ndarray) -> bool:
     """Whether people decided or rated any of the photos."""
     return bool((decision >= 0).any() or not np.isnan(score).all())
-
-
-def _cached_pool(cache: Path, manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, dict]:
-    """From a feature cache matching `manifest`: the rows the model could read, their quality features and
-    manifest rows (the pool human heads are fitted on), and the cache's arrays."""
-    data = load_feature_cache(cache, manifest)
-    ok = np.flatnonzero(~np.isnan(data["quality"]))
-    return ok, data["quality_features"][ok].astype(np.float32), manifest.iloc[ok].reset_index(drop=True), data
 
 
 def output_path(weights: Path) -> Path:
@@ -50,7 +42,7 @@ def room_head_from_corrections(weights: Path, df: pd.DataFrame, data: dict,
     """The room head refitted on the training photos' cached features with people's room corrections, and what it
     changed on validation (accuracy against the original labels, and against corrected ones when validation photos
     were corrected); None without corrections of training photos."""
-    from .model import Checkpoint
+    from ..model import Checkpoint
     train = (df["split"] == "train").to_numpy() & ~np.isnan(data["room"][:, 0])
     corrected = corrections.notna().to_numpy()
     labels = corrections.fillna(df["class"])
@@ -87,7 +79,8 @@ def save_version(weights: Path, out: Path, human: dict, quality_threshold: float
     and as plain numbers with the base model's tensors digest in the header, so that the version shares its base
     model's cached outputs (its room logits are recomputed from the cached features)."""
     import torch
-    from .model import Checkpoint  # PyTorch writes the checkpoint
+
+    from ..model import Checkpoint  # PyTorch writes the checkpoint
     from .scope import _pack
     ckpt = Checkpoint.load(weights)
     calibration = ckpt.calibration if quality_threshold is None else replace(ckpt.calibration,
@@ -128,7 +121,7 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
         lambda done, total: on_progress(done, total, f"scoring the manifest photos once: {done}/{total}"))
     cache = build_feature_cache(predictor, manifest, data_roots, on_batch=scoring, progress=on_progress is None,
                                 cancel=cancel)
-    ok, features, pool, data = _cached_pool(cache, df)
+    ok, features, pool, data = cached_pool(cache, df)
     rooms = room_probabilities(predictor.room_logits({k: data[k][ok] for k in ("room", "features")}),
                                predictor.calibration.temperature)
     labelled = decision[ok] >= 0
@@ -156,33 +149,6 @@ def retrain_heads(weights: Path, manifest: Path, relabels: Path, data_roots: lis
     return {"out": out, "seconds": time.monotonic() - started, **metrics}
 
 
-COLD_START = 50  # photos asked about first, before a head can be fitted on human labels
-
-
-def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) -> pd.Series | None:
-    """Active learning for the Relabel queue: manifest photos ranked (0 first) by how unsure a head fitted on the
-    human labels so far is about them, spread over the feature space, alternating with photos drawn at random; until
-    the labels hold 3 GOOD and 3 BAD decisions, COLD_START photos drawn at random (measured: as good a start as
-    k-means representatives, and far better than the proxy's doubts for a criterion the proxy does not share).
-    None without a usable feature cache."""
-    from .human import active_queue
-    df = load_manifest(manifest).reset_index(drop=True)
-    try:
-        ok, features, pool, data = _cached_pool(cache, df)
-    except ValueError:
-        return None  # a cache of another manifest: the page falls back to the proxy order
-    decision, _ = human_targets(df, relabels)
-    rooms = room_probabilities(data["room"][ok])  # the head below is fitted and read on these same inputs
-    head = fit_human_quality(features, pool, decision[ok], rooms=rooms)
-    open_ = np.flatnonzero(decision[ok] < 0)
-    if head is None:
-        order = np.random.default_rng(0).choice(open_, min(COLD_START, len(open_)), replace=False)
-    else:
-        order = active_queue(head.p_good(features, pool, rooms), head.threshold, features, open_,
-                             min(size, len(open_)))
-    return pd.Series(np.arange(len(order)), index=df["sha256"].to_numpy()[ok[order]])
-
-
 def scope_report(in_scope: np.ndarray, is_room: np.ndarray, threshold: float) -> dict:
     """How the out-of-scope decision separates room photos from other photos."""
     from sklearn.metrics import roc_auc_score
@@ -199,7 +165,7 @@ def fit_scope(weights: Path, manifest: Path, out_of_scope_root: Path, out: Path,
     """Fit the out-of-scope head of `weights` (training rooms vs training out-of-scope photos, with the manifest
     photos people marked not a room; gate and threshold on validation rooms), report it on the test photos, and
     save the model with it as `out`."""
-    from .model import Checkpoint
+    from ..model import Checkpoint
     if Path(out).resolve() == DEFAULT_WEIGHTS.resolve():
         raise ValueError("refusing to overwrite the default model; choose another output name")
     predictor = Predictor(weights, device="cpu")
@@ -241,10 +207,10 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     default one), blended in where a photo looks like that market. Measured before -> after, by the saved version
     as it serves, on the collection's held-out listings (its test split: photos with a correction, else the room
     its folder gave) and on the project's House Rooms and Places365 test photos (forgetting is reported)."""
-    from .adapt import fit_gate, fit_market_head, market_inputs
+    from ..data import manifest_roots, resolve_paths
+    from ..photocache import score_photos
     from .collection import get_collection
-    from .data import manifest_roots, resolve_paths
-    from .photocache import score_photos
+    from .market import fit_gate, fit_market_head, market_inputs
     started = time.monotonic()
     collection = get_collection(name)
     weights = Path(weights) if weights else current_default()
@@ -273,8 +239,8 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     head = fit_market_head(name, x[learn], y, gate)
     stage = None
     if fine_tune:
+        from ..model import Checkpoint
         from .finetune import fine_tune_stage, stage_inputs
-        from .model import Checkpoint
         model = Checkpoint.load(weights).build_model()
         inputs = stage_inputs(model, [files[i] for i in np.flatnonzero(learn)], predictor.info.preprocess,
                               on_progress=on_progress)
@@ -315,7 +281,7 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
 def save_market_version(weights: Path, out: Path, market: dict, report: dict, stage=None) -> Path:
     """A copy of `weights` carrying the market head, and the market stage's tensors when there is one (the
     model's own weights unchanged)."""
-    from .model import Checkpoint  # PyTorch writes the checkpoint
+    from ..model import Checkpoint  # PyTorch writes the checkpoint
     ckpt = Checkpoint.load(weights)
     state = {**ckpt.state_dict, **({f"market_stage.{k}": v for k, v in stage.state_dict().items()} if stage else {})}
     replace(ckpt, market=market, metrics={**ckpt.metrics, "adapted_to_market": report}, version=out.stem,

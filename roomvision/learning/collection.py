@@ -2,9 +2,10 @@
 no labels needed) and the learning loop works on them; House Rooms and Places365 are the built-in collections (the
 project manifest and the default label files).
 
-A collection lives in `data/collections/NAME/` (`$ROOMVISION_COLLECTIONS_DIR`; git-ignored): `manifest.csv` (the same columns as the project
-manifest, plus the listing `group`; `class` is empty where no room label is known), `manifest.json` (where the
-photos are: they are never copied) and the label files `quality_relabels.csv` and `room_relabels.csv`.
+A collection lives in `data/collections/NAME/` (`$ROOMVISION_COLLECTIONS_DIR`; git-ignored): `manifest.csv` (the
+same columns as the project manifest, plus the listing `group`; `class` is empty where no room label is known),
+`manifest.json` (where the photos are: they are never copied) and the label files `quality_relabels.csv` and
+`room_relabels.csv`.
 """
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ import pandas as pd
 from filelock import FileLock
 from tqdm import tqdm
 
-from .config import SPLIT_SEED, normalise_class_name, settings
-from .data import (MANIFEST_COLUMNS, PrepareReport, analyse_bytes, analyse_file, assign_splits, load_manifest,
-                   near_duplicate_groups)
-from .images import IMAGE_SUFFIXES
-from .labels import QUALITY, ROOM, LabelStore
+from ..config import SPLIT_SEED, normalise_class_name, settings
+from ..data import (MANIFEST_COLUMNS, PrepareReport, analyse_bytes, analyse_file, assign_splits, load_manifest,
+                    near_duplicate_groups)
+from ..images import IMAGE_SUFFIXES
+from .stores import QUALITY, ROOM, LabelStore
 
 BUILT_IN = {"house-rooms": "house-rooms", "places365-rooms": "places365-rooms"}  # name -> manifest source
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

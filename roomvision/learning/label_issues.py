@@ -23,11 +23,11 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .config import CLASSES, settings
-from .data import load_manifest
-from .features import load_feature_cache
-from .inference import room_probabilities
-from .labels import room_corrections
+from ..config import CLASSES, settings
+from ..data import load_manifest
+from ..features import load_feature_cache
+from ..inference import room_probabilities
+from .stores import room_corrections
 
 FOLDS = 5
 COMPONENTS = 128
@@ -124,7 +124,7 @@ def rooms_to_confirm(manifest: Path, cache: Path, probabilities: np.ndarray, roo
     """For photos without a room label (a team's own photos): the model's room as the starting point ('given' and
     'suggested'), the photos it is least sure of first, alternating with photos drawn at random; photos people
     already corrected are not listed. `probabilities`: the served model's, one row per manifest photo."""
-    from .adapt import room_queue
+    from .queue import room_queue
     df = load_manifest(manifest).reset_index(drop=True)
     data = load_feature_cache(cache, df)
     corrected = room_corrections(df, room_relabels).notna().to_numpy()

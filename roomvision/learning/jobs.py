@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .config import missing_extra, settings
+from ..config import PROJECT_ROOT, missing_extra, settings
 
 STATES = ("running", "done", "failed", "cancelled")
 _CHILDREN: dict[str, subprocess.Popen] = {}  # kind -> the child this process started
@@ -113,9 +113,9 @@ def start(kind: str, function: str, kwargs: dict) -> Path:
         write_status(path, state="running", started=time.time(), done=0, total=0, message="starting",
                      log=str(log))
         with open(log, "w") as out:  # the child keeps its own handle
-            proc = subprocess.Popen([sys.executable, "-m", "roomvision.jobs", str(path), function],
+            proc = subprocess.Popen([sys.executable, "-m", "roomvision.learning.jobs", str(path), function],
                                     stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, pass_fds=(fd,),
-                                    start_new_session=True, cwd=Path(__file__).resolve().parent.parent,
+                                    start_new_session=True, cwd=PROJECT_ROOT,
                                     env={**os.environ, "TQDM_MININTERVAL": "10"})
         proc.stdin.write(json.dumps(kwargs).encode())
         proc.stdin.close()

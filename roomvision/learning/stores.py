@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from .config import CLASSES
-from .decisions import quality_decision
+from ..config import CLASSES
 
 COLUMNS = ["path", "sha256", "proxy_label", "human_label", "rating", "annotator", "timestamp", "model_version"]
 DECISIONS = ("GOOD", "BAD", "SKIP", "UNDO")
@@ -38,9 +37,6 @@ class Schema:
 
 QUALITY = Schema(tuple(COLUMNS), DECISIONS, ("GOOD", "BAD"))
 ROOM = Schema(tuple(ROOM_COLUMNS), ROOM_DECISIONS, (*CLASSES, AMBIGUOUS, NOT_A_ROOM))
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-# characters a spreadsheet skips before deciding that a cell is a formula
-INVISIBLE_LEAD = " \t\r\n\u00a0\u2000\u2001\u2002\u2003\u2007\u2009\u200a\u200b\u200c\u200d\u2060\u3000\ufeff"
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # line breaks and other control characters
 
 
@@ -332,6 +328,7 @@ def annotator_agreement(raw: pd.DataFrame, labels: tuple[str, ...] = ("GOOD", "B
     """Cohen's kappa for each pair of annotators over the photos both decided (each one's latest decision, undo
     honoured); one row per pair with the number of shared photos."""
     from itertools import combinations
+
     from sklearn.metrics import cohen_kappa_score
     latest = {annotator: {k: r["human_label"] for k, r in standing(rows).items() if r["human_label"] in labels}
               for annotator, rows in raw.groupby("annotator", sort=True)}
@@ -353,26 +350,6 @@ def room_corrections(manifest: pd.DataFrame, room_relabels: Path | str | None) -
     return pd.Series([r["human_label"] if r else np.nan for r in found], index=manifest.index, dtype=object)
 
 
-def neutralise_formulas(df: pd.DataFrame) -> pd.DataFrame:
-    """For a CSV a spreadsheet may open: prefix with a quote the cells it would run as formulas (CSV injection), also
-    when invisible characters (spaces, no-break or zero-width spaces, a byte-order mark) come before the formula
-    sign, and the cells that already start with a quote, so that `restore_formulas` gets every value back."""
-    def fix(v):
-        return "'" + v if isinstance(v, str) and (v.startswith(("'", *FORMULA_PREFIXES)) or
-                                                  v.lstrip(INVISIBLE_LEAD).startswith(FORMULA_PREFIXES)) else v
-    return df.map(fix)
-
-
-def restore_formulas(df: pd.DataFrame) -> pd.DataFrame:
-    """The values `neutralise_formulas` was given (one leading quote removed)."""
-    return df.map(lambda v: v[1:] if isinstance(v, str) and v.startswith("'") else v)
-
-
-def export_csv(df: pd.DataFrame) -> bytes:
-    """Merged labels as CSV bytes, safe to open in a spreadsheet."""
-    return neutralise_formulas(df).to_csv(index=False).encode("utf-8")
-
-
 def human_lookup(merged: pd.DataFrame, sha256s, paths) -> list[dict | None]:
     """The merged human decision for each (sha256, path), matched by hash first."""
     records = merged.to_dict("records")
@@ -381,30 +358,3 @@ def human_lookup(merged: pd.DataFrame, sha256s, paths) -> list[dict | None]:
     return [by_sha.get(h) or by_path.get(p) for h, p in zip(sha256s, paths)]
 
 
-def relabel_queue(manifest: pd.DataFrame, p_good: pd.Series | None, threshold: float, decided: set[str],
-                  order: str = "informative", include_labelled: bool = False, seed: int = 0,
-                  priority: pd.Series | None = None) -> pd.DataFrame:
-    """Manifest rows to label next.
-
-    'informative': the active-learning `priority` (rank by sha256, from the human labels so far) first when given;
-    then model and proxy disagree, then P(GOOD) nearest the threshold, then at random (so before the model has
-    scored anything the queue is a random draw, never one folder after another); 'random'; 'file'.
-    `p_good` is indexed by sha256 (missing photos sort last under 'informative').
-    """
-    q = manifest.copy()
-    if not include_labelled:
-        q = q[~(q["sha256"].isin(decided) | q["path"].isin(decided))]
-    q["p_good"] = q["sha256"].map(p_good) if p_good is not None else np.nan
-    if order == "random":
-        return q.sample(frac=1, random_state=seed).reset_index(drop=True)
-    if order == "file":
-        return q.sort_values(["source", "path"]).reset_index(drop=True)
-    if order != "informative":
-        raise ValueError(f"unknown queue order {order!r}")
-    model_label = np.where(q["p_good"].notna(), quality_decision(q["p_good"], threshold), "")
-    q["disagree"] = q["p_good"].notna() & (model_label != q["quality_label"])
-    q["margin"] = (q["p_good"] - threshold).abs().fillna(np.inf)
-    q["priority"] = q["sha256"].map(priority).fillna(np.inf) if priority is not None else np.inf
-    q["draw"] = np.random.default_rng(seed).permutation(len(q))  # photos the model cannot rank yet come at random
-    return q.sort_values(["priority", "disagree", "margin", "draw"],
-                         ascending=[True, False, True, True]).drop(columns="draw").reset_index(drop=True)
