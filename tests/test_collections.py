@@ -159,6 +159,28 @@ def test_the_market_head_learns_the_market_and_leaves_other_photos_alone():
         fit_market_head("m", xm[:5], ym[:5], fit_gate(xm, xb))
 
 
+def test_a_market_stage_is_averaged_with_the_market_head():
+    """A version with a fine-tuned stage answers with the mean of the head's and the stage's room probabilities,
+    over the market's rooms only; without the stage's outputs it says what is missing."""
+    from dataclasses import replace
+
+    from roomvision.learning.market import fit_gate, fit_market_head
+    rng = np.random.default_rng(1)
+    xm, ym = _market_data(rng, 300, 8.0)
+    xb, _ = _market_data(rng, 300, -8.0)
+    head = fit_market_head("m", xm[:200], ym[:200], fit_gate(xm, xb))
+    staged = replace(head, stage=True)
+    stage_probs = np.tile([0.9, 0.1], (100, 1))  # the stage says Bathroom wherever the head says Kitchen
+    probs = staged.market_probs(xm[200:], 5, np.log(stage_probs))
+    np.testing.assert_allclose(probs[:, [0, 3]], (head.market_probs(xm[200:], 5)[:, [0, 3]] + stage_probs) / 2,
+                               atol=1e-9)
+    assert (probs[:, [1, 2, 4]] == 0).all()
+    kitchens = ym[200:] == 3
+    assert (probs[kitchens, 3] < head.market_probs(xm[200:], 5)[kitchens, 3]).all()
+    with pytest.raises(ValueError, match="'m' version's room probabilities need its market stage's outputs"):
+        staged.market_probs(xm[200:], 5)
+
+
 @pytest.mark.parametrize("fine_tune", [False, True], ids=["head", "fine-tuned stage"])
 def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path, monkeypatch, make_room, fine_tune):
     """Import grey listing photos without labels, correct some, `retrain-heads --collection [--fine-tune]`: the
