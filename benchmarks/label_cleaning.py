@@ -9,6 +9,7 @@ pooled features), so the differences come from the labels alone.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ DOWN_WEIGHT = 0.2
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help explains
     manifest = settings().manifest
     predictor = Predictor(device="cpu")
     cache = build_feature_cache(predictor, manifest)

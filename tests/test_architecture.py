@@ -106,3 +106,25 @@ def test_pages_import_the_app_layer_only(page):
     imported |= {alias.name for node in ast.walk(ast.parse(page.read_text())) if isinstance(node, ast.Import)
                  for alias in node.names if alias.name.startswith("roomvision")}
     assert imported <= {"roomvision.webapp"}, imported
+
+
+def test_readme_code_layout_matches_the_tree():
+    """Every module of the package has its row in README's code layout, and every place a row names exists."""
+    import re
+    section = (ROOT / "README.md").read_text().split("## Code layout", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for row in re.findall(r"^\| (.+?) \|", section, flags=re.M):
+        places = re.findall(r"`([^`]+)`", row)
+        folder = ""
+        for place in places:
+            if "/" in place.rstrip("/"):
+                folder = place.rsplit("/", 1)[0]
+                named.add(place)
+            else:  # a bare name: beside the row's first place, else at the top
+                beside = f"{folder}/{place}"
+                named.add(beside if folder and (ROOT / beside).exists() or (PACKAGE / beside).exists() else place)
+    named = {f"roomvision/{n}" if n.startswith("learning/") else n for n in named}
+    missing = [n for n in named if not (ROOT / n).exists()]
+    assert not missing, f"README's code layout names what does not exist: {missing}"
+    modules = {str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if p.stem not in ("__init__", "__main__")}
+    assert modules <= named, f"modules without a row in README's code layout: {sorted(modules - named)}"
