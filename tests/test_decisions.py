@@ -92,7 +92,7 @@ def test_no_threshold_comparison_outside_the_decisions_module():
     pattern = re.compile(r"(?<![-=])[<>]=?\s*(\w+\.)*(thresholds?\b|threshold\.|quality_threshold|min_in_scope|"
                          r"min_room_confidence|listing_ready_min_aesthetic|\.quality\b)")
     offenders = [f"{f.relative_to(root)}:{i}: {line.strip()}"
-                 for folder in ("roomvision", "pages", "benchmarks") for f in sorted((root / folder).glob("*.py"))
+                 for folder in ("roomvision", "pages", "benchmarks") for f in sorted((root / folder).rglob("*.py"))
                  if f.name != "decisions.py"
                  for i, line in enumerate(f.read_text().splitlines(), 1) if pattern.search(line)]
     assert not offenders, "\n".join(offenders)

@@ -35,7 +35,7 @@ def third_party_imports(path: Path) -> set[str]:
     return {n for n in names if n not in sys.stdlib_module_names and n not in ("roomvision", "__future__")}
 
 
-SERVING_FILES = sorted([p for p in (ROOT / "roomvision").glob("*.py") if p.stem not in TRAINING_ONLY]
+SERVING_FILES = sorted([p for p in (ROOT / "roomvision").rglob("*.py") if p.stem not in TRAINING_ONLY]
                        + list((ROOT / "pages").glob("*.py")) + [ROOT / "app.py"])
 
 
