@@ -21,9 +21,9 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .learning.collection import UPLOADS, add_upload, get_collection, record_feedback
 from .config import MAX_UPLOAD_BYTES
 from .inference import Predictor, results_frame
+from .learning.collection import UPLOADS, add_upload, get_collection, record_feedback
 from .learning.stores import LabelError
 from .modelinfo import CheckpointError
 from .versions import find_version, version_files, versions_table

@@ -35,8 +35,8 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def cmd_import(a: argparse.Namespace) -> int:
-    from .learning.collection import get_collection, import_photos
     from .data import summarise
+    from .learning.collection import get_collection, import_photos
     df, report = import_photos(a.dirs, a.collection, a.rooms_from_folders, a.groups, a.group_column, a.seed,
                                a.workers)
     print(summarise(df, report))

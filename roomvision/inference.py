@@ -21,17 +21,16 @@ from PIL import Image
 from scipy.special import expit, softmax
 from tqdm import tqdm
 
-from .learning.market import MarketHead, market_inputs
-from .config import settings
+from .config import DEFAULT_WEIGHTS, settings
 from .decisions import DECISION_COLUMNS, Thresholds, decide_frame
 from .devices import resolve_device
 from .images import ImageDecodeError, printable_path
 from .learning.heads import HumanAestheticHead, HumanQualityHead
-from .config import DEFAULT_WEIGHTS
+from .learning.market import MarketHead, market_inputs
+from .learning.scope import ScopeHead, _unpack
 from .modelinfo import GRAPH_KEY, HEAD_OUTPUTS, MARKET_OUTPUT, file_sha256, read_model_info, tensors_digest
 from .preprocess import EvalPreprocess, Preprocess, decode_for_model
 from .quality import compute_metrics
-from .learning.scope import ScopeHead, _unpack
 from .versions import current_default
 
 SCORE_BINS = np.arange(1, 11, dtype=np.float64)

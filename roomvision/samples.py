@@ -12,13 +12,13 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .config import CLASSES, settings
-from .learning.heads import human_targets
 from .images import load_image
+from .learning.heads import human_targets
 from .learning.stores import room_corrections
 from .modelinfo import file_sha256
 from .preprocess import Preprocess, decode_for_model
-from .robustness import listing_augment
 from .quality import DEGRADATIONS, aesthetic_target, compute_metrics, degrade, quality_label, score_distribution
+from .robustness import listing_augment
 
 
 IGNORE_ROOM = -100  # room target of a photo people called ambiguous or not a room: no room loss

@@ -18,22 +18,22 @@ from PIL import Image
 # Besides what this module uses, it imports what the pages show or call from the rest of the package (F401): pages
 # import this module only (tests/test_architecture.py checks it), so each page reads as layout.
 from . import config
-from .learning.market import MIN_CORRECTIONS  # noqa: F401
-from .learning.collection import Collection, get_collection, list_collections
 from .config import CLASSES, ENV_DATA_ROOT, ENV_RELABELS, ENV_ROOM_RELABELS, settings  # noqa: F401
 from .decisions import OUT_OF_SCOPE, UNCERTAIN, Thresholds, distinct_digits, quality_decision  # noqa: F401
 from .features import build_feature_cache, cache_path  # noqa: F401
-from .learning.heads import too_few_to_learn  # noqa: F401
 from .images import ImageDecodeError, load_image
 from .inference import Predictor, results_frame  # noqa: F401
+from .learning.collection import Collection, get_collection, list_collections
+from .learning.heads import too_few_to_learn  # noqa: F401
 from .learning.jobs import JobError, read_status, start, status_file  # noqa: F401
+from .learning.market import MIN_CORRECTIONS  # noqa: F401
 from .learning.queue import relabel_queue  # noqa: F401
 from .learning.stores import (AMBIGUOUS, NOT_A_ROOM, ROOM, ClaimBoard, LabelStore, annotator_agreement,  # noqa: F401
                               my_decision, photo_history)
-from .tables import export_csv, neutralise_formulas  # noqa: F401
 from .modelinfo import CheckpointError
 from .quality import compute_metrics, quality_reasons
 from .reports import filter_failures, report_paths  # noqa: F401
+from .tables import export_csv, neutralise_formulas  # noqa: F401
 from .versions import (current_default, rollback_team_default, set_team_default, version_files,  # noqa: F401
                        versions_table)
 

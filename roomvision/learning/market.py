@@ -27,6 +27,8 @@ from .scope import _pack, _unpack
 MARKET_C = 0.01   # inverse regularisation of the market head (inputs standardised); chosen on the collection's val
 GATE_C = 1.0      # and of the gate (market and training photos differ plainly: a sharp gate)
 MIN_CORRECTIONS = 10   # fewer corrected photos than this (or a single room): nothing to adapt to yet
+
+
 def market_inputs(raw: dict) -> np.ndarray:
     """What the market head and the gate read: pooled features and the quality descriptor of each photo."""
     return np.hstack([np.asarray(raw["features"], np.float32), np.asarray(raw["quality_features"], np.float32)])
@@ -113,5 +115,3 @@ def fit_market_head(name: str, x_labelled: np.ndarray, y: np.ndarray, gate: dict
     bias = head.intercept_ if len(classes) > 2 else np.array([-head.intercept_[0] / 2, head.intercept_[0] / 2])
     return MarketHead(name=name, classes=[int(k) for k in head.classes_], mean=_pack(mean), scale=_pack(scale),
                       weight=_pack(weight), bias=[float(b) for b in bias], **gate)
-
-

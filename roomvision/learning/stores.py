@@ -356,5 +356,3 @@ def human_lookup(merged: pd.DataFrame, sha256s, paths) -> list[dict | None]:
     by_sha = {r["sha256"]: r for r in records if r["sha256"]}
     by_path = {r["path"]: r for r in records}
     return [by_sha.get(h) or by_path.get(p) for h, p in zip(sha256s, paths)]
-
-
