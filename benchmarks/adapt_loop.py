@@ -1,8 +1,9 @@
 """Adapting to a team's market: a team's photos imported as a collection without labels, rooms corrected by
 simulated annotators (who alone read the folder names), in the room queue's order or at random; accuracy on
 listings never shown to the annotator, before -> after, per class, and the version's House Rooms and Places365 test
-accuracy beside the default model's — for the market head alone and with the last stage fine-tuned; then the
-product's adapt job itself (`retrain-heads --collection --fine-tune`) on 400 corrections, timed end to end.
+accuracy beside the default model's — for the market head alone, reading also the ImageNet backbone's features, and
+with the last stage fine-tuned; then the product's adapt job itself (`retrain-heads --collection`, with
+`--imagenet-features` and with `--fine-tune`) on 400 corrections, timed end to end.
 
 python benchmarks/adapt_loop.py [--root ../shared/datasets/listings-es-dev] [--seeds 3]
 """
@@ -26,7 +27,8 @@ from roomvision.learning.market import fit_gate, fit_market_head, market_inputs 
 from roomvision.learning.queue import room_queue  # noqa: E402
 from roomvision.config import CLASSES, DEFAULT_WEIGHTS, settings  # noqa: E402
 from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa: E402
-from roomvision.learning.finetune import fine_tune_stage, stage_inputs, stage_logits  # noqa: E402
+from roomvision.learning.finetune import (fine_tune_stage, reference_features, saved_reference,  # noqa: E402
+                                          stage_inputs, stage_logits)
 from roomvision.inference import Predictor  # noqa: E402
 from roomvision.learning.stores import ROOM, LabelStore  # noqa: E402
 from roomvision.model import Checkpoint  # noqa: E402
@@ -114,6 +116,13 @@ def main() -> None:
         base_inputs, _ = stage_inputs(model, [f for f, t in zip(base_files, test_rows) if t],
                                       predictor.info.preprocess, mirror=False)
         print(f"last-stage inputs: {per_photo * 1000:.0f} ms per photo (and its mirror image)")
+        reference = saved_reference(predictor.info.backbone)
+        started = time.monotonic()
+        ref = reference_features(reference, files, predictor.info.preprocess)
+        ref_per_photo = (time.monotonic() - started) / len(files)
+        ref_b = reference_features(reference, [f for f, t in zip(base_files, test_rows) if t],
+                                   predictor.info.preprocess)
+        print(f"ImageNet features: {ref_per_photo * 1000:.0f} ms per photo")
 
         def accuracy(probs, y, rows=None):
             rows = np.ones(len(y), bool) if rows is None else rows
@@ -135,16 +144,21 @@ def main() -> None:
                     started = time.monotonic()
                     head = fit_market_head("bench", x[asked], truth[asked], gate)
                     head_seconds = time.monotonic() - started + gate_seconds
+                    started = time.monotonic()
+                    with_reference = fit_market_head("bench", x[asked], truth[asked], gate, reference=ref[asked])
+                    reference_seconds = time.monotonic() - started + gate_seconds + n * ref_per_photo
+                    started = time.monotonic()
                     stage = fine_tune_stage(model, inputs[asked], mirrored[asked],
                                             np.searchsorted(head.classes, truth[asked]), head.classes, seed=seed)
-                    stage_seconds = time.monotonic() - started + gate_seconds + n * per_photo
+                    stage_seconds = time.monotonic() - started + head_seconds + n * per_photo
                     fine_tuned = replace(head, stage=True)
                     for method, version, seconds, logits, logits_b in (
                             ("head", head, head_seconds, None, None),
+                            ("head, ImageNet features", with_reference, reference_seconds, None, None),
                             ("fine-tuned stage", fine_tuned, stage_seconds, stage_logits(stage, held_inputs),
                              stage_logits(stage, base_inputs))):
-                        probs = version.blend(x[held], base_probs[held], stage_logits=logits)
-                        probs_b = version.blend(x_base_all[test_rows], base_probs_b[test_rows], stage_logits=logits_b)
+                        probs = version.blend(x[held], base_probs[held], logits, ref[held])
+                        probs_b = version.blend(x_base_all[test_rows], base_probs_b[test_rows], logits_b, ref_b)
                         rows.append({"method": method, "strategy": strategy, "seed": seed, "corrections": n,
                                      "held-out": accuracy(probs, y_held),
                                      **{c: accuracy(probs, y_held, y_held == k) for k, c in enumerate(CLASSES)
@@ -162,13 +176,15 @@ def main() -> None:
         for i in [*orders["queue", 0][:JOB_CORRECTIONS], *np.flatnonzero(held)]:  # test listings: measured only
             store.append(photos["path"].iloc[i], CLASSES[truth[i]], sha256=photos["sha256"].iloc[i],
                          annotator="simulated")
-        result = adapt_to_collection("bench-market", args.weights, fine_tune=True)
-        print(f"\nadapt job (retrain-heads --collection --fine-tune, {result['corrections_used']} corrections, photos "
-              f"already scored): {result['seconds']:.0f} s; held-out {result['held_out_accuracy_before']:.3f} -> "
-              f"{result['held_out_accuracy_after']:.3f}; House Rooms test "
-              f"{result['house_rooms_test_accuracy_default']:.3f} -> {result['house_rooms_test_accuracy_version']:.3f}"
-              f"; Places365 test {result['places365_test_accuracy_default']:.3f} -> "
-              f"{result['places365_test_accuracy_version']:.3f}")
+        for flag, options in (("--imagenet-features", {"imagenet_features": True}),
+                              ("--fine-tune", {"fine_tune": True})):
+            result = adapt_to_collection("bench-market", args.weights, **options)
+            print(f"\nadapt job (retrain-heads --collection {flag}, {result['corrections_used']} corrections, photos "
+                  f"already scored): {result['seconds']:.0f} s; held-out {result['held_out_accuracy_before']:.3f} -> "
+                  f"{result['held_out_accuracy_after']:.3f}; House Rooms test "
+                  f"{result['house_rooms_test_accuracy_default']:.3f} -> "
+                  f"{result['house_rooms_test_accuracy_version']:.3f}; Places365 test "
+                  f"{result['places365_test_accuracy_default']:.3f} -> {result['places365_test_accuracy_version']:.3f}")
 
 
 if __name__ == "__main__":

@@ -77,18 +77,24 @@ fine_tune = st.checkbox("Also fine-tune the model's last stage on the corrected 
                         key="adapt-fine-tune",
                         help="A copy of the backbone's last stage learns this market's photos and runs beside the "
                              "default one: a minute or two more (README, Your own photos, has the measurements).")
+imagenet_features = st.checkbox("Also read the features of the backbone as ImageNet left it", value=False,
+                                key="adapt-imagenet",
+                                help="More general features beside the model's own: better on photos unlike the "
+                                     "training set, at a second backbone per photo (README, Your own photos).")
 status = job_panel("adapt")
 if st.button(f"Adapt {Path(active_weights()).stem} to {chosen}", disabled=bool(reason), help=reason or None,
              key="adapt-start", type="primary"):
     start_job("adapt", "roomvision.learning.retraining:adapt_to_collection",
-              {"name": chosen, "weights": str(active_weights()), "fine_tune": fine_tune})
+              {"name": chosen, "weights": str(active_weights()), "fine_tune": fine_tune,
+               "imagenet_features": imagenet_features})
 if reason:
     st.caption(f"Not yet: {reason}.")
 if status and status["state"] == "done":
     r = status["result"]
     st.success(f"Saved {Path(r['out']).name}: {r['corrections_used']} corrections "
                f"({', '.join(f'{k} {v}' for k, v in r['corrections_per_room'].items())})"
-               f"{', last stage fine-tuned' if r.get('fine_tuned') else ''}, {r['seconds']:.0f} s.")
+               f"{', last stage fine-tuned' if r.get('fine_tuned') else ''}"
+               f"{', ImageNet features' if r.get('imagenet_features') else ''}, {r['seconds']:.0f} s.")
     before, after = r["held_out_accuracy_before"], r["held_out_accuracy_after"]
     cols = st.columns(3)
     if before is not None:

@@ -126,10 +126,12 @@ def cmd_cache_features(a: argparse.Namespace) -> int:
 def cmd_retrain_heads(a: argparse.Namespace) -> int:
     import json
     from .learning.retraining import adapt_to_collection, retrain_heads
-    if a.fine_tune and not a.collection:
-        raise ValueError("--fine-tune adapts to a collection: give --collection NAME")
+    for flag, on in (("--fine-tune", a.fine_tune), ("--imagenet-features", a.imagenet_features)):
+        if on and not a.collection:
+            raise ValueError(f"{flag} adapts to a collection: give --collection NAME")
     if a.collection:
-        result = adapt_to_collection(a.collection, a.weights, a.out, a.data_roots, fine_tune=a.fine_tune)
+        result = adapt_to_collection(a.collection, a.weights, a.out, a.data_roots, fine_tune=a.fine_tune,
+                                     imagenet_features=a.imagenet_features)
         print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
         return 0
     result = retrain_heads(a.weights or current_default(), a.manifest or settings().manifest,
@@ -416,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fine-tune", action="store_true",
                    help="with --collection: also fine-tune the backbone's last stage on the corrected photos, run "
                         "beside the default one (PyTorch; a minute or two on a CPU)")
+    p.add_argument("--imagenet-features", action="store_true",
+                   help="with --collection: the market head also reads the features of the backbone as ImageNet "
+                        "left it, run beside the served one (better on a market unlike the training photos; the "
+                        "version computes a second backbone for each photo)")
     p.add_argument("--out", type=Path, default=None,
                    help="default: data/versions/<name>-people-<UTC time>.pt (or <name>-<collection>-<UTC time>.pt)")
     p.set_defaults(func=cmd_retrain_heads)

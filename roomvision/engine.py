@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .devices import resolve_device
 from .model import Checkpoint, RoomVisionNet, fuse_batchnorm
-from .modelinfo import MARKET_OUTPUT, ONNX_OUTPUTS
+from .modelinfo import MARKET_OUTPUT, ONNX_OUTPUTS, REFERENCE_OUTPUT
 
 FORWARD_CHUNK = 32  # bounds activation memory; throughput is flat beyond this
 
@@ -32,13 +32,16 @@ def load_serving_model(weights: str | Path, device: str | torch.device = "cpu") 
 
 
 def graph_outputs(model: RoomVisionNet) -> tuple[str, ...]:
-    """The names of `serving_outputs`: ONNX_OUTPUTS, and the market stage's room logits when the model has one."""
-    return ONNX_OUTPUTS + ((MARKET_OUTPUT,) if model.market_stage is not None else ())
+    """The names of `serving_outputs`: ONNX_OUTPUTS, then the market stage's room logits and the ImageNet backbone's
+    features where the model has them."""
+    return (ONNX_OUTPUTS + ((MARKET_OUTPUT,) if model.market_stage is not None else ())
+            + ((REFERENCE_OUTPUT,) if model.reference is not None else ()))
 
 
 def serving_outputs(model: RoomVisionNet, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(features, room logits, quality logit, aesthetic probabilities, room activation maps, quality features) for
-    an image batch, then the market stage's room logits when the model has one (`graph_outputs`).
+    an image batch, then the market stage's room logits and the ImageNet backbone's pooled features where the model
+    has them (`graph_outputs`).
 
     The room head is a linear layer on globally pooled features, so its Grad-CAM equals the class activation map
     W_room · feature_map (up to a positive factor); it is computed here, inside the graph, for every image.
@@ -47,7 +50,8 @@ def serving_outputs(model: RoomVisionNet, x: torch.Tensor) -> tuple[torch.Tensor
     feats = model.backbone.forward_head(fmap)
     heads = model.heads(feats)
     cam = torch.einsum("kc,bchw->bkhw", model.room_head.weight.to(fmap.dtype), fmap)
-    market = () if model.market_stage is None else (model.market_stage(stage_input),)
+    market = (() if model.market_stage is None else (model.market_stage(stage_input),)) + (
+        () if model.reference is None else (model.reference(x),))
     return (feats, heads["room"], heads["quality"], torch.softmax(heads["aesthetic"].float(), dim=1), cam,
             quality_features, *market)
 

@@ -28,7 +28,8 @@ from .images import ImageDecodeError, printable_path
 from .learning.heads import HumanAestheticHead, HumanQualityHead
 from .learning.market import MarketHead, market_inputs
 from .learning.scope import ScopeHead, _unpack
-from .modelinfo import GRAPH_KEY, HEAD_OUTPUTS, MARKET_OUTPUT, file_sha256, read_model_info, tensors_digest
+from .modelinfo import (GRAPH_KEY, HEAD_OUTPUTS, MARKET_OUTPUT, REFERENCE_OUTPUT, file_sha256, market_outputs,
+                        read_model_info, tensors_digest)
 from .preprocess import EvalPreprocess, Preprocess, decode_for_model
 from .quality import compute_metrics
 from .versions import current_default
@@ -255,12 +256,13 @@ class Predictor:
         # the raw outputs a prediction needs: heads learned from people read the quality features, the
         # out-of-scope head the pooled features, a market head both
         reads_features = self.scope is not None or self.market is not None or self.refitted_room is not None
+        self.market_outputs = market_outputs(self.info.market)  # computed by this version alone, cached under it
         self.head_outputs = (HEAD_OUTPUTS + (("quality_features",) if human or self.market is not None else ())
-                             + (("features",) if reads_features else ())
-                             + ((MARKET_OUTPUT,) if self.market is not None and self.market.stage else ()))
-        if profile == "fast" and MARKET_OUTPUT in self.head_outputs:
-            raise ValueError(f"{self.weights.name} runs a stage fine-tuned for the {self.market.name!r} market; the "
-                             f"fast profile serves only the shipped backbone: use the default profile")
+                             + (("features",) if reads_features else ()) + self.market_outputs)
+        if profile == "fast" and self.market_outputs:
+            raise ValueError(f"{self.weights.name} runs more than the shipped backbone for the {self.market.name!r} "
+                             f"market (a fine-tuned stage or ImageNet features); the fast profile serves only the "
+                             f"shipped backbone: use the default profile")
         # a head that also reads the refitted proxy rules needs each photo's quality metrics
         self.needs_metrics = self.human_quality is not None and self.human_quality.uses_rules
         self.transform = EvalPreprocess(self.info.preprocess)
@@ -358,8 +360,9 @@ class Predictor:
             served["aesthetic"] = self.human_aesthetic.score(raw["quality_features"])
         served["in_scope"] = self.in_scope_prob(raw)
         if self.market is not None:  # the market's own head where a photo looks like that market
-            served["probs"], served["in_scope"] = self.market.blend(market_inputs(raw), served["probs"],
-                                                                    served["in_scope"], raw.get(MARKET_OUTPUT))
+            served["probs"], served["in_scope"] = self.market.blend(
+                market_inputs(raw), served["probs"], served["in_scope"], raw.get(MARKET_OUTPUT),
+                raw.get(REFERENCE_OUTPUT))
         served["p_good"] = self.p_good(raw["quality"], raw.get("quality_features"), metrics, served["probs"])
         return served
 

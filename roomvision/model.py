@@ -80,6 +80,14 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> nn
     return model
 
 
+def reference_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> nn.Module:
+    """The backbone with its ImageNet weights and no classifier: pooled features that fine-tuning on rooms did not
+    narrow (a market head reads them beside the served features)."""
+    model = create_backbone(name, pretrained)
+    model.reset_classifier(0)
+    return model.eval()
+
+
 class MarketStage(nn.Module):
     """A second copy of the backbone's last stage and head convolution with a room head of one market's rooms,
     fine-tuned on that market's corrected photos: a version adapted to a market runs it beside the default path
@@ -102,10 +110,12 @@ class MarketStage(nn.Module):
 
 class RoomVisionNet(nn.Module):
     """Shared backbone with three heads: room (5 logits), quality (1 logit), aesthetic (10-bin logits); a version
-    adapted to a market adds a `MarketStage` (`market_rooms` > 0)."""
+    adapted to a market adds a `MarketStage` (`market_rooms` > 0) and/or, with `reference`, the backbone as
+    ImageNet left it (its pooled features, never fine-tuned on rooms, are what a market head reads beside the
+    served ones)."""
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, num_classes: int = len(CLASSES),
-                 pretrained: bool = True, dropout: float = 0.2, market_rooms: int = 0):
+                 pretrained: bool = True, dropout: float = 0.2, market_rooms: int = 0, reference: bool = False):
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained)
         self.backbone.reset_classifier(0)  # pooled features out
@@ -115,6 +125,7 @@ class RoomVisionNet(nn.Module):
         self.quality_head = nn.Linear(dim, 1)
         self.aesthetic_head = nn.Linear(dim, AESTHETIC_BINS)
         self.market_stage = MarketStage(self.backbone, market_rooms) if market_rooms else None
+        self.reference = reference_backbone(backbone, pretrained) if reference else None
 
     def heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.dropout(features)
@@ -209,7 +220,8 @@ class Checkpoint(ModelInfo):
 
     def build_model(self) -> RoomVisionNet:
         model = RoomVisionNet(self.backbone, len(self.classes), pretrained=False,
-                              market_rooms=len(self.market["classes"]) if self.market.get("stage") else 0)
+                              market_rooms=len(self.market["classes"]) if self.market.get("stage") else 0,
+                              reference=bool(self.market.get("reference")))
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
         try:
             model.load_state_dict(state, strict=True)

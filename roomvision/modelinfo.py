@@ -19,6 +19,8 @@ CHECKPOINT_VERSION = 2  # 2: 'calibration' replaces version 1's 'thresholds'
 REQUIRED_KEYS = ("backbone", "classes", "preprocess", "state_dict")
 ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam", "quality_features")  # the serving graph
 MARKET_OUTPUT = "market_room"  # room logits of a market stage (model.MarketStage), in versions adapted to a market
+REFERENCE_OUTPUT = "reference_features"  # pooled features of the ImageNet backbone (model.reference_backbone)
+MARKET_OUTPUTS = (MARKET_OUTPUT, REFERENCE_OUTPUT)  # outputs only a version adapted to a market computes
 HEAD_OUTPUTS = ("room", "quality", "aesthetic")  # the raw outputs that predictions are made of
 # The photo-quality descriptor (model.py, `forward_with_quality_features`), in order:
 LUMINANCE_LEVELS = 16  # points of the luminance distribution (a smooth CDF)
@@ -44,7 +46,7 @@ QUALITY_DESCRIPTOR = (  # (what each part measures, its width): edit a part's wo
 # declaration, so a change of outputs or descriptor gives new exports and caches, and nothing else does. The
 # committed model's shipped export is checked against PyTorch (tests/test_model.py), so a computation changed
 # without its words here fails there.
-GRAPH_KEY = hashlib.sha256(json.dumps([ONNX_OUTPUTS, MARKET_OUTPUT, HEAD_OUTPUTS, QUALITY_DESCRIPTOR])
+GRAPH_KEY = hashlib.sha256(json.dumps([ONNX_OUTPUTS, MARKET_OUTPUTS, HEAD_OUTPUTS, QUALITY_DESCRIPTOR])
                            .encode()).hexdigest()[:12]
 
 
@@ -120,6 +122,12 @@ def storage_digest(archive: zipfile.ZipFile) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def market_outputs(market: dict) -> tuple[str, ...]:
+    """The outputs a version adapted to a market computes beyond its base model's (header `market`): its fine-tuned
+    stage's room logits, the ImageNet backbone's features."""
+    return tuple(k for k, on in zip(MARKET_OUTPUTS, (market.get("stage"), market.get("reference"))) if on)
 
 
 def tensors_digest(weights: str | Path) -> str:

@@ -18,10 +18,10 @@ import numpy as np
 from .config import settings
 from .images import ImageDecodeError
 from .inference import Predictor
-from .modelinfo import GRAPH_KEY, MARKET_OUTPUT, outputs_tensors, tensors_digest
+from .modelinfo import GRAPH_KEY, REFERENCE_OUTPUT, market_outputs, outputs_tensors, read_model_info, tensors_digest
 
 OUTPUTS = ("room", "quality", "aesthetic", "quality_features", "features")
-HALF = ("quality_features", "features")  # stored as float16
+HALF = ("quality_features", "features", REFERENCE_OUTPUT)  # stored as float16
 
 
 def model_key(weights: Path) -> str:
@@ -32,13 +32,13 @@ def model_key(weights: Path) -> str:
 
 
 class PhotoCache:
-    """Raw outputs of one model for any photos, by sha256: OUTPUTS, or with `market` the market stage's room
-    logits of a version that has one (keyed by the version's own tensors)."""
+    """Raw outputs of one model for any photos, by sha256: OUTPUTS, or with `market` the outputs only a version
+    adapted to a market computes (`modelinfo.market_outputs`; keyed by the version's own tensors)."""
 
     def __init__(self, weights: Path, market: bool = False):
         key = f"g{GRAPH_KEY}-{tensors_digest(weights)[:16]}-market" if market else model_key(Path(weights))
         self.dir = settings().cache_dir / "photos" / key
-        self.outputs = (MARKET_OUTPUT,) if market else OUTPUTS
+        self.outputs = market_outputs(read_model_info(weights).market) if market else OUTPUTS
 
     def load(self) -> tuple[dict[str, int], dict[str, np.ndarray]]:
         """(sha256 -> row, arrays) of everything cached; unreadable photos are cached as NaN rows."""
@@ -70,7 +70,7 @@ def score_photos(predictor: Predictor, files: list[Path], shas: list[str], batch
     run through the predictor in batches that are cached as they finish (NaN rows for unreadable files).
     `on_progress(done, total, message)` counts the photos to score; `cancel()` True stops after a batch."""
     caches = [PhotoCache(predictor.weights)] + ([PhotoCache(predictor.weights, market=True)]
-                                                if MARKET_OUTPUT in predictor.head_outputs else [])
+                                                if predictor.market_outputs else [])
     loaded = [cache.load() for cache in caches]
     todo = [i for i, h in enumerate(shas) if any(h not in index for index, _ in loaded)]
     for start in range(0, len(todo), batch_size):
@@ -98,10 +98,10 @@ def score_photos(predictor: Predictor, files: list[Path], shas: list[str], batch
 
 def run_files(predictor: Predictor, files: list[Path], batch_size: int = 64,
               outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """Raw `outputs` (default: OUTPUTS, and the market stage's logits where the predictor has one) of each file, in
-    order (NaN rows for files that cannot be decoded), decoded and run one batch at a time (memory bounded by the
-    batch, whatever the number of files)."""
-    outputs = outputs or OUTPUTS + ((MARKET_OUTPUT,) if MARKET_OUTPUT in predictor.head_outputs else ())
+    """Raw `outputs` (default: OUTPUTS, and the outputs only a market version computes where it is one) of each
+    file, in order (NaN rows for files that cannot be decoded), decoded and run one batch at a time (memory bounded
+    by the batch, whatever the number of files)."""
+    outputs = outputs or OUTPUTS + predictor.market_outputs
     parts = [_run_batch(predictor, files[i:i + batch_size], outputs) for i in range(0, len(files), batch_size)]
     if not parts:
         return _run_batch(predictor, [], outputs)

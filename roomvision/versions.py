@@ -43,7 +43,9 @@ def versions_table(paths: list[Path], default: Path | None = None) -> pd.DataFra
             rows.append({**row, "error": str(exc)})
             continue
         val = info.metrics.get("validation", {})
-        market = info.market.get("name", "") + (" (fine-tuned stage)" if info.market.get("stage") else "")
+        extras = [label for key, label in (("stage", "fine-tuned stage"), ("reference", "ImageNet features"))
+                  if info.market.get(key)]
+        market = info.market.get("name", "") + (f" ({', '.join(extras)})" if extras else "")
         rows.append({**row, "version": info.version, "market": market,
                      "learned from people": bool(info.human) or "learned_from_people" in info.metrics,
                      "backbone": info.backbone, "created": info.created,

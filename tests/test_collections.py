@@ -159,6 +159,28 @@ def test_the_market_head_learns_the_market_and_leaves_other_photos_alone():
         fit_market_head("m", xm[:5], ym[:5], fit_gate(xm, xb))
 
 
+def test_a_market_head_reads_the_imagenet_features_where_the_room_shows_only_there():
+    """With the ImageNet features given, the head learns from them (here only they tell the rooms apart) and needs
+    them to answer; the gate still reads the served inputs alone."""
+    from roomvision.learning.market import fit_gate, fit_market_head
+    from roomvision.learning.scope import _unpack
+    rng = np.random.default_rng(2)
+    xm, ym = _market_data(rng, 300, 8.0)
+    xm[:, 1] = rng.normal(0, 1, 300)  # the served inputs no longer show the room
+    reference = rng.normal(0, 1, (300, 8)).astype(np.float32)
+    reference[:, 3] += np.where(ym == 3, 2.0, -2.0)
+    xb, _ = _market_data(rng, 300, -8.0)
+    gate = fit_gate(xm, xb)
+    plain = fit_market_head("m", xm[:200], ym[:200], gate)
+    both = fit_market_head("m", xm[:200], ym[:200], gate, reference=reference[:200])
+    assert both.reference and not plain.reference and _unpack(both.weight).shape == (2, 16 + 8)
+    assert np.mean(both.market_probs(xm[200:], 5, reference=reference[200:]).argmax(1) == ym[200:]) > 0.9
+    assert np.mean(plain.market_probs(xm[200:], 5).argmax(1) == ym[200:]) < 0.7
+    np.testing.assert_allclose(both.market_share(xm), plain.market_share(xm))  # the same gate
+    with pytest.raises(ValueError, match="'m' version's room probabilities need the ImageNet features"):
+        both.market_probs(xm[200:], 5)
+
+
 def test_a_market_stage_is_averaged_with_the_market_head():
     """A version with a fine-tuned stage answers with the mean of the head's and the stage's room probabilities,
     over the market's rooms only; without the stage's outputs it says what is missing."""
@@ -181,19 +203,21 @@ def test_a_market_stage_is_averaged_with_the_market_head():
         staged.market_probs(xm[200:], 5)
 
 
-@pytest.mark.parametrize("fine_tune", [False, True], ids=["head", "fine-tuned stage"])
-def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path, monkeypatch, make_room, fine_tune):
-    """Import grey listing photos without labels, correct some, `retrain-heads --collection [--fine-tune]`: the
-    version answers the corrected rooms for that market, leaves the project's photos as they were, and the default
-    is unchanged; a fine-tuned stage is served from the version's own graph while the outputs it shares with its
-    base model stay in the base model's cache."""
+@pytest.mark.parametrize("fine_tune, imagenet", [(False, False), (True, False), (False, True)],
+                         ids=["head", "fine-tuned stage", "imagenet features"])
+def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path, monkeypatch, make_room, fine_tune,
+                                             imagenet):
+    """Import grey listing photos without labels, correct some, `retrain-heads --collection [--fine-tune]
+    [--imagenet-features]`: the version answers the corrected rooms for that market, leaves the project's photos as
+    they were, and the default is unchanged; a fine-tuned stage or the ImageNet backbone is served from the
+    version's own graph while the outputs it shares with its base model stay in the base model's cache."""
     from PIL import Image, ImageOps
     from roomvision.cli import main
     from roomvision.config import DEFAULT_WEIGHTS, settings
     from roomvision.data import prepare
     from roomvision.inference import Predictor
     from roomvision.modelinfo import read_model_info
-    from roomvision.modelinfo import MARKET_OUTPUT
+    from roomvision.modelinfo import MARKET_OUTPUT, REFERENCE_OUTPUT
     from roomvision.photocache import PhotoCache, model_key
     manifest = tmp_path / "manifest.csv"
     prepare([tiny_dataset], manifest, workers=1)
@@ -223,24 +247,30 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
         store.append(row.path, row.path.split("-")[0], sha256=row.sha256, annotator="ana")
     out = tmp_path / "versions" / "grey.pt"
     assert main(["retrain-heads", "--collection", "grey-market", "--weights", str(DEFAULT_WEIGHTS),
-                 "--out", str(out)] + (["--fine-tune"] if fine_tune else [])) == 0
-    report = read_model_info(out).metrics["adapted_to_market"]
+                 "--out", str(out)] + (["--fine-tune"] if fine_tune else [])
+                + (["--imagenet-features"] if imagenet else [])) == 0
+    info = read_model_info(out)
+    report = info.metrics["adapted_to_market"]
     assert report["corrections_used"] == int((photos["split"] != "test").sum())
     assert report["held_out_accuracy_after"] == 1.0 and report["fine_tuned"] is fine_tune
+    assert report["imagenet_features"] is imagenet and info.market["reference"] is imagenet
     assert model_key(out) == model_key(DEFAULT_WEIGHTS)  # the version shares its base model's photo cache
     version, default = Predictor(out, device="cpu"), Predictor(DEFAULT_WEIGHTS, device="cpu")
     assert (MARKET_OUTPUT in version.head_outputs) is fine_tune
-    assert (version.graph.path == DEFAULT_WEIGHTS.with_suffix(".onnx")) is not fine_tune  # heads only: shipped graph
-    if fine_tune:
+    assert (REFERENCE_OUTPUT in version.head_outputs) is imagenet
+    own_graph = fine_tune or imagenet
+    assert (version.graph.path == DEFAULT_WEIGHTS.with_suffix(".onnx")) is not own_graph  # heads only: shipped graph
+    if own_graph:
         assert PhotoCache(out, market=True).dir != PhotoCache(out).dir == PhotoCache(DEFAULT_WEIGHTS).dir
         assert any(PhotoCache(out, market=True).dir.glob("part-*.npz"))  # scored while measuring the version
         stored = np.concatenate([np.load(p)["sha256"] for p in PhotoCache(out).dir.glob("part-*.npz")])
         assert len(stored) == len(set(stored))  # the shared outputs were not stored a second time
-        with pytest.raises(ValueError, match="fine-tuned for the 'grey-market' market; the fast profile"):
+        with pytest.raises(ValueError, match="for the 'grey-market' market .*; the fast profile serves only the"):
             Predictor(out, profile="fast")
     from roomvision.versions import versions_table
     shown = versions_table([out]).iloc[0]
-    assert shown["market"] == "grey-market" + (" (fine-tuned stage)" if fine_tune else "") and shown["error"] == ""
+    extras = {(False, False): "", (True, False): " (fine-tuned stage)", (False, True): " (ImageNet features)"}
+    assert shown["market"] == "grey-market" + extras[fine_tune, imagenet] and shown["error"] == ""
     test = photos[photos["split"] == "test"]
     files = [market / p for p in test["path"]]
     assert [r["room"] for r in version.predict_paths(files)] == [p.split("-")[0] for p in test["path"]]

@@ -6,7 +6,7 @@ from roomvision.config import CLASSES, DEFAULT_WEIGHTS
 from roomvision.devices import resolve_device
 from roomvision.inference import Predictor
 from roomvision.model import Checkpoint, CheckpointError, MarketStage, RoomVisionNet, create_backbone
-from roomvision.modelinfo import MARKET_OUTPUT, ONNX_OUTPUTS
+from roomvision.modelinfo import MARKET_OUTPUT, ONNX_OUTPUTS, read_model_info
 from roomvision.preprocess import Preprocess
 from roomvision.transforms import eval_transform
 
@@ -174,6 +174,37 @@ def test_a_market_stage_copied_from_the_model_repeats_its_room_logits_in_both_ba
     assert np.abs(a[MARKET_OUTPUT]).max() > 1
 
 
+def test_a_version_with_imagenet_features_computes_the_packaged_backbone_in_both_backends(committed_inputs, tmp_path,
+                                                                                         monkeypatch):
+    """A version's ImageNet features are the packaged ImageNet backbone's pooled features on the same input, in its
+    own exported graph and in PyTorch, and what `saved_reference` computes at fitting time."""
+    from roomvision.config import settings
+    from roomvision.learning.finetune import saved_reference
+    from roomvision.learning.market import fit_gate, fit_market_head
+    from roomvision.learning.retraining import save_market_version
+    from roomvision.model import reference_backbone
+    from roomvision.modelinfo import REFERENCE_OUTPUT
+    monkeypatch.setenv("ROOMVISION_CACHE_DIR", str(tmp_path / "cache"))
+    settings.cache_clear()
+    rng = np.random.default_rng(0)
+    gate = fit_gate(rng.normal(size=(9, 3)), rng.normal(size=(9, 3)))
+    head = fit_market_head("ref", rng.normal(size=(20, 3)), np.repeat([0, 3], 10), gate,
+                           reference=rng.normal(size=(20, 2)))
+    reference = saved_reference(read_model_info(DEFAULT_WEIGHTS).backbone)
+    out = save_market_version(DEFAULT_WEIGHTS, tmp_path / "ref.pt", head.to_dict(), {}, reference=reference)
+    onnx, eager = Predictor(out, backend="onnx"), Predictor(out, backend="torch")
+    assert REFERENCE_OUTPUT in onnx.head_outputs and onnx.graph.path.parent == tmp_path / "cache" / "onnx"
+    a, b = (p.run(committed_inputs, (REFERENCE_OUTPUT,))[REFERENCE_OUTPUT] for p in (onnx, eager))
+    with torch.inference_mode():
+        packaged = reference_backbone()(torch.from_numpy(committed_inputs)).numpy()
+        fitted_on = reference(torch.from_numpy(committed_inputs)).numpy()
+    for got in (a, b, fitted_on):
+        np.testing.assert_allclose(got, packaged, rtol=1e-2, atol=2e-2)
+    np.testing.assert_allclose(a, fitted_on, rtol=1e-3, atol=2e-3)
+    base = Predictor(DEFAULT_WEIGHTS, backend="onnx").run(committed_inputs, ("features",))["features"]
+    assert np.abs(a - base).mean() > 10 * np.abs(a - packaged).mean()  # not the served features
+
+
 def test_onnx_backend_matches_pytorch_on_the_committed_model(committed_inputs):
     """Raw logits, pooled features and activation maps of the committed weights, ONNX Runtime vs PyTorch."""
     pytest.importorskip("onnxruntime")
@@ -253,7 +284,7 @@ def test_exports_and_caches_are_keyed_by_the_graph_declaration(tmp_path, monkeyp
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path\n")
     key = modelinfo.GRAPH_KEY
-    assert key == hashlib.sha256(json.dumps([modelinfo.ONNX_OUTPUTS, modelinfo.MARKET_OUTPUT, modelinfo.HEAD_OUTPUTS,
+    assert key == hashlib.sha256(json.dumps([modelinfo.ONNX_OUTPUTS, modelinfo.MARKET_OUTPUTS, modelinfo.HEAD_OUTPUTS,
                                              modelinfo.QUALITY_DESCRIPTOR]).encode()).hexdigest()[:12]
     assert json.loads(DEFAULT_WEIGHTS.with_suffix(".onnx.json").read_text())["graph"] == key
     places = (inference.onnx_path(DEFAULT_WEIGHTS).name, photocache.PhotoCache(DEFAULT_WEIGHTS).dir.name,

@@ -1,8 +1,9 @@
-"""Fine-tuning a market stage (model.MarketStage) on a market's corrected photos: the backbone's last stage and
-head convolution, copied from the model and trained on the output of the stage before (computed once per photo
-and for its mirror image), with a room head of the market's rooms started from the model's own room head.
-PyTorch; about a minute on a CPU for 400 photos. Settings chosen on the validation listings of a market unlike the
-training photos (benchmarks/adapt_loop.py)."""
+"""The PyTorch side of adapting to a market. Fine-tuning a market stage (model.MarketStage) on a market's corrected
+photos: the backbone's last stage and head convolution, copied from the model and trained on the output of the
+stage before (computed once per photo and for its mirror image), with a room head of the market's rooms started
+from the model's own room head; about a minute on a CPU for 400 photos. Settings chosen on the validation listings
+of a market unlike the training photos (benchmarks/adapt_loop.py). And the ImageNet backbone's features of the
+corrected photos, which a market head can read beside the served ones."""
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model import MarketStage, RoomVisionNet
+from ..model import MarketStage, RoomVisionNet, reference_backbone
 from ..preprocess import EvalPreprocess, Preprocess, decode_for_model
 
 EPOCHS = 8
@@ -23,23 +24,41 @@ LABEL_SMOOTHING = 0.1
 DROPOUT = 0.2
 
 
+def _photo_batches(files: list, preprocess: Preprocess, batch_size: int, on_progress=None):
+    """Preprocessed batches of `files` as tensors, reporting `on_progress(done, total, message)` after each."""
+    transform = EvalPreprocess(preprocess)
+    for start in range(0, len(files), batch_size):
+        yield torch.from_numpy(transform.batch([decode_for_model(f, preprocess)
+                                                for f in files[start:start + batch_size]]))
+        if on_progress is not None:
+            done = min(start + batch_size, len(files))
+            on_progress(done, len(files), f"reading corrected photos: {done}/{len(files)}")
+
+
 @torch.inference_mode()
 def stage_inputs(model: RoomVisionNet, files: list, preprocess: Preprocess, batch_size: int = 32,
                  mirror: bool = True, on_progress=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The last stage's input (float16) for each photo and, with `mirror`, for its mirror image;
     `on_progress(done, total, message)`."""
-    transform = EvalPreprocess(preprocess)
     plain, mirrored = [], []
-    for start in range(0, len(files), batch_size):
-        images = [decode_for_model(f, preprocess) for f in files[start:start + batch_size]]
-        x = torch.from_numpy(transform.batch(images))
+    for x in _photo_batches(files, preprocess, batch_size, on_progress):
         h = model.last_stage_input(torch.cat([x, x.flip(3)]) if mirror else x).half()
         plain.append(h[:len(x)])
         mirrored.append(h[len(x):])
-        if on_progress is not None:
-            done = min(start + batch_size, len(files))
-            on_progress(done, len(files), f"reading corrected photos: {done}/{len(files)}")
     return torch.cat(plain), torch.cat(mirrored) if mirror else None
+
+
+def saved_reference(backbone: str) -> torch.nn.Module:
+    """The ImageNet backbone as a version stores it (float16 tensors), so that the features a head is fitted on are
+    the ones the version computes."""
+    return reference_backbone(backbone).half().float()
+
+
+@torch.inference_mode()
+def reference_features(reference: torch.nn.Module, files: list, preprocess: Preprocess, batch_size: int = 32,
+                       on_progress=None) -> np.ndarray:
+    """The ImageNet backbone's pooled features of each photo, on the model's own preprocessing."""
+    return torch.cat([reference(x) for x in _photo_batches(files, preprocess, batch_size, on_progress)]).numpy()
 
 
 def fine_tune_stage(model: RoomVisionNet, inputs: torch.Tensor, mirrored: torch.Tensor, y: np.ndarray,

@@ -201,12 +201,14 @@ BASE_SAMPLE = 1000  # training photos per source the gate learns the market is n
 
 def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None = None,
                         data_roots: list[Path] | None = None, on_progress=None, cancel=None,
-                        fine_tune: bool = False) -> dict:
+                        fine_tune: bool = False, imagenet_features: bool = False) -> dict:
     """A model version for collection `name`'s market: a room head fitted on the photos people corrected in its
-    train and val splits (with `fine_tune`, also the backbone's last stage fine-tuned on them, run beside the
-    default one), blended in where a photo looks like that market. Measured before -> after, by the saved version
-    as it serves, on the collection's held-out listings (its test split: photos with a correction, else the room
-    its folder gave) and on the project's House Rooms and Places365 test photos (forgetting is reported)."""
+    train and val splits (with `imagenet_features`, reading also the pooled features of the backbone as ImageNet
+    left it, run beside the served one; with `fine_tune`, also the backbone's last stage fine-tuned on them, run
+    beside the default one), blended in where a photo looks like that market. Measured before -> after, by the
+    saved version as it serves, on the collection's held-out listings (its test split: photos with a correction,
+    else the room its folder gave) and on the project's House Rooms and Places365 test photos (forgetting is
+    reported)."""
     from ..data import manifest_roots, resolve_paths
     from ..photocache import score_photos
     from .collection import get_collection
@@ -236,20 +238,27 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     x, x_base = market_inputs(raw), market_inputs(raw_base)
     train_base = (base["split"] == "train").to_numpy() & readable_base
     gate = fit_gate(x[readable & (photos["split"] != "test").to_numpy()], x_base[train_base])
-    head = fit_market_head(name, x[learn], y, gate)
+    learned_files = [files[i] for i in np.flatnonzero(learn)]
+    reference = None
+    if imagenet_features:
+        from .finetune import reference_features, saved_reference
+        reference = saved_reference(predictor.info.backbone)
+    head = fit_market_head(name, x[learn], y, gate, reference=None if reference is None else reference_features(
+        reference, learned_files, predictor.info.preprocess, on_progress=on_progress))
     stage = None
     if fine_tune:
         from ..model import Checkpoint
         from .finetune import fine_tune_stage, stage_inputs
         model = Checkpoint.load(weights).build_model()
-        inputs = stage_inputs(model, [files[i] for i in np.flatnonzero(learn)], predictor.info.preprocess,
-                              on_progress=on_progress)
+        inputs = stage_inputs(model, learned_files, predictor.info.preprocess, on_progress=on_progress)
         stage = fine_tune_stage(model, *inputs, np.searchsorted(head.classes, y), head.classes,
                                 on_progress=on_progress)
-        head = replace(head, stage=True, base_tensors=outputs_tensors(weights))
+        head = replace(head, stage=True)
+    if fine_tune or imagenet_features:  # the version computes outputs of its own; it shares the others
+        head = replace(head, base_tensors=outputs_tensors(weights))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     out = Path(out) if out else settings().versions_dir / f"{weights.stem.split('-people-')[0]}-{name}-{stamp}.pt"
-    save_market_version(weights, out, head.to_dict(), {}, stage)
+    save_market_version(weights, out, head.to_dict(), {}, stage, reference)
     version = Predictor(out, device="cpu")  # measured as it serves: the version's own graph and caches
     test_base = (base["split"] == "test").to_numpy()
     after = version.scores(score_photos(version, files, photos["sha256"].tolist(), on_progress=on_progress,
@@ -267,23 +276,24 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
         return float(np.mean(probs[rows].argmax(1) == target[rows])) if rows.any() else None
     report = {"collection": name, "corrections_used": int(learn.sum()),
               "corrections_per_room": {c: int((y == k).sum()) for k, c in enumerate(CLASSES) if (y == k).any()},
-              "fine_tuned": fine_tune, "held_out_photos": int(held.sum()),
+              "fine_tuned": fine_tune, "imagenet_features": imagenet_features, "held_out_photos": int(held.sum()),
               "held_out_accuracy_before": accuracy(before, held, truth),
               "held_out_accuracy_after": accuracy(after, held, truth)}
     for label, source in (("house_rooms", "house-rooms"), ("places365", "places365-rooms")):
         rows = (test["source"] == source).to_numpy() & readable_base[test_base]
         report[f"{label}_test_accuracy_default"] = accuracy(before_b, rows, truth_b)
         report[f"{label}_test_accuracy_version"] = accuracy(after_b, rows, truth_b)
-    save_market_version(weights, out, head.to_dict(), report, stage)  # same tensors: its graph and caches stay
+    save_market_version(weights, out, head.to_dict(), report, stage, reference)  # same tensors: graph, caches stay
     return {"out": out, "seconds": time.monotonic() - started, **report}
 
 
-def save_market_version(weights: Path, out: Path, market: dict, report: dict, stage=None) -> Path:
-    """A copy of `weights` carrying the market head, and the market stage's tensors when there is one (the
-    model's own weights unchanged)."""
+def save_market_version(weights: Path, out: Path, market: dict, report: dict, stage=None, reference=None) -> Path:
+    """A copy of `weights` carrying the market head, and the tensors of the market stage and of the ImageNet
+    backbone where the version has them (the model's own weights unchanged)."""
     from ..model import Checkpoint  # PyTorch writes the checkpoint
     ckpt = Checkpoint.load(weights)
-    state = {**ckpt.state_dict, **({f"market_stage.{k}": v for k, v in stage.state_dict().items()} if stage else {})}
+    state = {**ckpt.state_dict, **({f"market_stage.{k}": v for k, v in stage.state_dict().items()} if stage else {}),
+             **({f"reference.{k}": v for k, v in reference.state_dict().items()} if reference else {})}
     replace(ckpt, market=market, metrics={**ckpt.metrics, "adapted_to_market": report}, version=out.stem,
             created="", state_dict=state).save(out)
     return out
