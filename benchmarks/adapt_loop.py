@@ -157,8 +157,9 @@ def main() -> None:
                             ("head, ImageNet features", with_reference, reference_seconds, None, None),
                             ("fine-tuned stage", fine_tuned, stage_seconds, stage_logits(stage, held_inputs),
                              stage_logits(stage, base_inputs))):
-                        probs = version.blend(x[held], base_probs[held], logits, ref[held])
-                        probs_b = version.blend(x_base_all[test_rows], base_probs_b[test_rows], logits_b, ref_b)
+                        probs = version.blend(x[held], base_probs[held], stage_logits=logits, reference=ref[held])
+                        probs_b = version.blend(x_base_all[test_rows], base_probs_b[test_rows], stage_logits=logits_b,
+                                                reference=ref_b)
                         rows.append({"method": method, "strategy": strategy, "seed": seed, "corrections": n,
                                      "held-out": accuracy(probs, y_held),
                                      **{c: accuracy(probs, y_held, y_held == k) for k, c in enumerate(CLASSES)
