@@ -39,6 +39,11 @@ def market_inputs(raw: dict) -> np.ndarray:
     return np.hstack([np.asarray(raw["features"], np.float32), np.asarray(raw["quality_features"], np.float32)])
 
 
+def _head_inputs(x: np.ndarray, reference: np.ndarray | None) -> np.ndarray:
+    """What the market head reads: `x` (market_inputs), then the ImageNet features where it reads them."""
+    return x if reference is None else np.hstack([x, np.asarray(reference, np.float32)])
+
+
 def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(0), x.std(0) + 1e-6
 
@@ -78,10 +83,9 @@ class MarketHead:
         """The market's own room probabilities (zero for rooms it never saw corrected): the market head's (on `x`,
         and the ImageNet features `reference` where the head reads them), averaged with the market stage's where
         the version has one."""
-        if self.reference:
-            if reference is None:
-                raise ValueError(f"the {self.name!r} version's room probabilities need the ImageNet features")
-            x = np.hstack([x, np.asarray(reference, np.float32)])
+        if self.reference and reference is None:
+            raise ValueError(f"the {self.name!r} version's room probabilities need the ImageNet features")
+        x = _head_inputs(x, reference if self.reference else None)
         logits = (x - _unpack(self.mean)) / _unpack(self.scale) @ _unpack(self.weight).T + np.asarray(self.bias)
         market = softmax(logits, axis=1)
         if self.stage:
@@ -119,9 +123,7 @@ def fit_market_head(name: str, x_labelled: np.ndarray, y: np.ndarray, gate: dict
                     reference: np.ndarray | None = None) -> MarketHead:
     """Fit the head on corrected photos (`y`: class indices), reading also their ImageNet features where
     `reference` gives them; `gate` from `fit_gate`; `c` by default MARKET_C, or REFERENCE_C with `reference`."""
-    x_labelled = np.asarray(x_labelled, np.float32)
-    if reference is not None:
-        x_labelled = np.hstack([x_labelled, np.asarray(reference, np.float32)])
+    x_labelled = _head_inputs(np.asarray(x_labelled, np.float32), reference)
     c = c if c is not None else REFERENCE_C if reference is not None else MARKET_C
     classes = sorted(set(int(v) for v in y))
     if len(y) < MIN_CORRECTIONS or len(classes) < 2:

@@ -239,12 +239,13 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     train_base = (base["split"] == "train").to_numpy() & readable_base
     gate = fit_gate(x[readable & (photos["split"] != "test").to_numpy()], x_base[train_base])
     learned_files = [files[i] for i in np.flatnonzero(learn)]
-    reference = None
+    reference = learned_reference = None
     if imagenet_features:
         from .finetune import reference_features, saved_reference
         reference = saved_reference(predictor.info.backbone)
-    head = fit_market_head(name, x[learn], y, gate, reference=None if reference is None else reference_features(
-        reference, learned_files, predictor.info.preprocess, on_progress=on_progress))
+        learned_reference = reference_features(reference, learned_files, predictor.info.preprocess,
+                                               on_progress=on_progress)
+    head = fit_market_head(name, x[learn], y, gate, reference=learned_reference)
     stage = None
     if fine_tune:
         from ..model import Checkpoint
