@@ -136,7 +136,7 @@ def main() -> None:
         base_probs = predictor.scores(raw)["probs"]
         base_probs_b = predictor.scores(raw_base)["probs"]
         gate_rows = (base["split"] == "train").to_numpy()
-        reference = saved_reference(predictor.info.backbone)
+        reference = saved_reference()
         started = time.monotonic()
         ref = reference_features(reference, files, predictor.info.preprocess)
         ref_per_photo = (time.monotonic() - started) / len(files)

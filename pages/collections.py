@@ -77,7 +77,8 @@ fine_tune = st.checkbox("Also fine-tune the model's last stage on the corrected 
                         key="adapt-fine-tune",
                         help="A copy of the backbone's last stage learns this market's photos and runs beside the "
                              "default one: a minute or two more (README, Your own photos, has the measurements).")
-imagenet_features = st.checkbox("Also read the features of the backbone as ImageNet left it", value=False,
+imagenet_features = st.checkbox("Also read the features of an ImageNet backbone never fine-tuned on rooms",
+                                value=False,
                                 key="adapt-imagenet",
                                 help="More general features beside the model's own: better on photos unlike the "
                                      "training set, at a second backbone per photo (README, Your own photos).")

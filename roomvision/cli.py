@@ -419,9 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --collection: also fine-tune the backbone's last stage on the corrected photos, run "
                         "beside the default one (PyTorch; a minute or two on a CPU)")
     p.add_argument("--imagenet-features", action="store_true",
-                   help="with --collection: the market head also reads the features of the backbone as ImageNet "
-                        "left it, run beside the served one (better on a market unlike the training photos; the "
-                        "version computes a second backbone for each photo)")
+                   help="with --collection: the market head also reads the features of an ImageNet backbone never "
+                        "fine-tuned on rooms (EfficientNet-Lite2), run beside the served one (better on a market "
+                        "unlike the training photos; the version computes a second backbone for each photo)")
     p.add_argument("--out", type=Path, default=None,
                    help="default: data/versions/<name>-people-<UTC time>.pt (or <name>-<collection>-<UTC time>.pt)")
     p.set_defaults(func=cmd_retrain_heads)

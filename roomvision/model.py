@@ -15,7 +15,7 @@ from torch import nn
 
 from .config import AESTHETIC_BINS, CLASSES
 from .modelinfo import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, INPUT_GRID, LAYOUT_GRID, LUMINANCE_LEVELS,
-                        CheckpointError, ModelInfo, read_model_info, storage_digest)
+                        REFERENCE_BACKBONE, CheckpointError, ModelInfo, read_model_info, storage_digest)
 from .preprocess import Preprocess
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
@@ -80,7 +80,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> nn
     return model
 
 
-def reference_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> nn.Module:
+def reference_backbone(name: str = REFERENCE_BACKBONE, pretrained: bool = True) -> nn.Module:
     """The backbone with its ImageNet weights and no classifier: pooled features that fine-tuning on rooms did not
     narrow (a market head reads them beside the served features)."""
     model = create_backbone(name, pretrained)
@@ -111,11 +111,11 @@ class MarketStage(nn.Module):
 class RoomVisionNet(nn.Module):
     """Shared backbone with three heads: room (5 logits), quality (1 logit), aesthetic (10-bin logits); a version
     adapted to a market adds a `MarketStage` (`market_rooms` > 0) and/or, with `reference`, the backbone as
-    ImageNet left it (its pooled features, never fine-tuned on rooms, are what a market head reads beside the
-    served ones)."""
+    ImageNet left it (`reference` names it; its pooled features of the same input, never fine-tuned on rooms,
+    are what a market head reads beside the served ones)."""
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, num_classes: int = len(CLASSES),
-                 pretrained: bool = True, dropout: float = 0.2, market_rooms: int = 0, reference: bool = False):
+                 pretrained: bool = True, dropout: float = 0.2, market_rooms: int = 0, reference: str = ""):
         super().__init__()
         self.backbone = create_backbone(backbone, pretrained)
         self.backbone.reset_classifier(0)  # pooled features out
@@ -125,7 +125,7 @@ class RoomVisionNet(nn.Module):
         self.quality_head = nn.Linear(dim, 1)
         self.aesthetic_head = nn.Linear(dim, AESTHETIC_BINS)
         self.market_stage = MarketStage(self.backbone, market_rooms) if market_rooms else None
-        self.reference = reference_backbone(backbone, pretrained) if reference else None
+        self.reference = reference_backbone(reference, pretrained) if reference else None
 
     def heads(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.dropout(features)
@@ -221,7 +221,7 @@ class Checkpoint(ModelInfo):
     def build_model(self) -> RoomVisionNet:
         model = RoomVisionNet(self.backbone, len(self.classes), pretrained=False,
                               market_rooms=len(self.market["classes"]) if self.market.get("stage") else 0,
-                              reference=bool(self.market.get("reference")))
+                              reference=self.market.get("reference") or "")
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()}
         try:
             model.load_state_dict(state, strict=True)

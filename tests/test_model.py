@@ -176,22 +176,24 @@ def test_a_market_stage_copied_from_the_model_repeats_its_room_logits_in_both_ba
 
 def test_a_version_with_imagenet_features_computes_the_packaged_backbone_in_both_backends(committed_inputs, tmp_path,
                                                                                          monkeypatch):
-    """A version's ImageNet features are the packaged ImageNet backbone's pooled features on the same input, in its
-    own exported graph and in PyTorch, and what `saved_reference` computes at fitting time."""
+    """A version's ImageNet features are the packaged ImageNet backbone's (EfficientNet-Lite2, named in the header)
+    pooled features on the same input, in its own exported graph and in PyTorch, and what `saved_reference`
+    computes at fitting time."""
     from roomvision.config import settings
     from roomvision.learning.finetune import saved_reference
     from roomvision.learning.market import fit_gate, fit_market_head
     from roomvision.learning.retraining import save_market_version
     from roomvision.model import reference_backbone
-    from roomvision.modelinfo import REFERENCE_OUTPUT
+    from roomvision.modelinfo import REFERENCE_BACKBONE, REFERENCE_OUTPUT
     monkeypatch.setenv("ROOMVISION_CACHE_DIR", str(tmp_path / "cache"))
     settings.cache_clear()
     rng = np.random.default_rng(0)
     gate = fit_gate(rng.normal(size=(9, 3)), rng.normal(size=(9, 3)))
     head = fit_market_head("ref", rng.normal(size=(20, 3)), np.repeat([0, 3], 10), gate,
                            reference=rng.normal(size=(20, 2)))
-    reference = saved_reference(read_model_info(DEFAULT_WEIGHTS).backbone)
+    reference = saved_reference()
     out = save_market_version(DEFAULT_WEIGHTS, tmp_path / "ref.pt", head.to_dict(), {}, reference=reference)
+    assert read_model_info(out).market["reference"] == REFERENCE_BACKBONE == "tf_efficientnet_lite2"
     onnx, eager = Predictor(out, backend="onnx"), Predictor(out, backend="torch")
     assert REFERENCE_OUTPUT in onnx.head_outputs and onnx.graph.path.parent == tmp_path / "cache" / "onnx"
     a, b = (p.run(committed_inputs, (REFERENCE_OUTPUT,))[REFERENCE_OUTPUT] for p in (onnx, eager))
@@ -199,7 +201,7 @@ def test_a_version_with_imagenet_features_computes_the_packaged_backbone_in_both
         packaged = reference_backbone()(torch.from_numpy(committed_inputs)).numpy()
         fitted_on = reference(torch.from_numpy(committed_inputs)).numpy()
     for got in (a, b, fitted_on):
-        np.testing.assert_allclose(got, packaged, rtol=1e-2, atol=2e-2)
+        np.testing.assert_allclose(got, packaged, rtol=1e-2, atol=5e-2)  # float16 weights
     np.testing.assert_allclose(a, fitted_on, rtol=1e-3, atol=2e-3)
     base = Predictor(DEFAULT_WEIGHTS, backend="onnx").run(committed_inputs, ("features",))["features"]
     assert np.abs(a - base).mean() > 10 * np.abs(a - packaged).mean()  # not the served features

@@ -242,7 +242,7 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     reference = learned_reference = None
     if imagenet_features:
         from .finetune import reference_features, saved_reference
-        reference = saved_reference(predictor.info.backbone)
+        reference = saved_reference()
         learned_reference = reference_features(reference, learned_files, predictor.info.preprocess,
                                                on_progress=on_progress)
     head = fit_market_head(name, x[learn], y, gate, reference=learned_reference)
