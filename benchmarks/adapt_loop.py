@@ -81,9 +81,8 @@ def listing_folds(x: np.ndarray, reference: np.ndarray, truth: np.ndarray, listi
                 order = sequence(strategy, seed * folds + fold, x, truth, pool, base_probs, gate, max(BUDGETS))
                 for n in BUDGETS:
                     asked = order[:n]
-                    for method, refs in (("head", None), ("head, ImageNet features", reference)):
-                        head = fit_market_head("folds", x[asked], truth[asked], gate,
-                                               reference=None if refs is None else refs[asked])
+                    for method, refs in (("head", None), ("head, ImageNet features", reference[asked])):
+                        head = fit_market_head("folds", x[asked], truth[asked], gate, reference=refs)
                         probs = head.blend(x[held], base_probs[held], reference=reference[held])
                         hits[method, n] = hits.get((method, n), 0) + int((probs.argmax(1) == truth[held]).sum())
             print(f"listing folds: {strategy} order, seed {seed} done", flush=True)

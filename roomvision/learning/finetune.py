@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..model import MarketStage, RoomVisionNet, reference_backbone
-from ..modelinfo import REFERENCE_BACKBONE
 from ..preprocess import EvalPreprocess, Preprocess, decode_for_model
 
 EPOCHS = 8
@@ -49,10 +48,10 @@ def stage_inputs(model: RoomVisionNet, files: list, preprocess: Preprocess, batc
     return torch.cat(plain), torch.cat(mirrored) if mirror else None
 
 
-def saved_reference(name: str = REFERENCE_BACKBONE) -> torch.nn.Module:
+def saved_reference() -> torch.nn.Module:
     """The ImageNet backbone as a version stores it (float16 tensors), so that the features a head is fitted on are
     the ones the version computes."""
-    return reference_backbone(name).half().float()
+    return reference_backbone().half().float()
 
 
 @torch.inference_mode()

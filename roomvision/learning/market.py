@@ -123,9 +123,9 @@ def fit_gate(x_market: np.ndarray, x_base: np.ndarray) -> dict:
 
 
 def fit_market_head(name: str, x_labelled: np.ndarray, y: np.ndarray, gate: dict, c: float | None = None,
-                    reference: np.ndarray | None = None, reference_backbone: str = REFERENCE_BACKBONE) -> MarketHead:
+                    reference: np.ndarray | None = None) -> MarketHead:
     """Fit the head on corrected photos (`y`: class indices), reading also their ImageNet features (of
-    `reference_backbone`) where `reference` gives them; `gate` from `fit_gate`; `c` by default MARKET_C, or
+    REFERENCE_BACKBONE) where `reference` gives them; `gate` from `fit_gate`; `c` by default MARKET_C, or
     REFERENCE_C with `reference`."""
     x_labelled = _head_inputs(np.asarray(x_labelled, np.float32), reference)
     c = c if c is not None else REFERENCE_C if reference is not None else MARKET_C
@@ -139,4 +139,4 @@ def fit_market_head(name: str, x_labelled: np.ndarray, y: np.ndarray, gate: dict
     bias = head.intercept_ if len(classes) > 2 else np.array([-head.intercept_[0] / 2, head.intercept_[0] / 2])
     return MarketHead(name=name, classes=[int(k) for k in head.classes_], mean=_pack(mean), scale=_pack(scale),
                       weight=_pack(weight), bias=[float(b) for b in bias],
-                      reference=reference_backbone if reference is not None else "", **gate)
+                      reference=REFERENCE_BACKBONE if reference is not None else "", **gate)
