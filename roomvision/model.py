@@ -110,9 +110,9 @@ class MarketStage(nn.Module):
 
 class RoomVisionNet(nn.Module):
     """Shared backbone with three heads: room (5 logits), quality (1 logit), aesthetic (10-bin logits); a version
-    adapted to a market adds a `MarketStage` (`market_rooms` > 0) and/or, with `reference`, the backbone as
-    ImageNet left it (`reference` names it; its pooled features of the same input, never fine-tuned on rooms,
-    are what a market head reads beside the served ones)."""
+    adapted to a market adds a `MarketStage` (`market_rooms` > 0) and/or, with `reference`, an ImageNet backbone
+    never fine-tuned on rooms (`reference` names it; its pooled features of the same input are what a market head
+    reads beside the served ones)."""
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, num_classes: int = len(CLASSES),
                  pretrained: bool = True, dropout: float = 0.2, market_rooms: int = 0, reference: str = ""):
