@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from roomvision.learning.market import fit_gate, fit_market_head, market_inputs  # noqa: E402
-from roomvision.learning.queue import room_queue  # noqa: E402
+from roomvision.learning.queue import RERANK_EVERY, room_queue, room_ranking  # noqa: E402
 from roomvision.config import CLASSES, DEFAULT_WEIGHTS, settings  # noqa: E402
 from roomvision.data import load_manifest, manifest_roots, resolve_paths  # noqa: E402
 from roomvision.learning.finetune import (fine_tune_stage, reference_features, saved_reference,  # noqa: E402
@@ -38,9 +38,8 @@ from roomvision.learning.stores import ROOM, LabelStore  # noqa: E402
 from roomvision.model import Checkpoint  # noqa: E402
 from roomvision.photocache import score_photos  # noqa: E402
 
-BUDGETS = (50, 100, 200, 400, 800)
-FIRST = 20    # corrections before the queue can rank by a head fitted on them (drawn at random)
-BATCH = 25    # the queue is re-ranked after every batch of corrections
+BUDGETS = (50, 100, 200, 300, 400, 600, 800)
+TARGET = 0.85   # the accuracy whose number of corrections each order is compared by
 JOB_CORRECTIONS = 400
 
 
@@ -53,19 +52,17 @@ def base_photos(per_source: int = 1000) -> pd.DataFrame:
 
 
 def sequence(strategy: str, seed: int, x: np.ndarray, truth: np.ndarray, pool: np.ndarray, base_probs: np.ndarray,
-             gate: dict, n: int) -> np.ndarray:
-    """The first `n` photos a simulated annotator corrects, in the order the strategy asks for them."""
+             n: int) -> np.ndarray:
+    """The first `n` photos a simulated annotator corrects, in the order the strategy asks for them: at random, or
+    the room queue's as the Label-issues page gives it (ranked again after every RERANK_EVERY corrections)."""
     rng = np.random.default_rng(seed)
     if strategy == "random":
         return rng.permutation(pool)[:n]
-    asked = list(rng.permutation(pool)[:FIRST])
+    asked: list[int] = []
     while len(asked) < n:
-        probs = base_probs
-        if len(set(truth[asked])) > 1:
-            head = fit_market_head("bench", x[asked], truth[asked], gate)
-            probs = head.blend(x, base_probs)
+        probs = room_ranking(x, base_probs, asked, truth[asked])
         left = np.setdiff1d(pool, asked)
-        asked += list(room_queue(probs, left, min(BATCH, n - len(asked)), seed=seed + len(asked)))
+        asked += list(room_queue(probs, left, min(RERANK_EVERY, n - len(asked)), seed=seed + len(asked)))
     return np.asarray(asked)
 
 
@@ -78,7 +75,7 @@ def listing_folds(x: np.ndarray, reference: np.ndarray, truth: np.ndarray, listi
         for seed in range(seeds):
             hits: dict = {}
             for fold, (pool, held) in enumerate(GroupKFold(folds).split(x, groups=listings)):
-                order = sequence(strategy, seed * folds + fold, x, truth, pool, base_probs, gate, max(BUDGETS))
+                order = sequence(strategy, seed * folds + fold, x, truth, pool, base_probs, max(BUDGETS))
                 for n in BUDGETS:
                     asked = order[:n]
                     for method, refs in (("head", None), ("head, ImageNet features", reference[asked])):
@@ -91,12 +88,20 @@ def listing_folds(x: np.ndarray, reference: np.ndarray, truth: np.ndarray, listi
     return pd.DataFrame(rows)
 
 
+def corrections_to_reach(means: pd.Series) -> str:
+    """Per head and order, the fewest corrections (of BUDGETS) whose mean accuracy reaches TARGET."""
+    reached = means[means >= TARGET].reset_index().groupby(["method", "strategy"])["corrections"].min()
+    pairs = means.reset_index()[["method", "strategy"]].drop_duplicates().itertuples(index=False)
+    return "; ".join(f"{m}, {o}: {reached.get((m, o), f'not by {max(BUDGETS)}')}" for m, o in pairs)
+
+
 def print_listing_folds(folds: pd.DataFrame, default_accuracy: float, n_folds: int) -> None:
     """The listing folds' means (and the seeds' range) per head, order and budget."""
     means = folds.groupby(["method", "strategy", "corrections"])["accuracy"].agg(["mean", "min", "max"])
     print(f"\nlisting folds ({n_folds}; every photo scored by heads fitted on other listings' corrections), "
           f"{folds['seed'].nunique()} seeds: default model {default_accuracy:.3f}")
     print(means.round(3).to_string())
+    print(f"corrections to reach {TARGET}: {corrections_to_reach(means['mean'])}")
 
 
 def main() -> None:
@@ -179,8 +184,7 @@ def main() -> None:
         rows, orders = [], {}
         for strategy in ("queue", "random"):
             for seed in range(args.seeds):
-                order = orders[strategy, seed] = sequence(strategy, seed, x, truth, pool, base_probs, gate,
-                                                          max(BUDGETS))
+                order = orders[strategy, seed] = sequence(strategy, seed, x, truth, pool, base_probs, max(BUDGETS))
                 for n in BUDGETS:
                     asked = order[:n]
                     started = time.monotonic()
@@ -214,6 +218,7 @@ def main() -> None:
         print(f"\nmeans over {args.seeds} seeds; default model: held-out {before:.3f}, "
               + ", ".join(f"{k} test {v:.3f}" for k, v in default_base.items()))
         print(table.round(3).to_string())
+        print(f"corrections to reach {TARGET} on the held-out listings: {corrections_to_reach(table['held-out'])}")
 
         store = LabelStore(collection.room_relabels, ROOM)  # the product's job on the queue's first corrections
         for i in [*orders["queue", 0][:JOB_CORRECTIONS], *np.flatnonzero(held)]:  # test listings: measured only

@@ -6,11 +6,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from roomvision.webapp import (AMBIGUOUS, CLASSES, ENV_DATA_ROOT, ENV_ROOM_RELABELS, NOT_A_ROOM, ROOM, ClaimBoard,
-                               LabelStore, active_weights, cache_path, cached_label_issues, cached_rooms_to_confirm,
-                               collection_sidebar, dataset_roots_sidebar, ensure_app_navigation, export_csv,
-                               filter_failures, get_predictor, manifest_path, pick_from_grid, progress_with_estimate,
-                               read_manifest, report_paths, room_relabels_path, save_decisions, thumbnail)
+from roomvision.webapp import (AMBIGUOUS, CLASSES, ENV_DATA_ROOT, ENV_ROOM_RELABELS, NOT_A_ROOM, RERANK_EVERY, ROOM,
+                               ClaimBoard, LabelStore, active_weights, cache_path, cached_label_issues,
+                               cached_rooms_to_confirm, collection_sidebar, dataset_roots_sidebar,
+                               ensure_app_navigation, export_csv, filter_failures, get_predictor, manifest_path,
+                               pick_from_grid, progress_with_estimate, read_manifest, report_paths, room_relabels_path,
+                               save_decisions, thumbnail)
 
 CLASS_KEYS = {c: str(i + 1) for i, c in enumerate(CLASSES)}  # 1..5
 CORRECTION_NAMES = {AMBIGUOUS: "Ambiguous / open plan", NOT_A_ROOM: "Not one of the five rooms"}
@@ -113,7 +114,7 @@ def label_issues_view() -> None:
     store = LabelStore(room_relabels_path(), ROOM)
     if unlabelled:
         ranked = cached_rooms_to_confirm(str(cache), cache.stat().st_mtime, str(manifest_file), predictor.version,
-                                         predictor)
+                                         predictor, str(store.path), len(store.merged()) // RERANK_EVERY)
     else:
         bar, on_progress = progress_with_estimate("Looking for wrong room labels (out-of-fold classifiers on the "
                                                   "cached features; once per model and labels)…")

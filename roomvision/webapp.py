@@ -27,7 +27,7 @@ from .learning.collection import Collection, get_collection, list_collections
 from .learning.heads import too_few_to_learn  # noqa: F401
 from .learning.jobs import JobError, read_status, start, status_file  # noqa: F401
 from .learning.market import MIN_CORRECTIONS  # noqa: F401
-from .learning.queue import relabel_queue  # noqa: F401
+from .learning.queue import RERANK_EVERY, relabel_queue  # noqa: F401
 from .learning.stores import (AMBIGUOUS, NOT_A_ROOM, ROOM, ClaimBoard, LabelStore, annotator_agreement,  # noqa: F401
                               my_decision, photo_history)
 from .modelinfo import CheckpointError
@@ -333,9 +333,10 @@ def progress_with_estimate(text: str):
 
 @st.cache_data(show_spinner="Ranking the photos the model is least sure of…", max_entries=4)
 def cached_rooms_to_confirm(cache_file: str, mtime: float, manifest_file: str, model_version: str,
-                            _predictor: Predictor) -> pd.DataFrame:
-    """A collection without room labels: every photo with the model's room, least sure first (computed once per
-    cache and model; the page leaves out the photos people have corrected since)."""
+                            _predictor: Predictor, room_relabels: str, corrections_round: int) -> pd.DataFrame:
+    """A collection without room labels: every photo with the model's room, least sure first, ranked again by a head
+    fitted on the corrections every RERANK_EVERY of them (`corrections_round`; the page leaves out the photos
+    people have corrected in between)."""
     from .features import load_feature_cache
     from .learning.label_issues import rooms_to_confirm
     data = load_feature_cache(Path(cache_file))
@@ -344,7 +345,7 @@ def cached_rooms_to_confirm(cache_file: str, mtime: float, manifest_file: str, m
     raw = {k: data[k][readable].astype(np.float32) for k in ("room", "quality", "aesthetic", "quality_features",
                                                              "features")}
     probs[readable] = _predictor.scores(raw)["probs"]
-    return rooms_to_confirm(Path(manifest_file), Path(cache_file), probs)
+    return rooms_to_confirm(Path(manifest_file), Path(cache_file), probs, Path(room_relabels))
 
 
 def learning_unavailable() -> str:

@@ -351,3 +351,23 @@ def test_two_builders_of_one_feature_cache_at_once(tmp_path, tiny_dataset, tiny_
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in outs]
     assert outs[0][0] == outs[1][0] and Path(outs[0][0].strip()).is_file()
+
+
+def test_the_room_queue_ranks_by_a_head_fitted_on_the_corrections_once_they_name_two_rooms(monkeypatch):
+    import roomvision.learning.queue as queue
+    from roomvision.learning.market import MIN_CORRECTIONS
+    from roomvision.learning.queue import room_queue, room_ranking
+    x, y = _market_data(np.random.default_rng(0), 300, 0.0)
+    served = np.full((300, 5), 0.1)
+    served[:, 2] = 0.6  # the served model says Dining for everything
+    first = np.arange(MIN_CORRECTIONS)
+    assert set(y[first]) == {0, 3}
+    assert room_ranking(x, served, first[:-1], y[first[:-1]]) is served  # one correction short: the served model
+    kitchens = np.flatnonzero(y == 3)[:MIN_CORRECTIONS + 5]
+    assert room_ranking(x, served, kitchens, y[kitchens]) is served  # one room only
+    ranked = room_ranking(x, served, first, y[first])
+    rest = np.arange(MIN_CORRECTIONS, 300)
+    assert np.mean(ranked[rest].argmax(1) == y[rest]) > 0.7 and (ranked[:, [1, 2, 4]] == 0).all()  # served: 0
+    monkeypatch.setattr(queue, "RANDOM_SHARE", 0.0)  # the uncertain half of the queue alone
+    margin = np.abs(ranked[rest, 0] - ranked[rest, 3])
+    assert room_queue(ranked, rest, 20).tolist() == rest[np.argsort(margin)[:20]].tolist()

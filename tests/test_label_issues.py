@@ -110,3 +110,40 @@ def test_the_ranking_is_kept_per_model_and_corrections_and_reports_progress(issu
     LabelStore(relabels, ROOM).append(row["path"], row["suggested"], sha256=row["sha256"], given_label=row["given"])
     with pytest.raises(AssertionError, match="stored ranking"):
         li.find_room_label_issues(manifest, cache, predictor, room_relabels=relabels)  # new labels: ranked anew
+
+
+def test_rooms_to_confirm_rank_by_the_corrections_so_far(issues_env, tmp_path):
+    """The model's room stays the starting point; the order follows a head fitted on the corrections once they name
+    two rooms, and the corrected photos leave the list."""
+    from roomvision.features import build_feature_cache, load_feature_cache
+    from roomvision.inference import Predictor
+    from roomvision.learning.label_issues import rooms_to_confirm
+    from roomvision.learning.market import MIN_CORRECTIONS, market_inputs
+    from roomvision.learning.queue import room_queue, room_ranking
+    manifest, weights, root = issues_env
+    predictor = Predictor(weights, device="cpu")
+    cache = build_feature_cache(predictor, manifest, [root], progress=False)
+    data = load_feature_cache(cache)
+    readable = np.flatnonzero(~np.isnan(data["room"][:, 0]))
+    probs = np.full((len(data["room"]), len(CLASSES)), 0.2)
+    probs[readable] = predictor.scores({k: data[k][readable].astype(np.float32) for k in
+                                        ("room", "quality", "aesthetic", "quality_features", "features")})["probs"]
+    relabels = tmp_path / "labels" / "room.csv"
+    before = rooms_to_confirm(manifest, cache, probs, relabels)
+    assert before["sha256"].tolist() == data["sha256"][room_queue(probs, readable, len(readable))].tolist()
+    df = pd.read_csv(manifest)
+    taught = [i for i in readable if df["class"][i] in ("Bathroom", "Kitchen")][:MIN_CORRECTIONS]
+    store = LabelStore(relabels, ROOM)
+    for i in taught:
+        store.append(df["path"][i], df["class"][i], sha256=df["sha256"][i], annotator="ana")
+    after = rooms_to_confirm(manifest, cache, probs, relabels)
+    left = np.setdiff1d(readable, taught)
+    x = market_inputs(data)[readable]
+    ranking = room_ranking(x, probs[readable], np.searchsorted(readable, taught),
+                           np.array([CLASSES.index(df["class"][i]) for i in taught]))
+    expected = np.full_like(probs, np.nan)
+    expected[readable] = ranking
+    assert after["sha256"].tolist() == data["sha256"][room_queue(expected, left, len(left))].tolist()
+    assert after["sha256"].tolist() != [h for h in before["sha256"] if h not in set(df["sha256"][taught])]
+    assert after.set_index("sha256")["suggested"].to_dict() == {
+        h: s for h, s in before.set_index("sha256")["suggested"].items() if h in set(after["sha256"])}

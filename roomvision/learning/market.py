@@ -111,6 +111,16 @@ class MarketHead:
         return probs, np.where(np.isnan(base_in_scope), np.nan, g + (1 - g) * base_in_scope)
 
 
+def corrected_room_probs(x_corrected: np.ndarray, rooms: np.ndarray, x: np.ndarray, n_classes: int) -> np.ndarray:
+    """The room probabilities of photos `x` of a collection by a market head fitted on its corrected photos (what the
+    room queue ranks by; the photos are the market's own, so no gate is fitted or read)."""
+    width = np.shape(x_corrected)[1]
+    unread_gate = {"gate_mean": _pack(np.zeros(width)), "gate_scale": _pack(np.ones(width)),
+                   "gate_weight": _pack(np.zeros(width)), "gate_bias": 0.0}
+    return fit_market_head("corrections", x_corrected, rooms, unread_gate).market_probs(
+        np.asarray(x, np.float32), n_classes)
+
+
 def fit_gate(x_market: np.ndarray, x_base: np.ndarray) -> dict:
     """The gate's parameters: the market's photos (labelled or not) against the base training photos."""
     x_market, x_base = np.asarray(x_market, np.float32), np.asarray(x_base, np.float32)

@@ -4,7 +4,8 @@
 - `next_to_label`: its active-learning priority, from a quality head fitted on the decisions so far;
 - `active_queue`: that priority's rule (uncertain and spread out, alternating with photos drawn at random);
 - `room_queue`: which photos' rooms to ask about (smallest margin between the two likeliest rooms, alternating with
-  photos drawn at random).
+  photos drawn at random), ranked by `room_ranking`: a market head fitted on the collection's corrections so far
+  (refitted every RERANK_EVERY corrections), the served model until they name two rooms.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..decisions import quality_decision
 from ..features import cached_pool
 from ..inference import room_probabilities
 from .heads import fit_human_quality, human_targets
+from .market import MIN_CORRECTIONS, corrected_room_probs
 
 
 def relabel_queue(manifest: pd.DataFrame, p_good: pd.Series | None, threshold: float, decided: set[str],
@@ -112,6 +114,17 @@ def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) 
 
 
 RANDOM_SHARE = 0.5     # the room queue alternates uncertain photos with photos drawn at random
+RERANK_EVERY = 25      # corrections between two rankings of the room queue
+
+
+def room_ranking(x: np.ndarray, probs: np.ndarray, corrected: np.ndarray, rooms: np.ndarray) -> np.ndarray:
+    """The room probabilities the room queue ranks by: a market head's, fitted on the photos corrected so far (rows
+    `corrected` of `x`, market_inputs; `rooms` their room indices) once they are MIN_CORRECTIONS photos of two rooms
+    or more; the served model's `probs` until then."""
+    corrected, rooms = np.asarray(corrected, int), np.asarray(rooms, int)
+    if len(rooms) < MIN_CORRECTIONS or len(set(rooms.tolist())) < 2:
+        return probs
+    return corrected_room_probs(x[corrected], rooms, x, probs.shape[1])
 
 
 def room_queue(probs: np.ndarray, candidates: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
