@@ -119,7 +119,7 @@ def label_issues_view() -> None:
         bar, on_progress = progress_with_estimate("Looking for wrong room labels (out-of-fold classifiers on the "
                                                   "cached features; once per model and labels)…")
         ranked = cached_label_issues(str(cache), cache.stat().st_mtime, str(manifest_file), predictor,
-                                     str(store.path), len(store.merged()) // 25, on_progress)
+                                     str(store.path), len(store.merged()) // RERANK_EVERY, on_progress)
         bar.empty()
     corrected = store.decided_keys()
     if show == "Flagged label issues":

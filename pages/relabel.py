@@ -4,8 +4,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from roomvision.webapp import (ENV_RELABELS, ClaimBoard, LabelStore, active_priority, annotator_agreement,
-                               build_feature_cache, cache_path, cached_p_good, collection_sidebar,
+from roomvision.webapp import (ENV_RELABELS, RERANK_EVERY, ClaimBoard, LabelStore, active_priority,
+                               annotator_agreement, build_feature_cache, cache_path, cached_p_good, collection_sidebar,
                                dataset_roots_sidebar, distinct_digits, ensure_app_navigation, export_csv,
                                get_predictor, manifest_path, my_decision, photo_history, pick_from_grid,
                                quality_decision, read_manifest, relabel_queue, relabels_path, save_decisions,
@@ -47,7 +47,7 @@ if scores_file.is_file():
     p_good = cached_p_good(str(scores_file), scores_file.stat().st_mtime, predictor, predictor.version,
                            str(manifest_file))
     if order == "informative":
-        priority = active_priority(str(scores_file), str(manifest_file), str(store.path), len(decided) // 25)
+        priority = active_priority(str(scores_file), str(manifest_file), str(store.path), len(decided) // RERANK_EVERY)
 else:
     st.warning("The model has not scored the manifest yet, so the informative order cannot rank by the model "
                "or learn from your labels; P(GOOD) is computed for each photo as it is shown.")

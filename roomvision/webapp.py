@@ -337,15 +337,8 @@ def cached_rooms_to_confirm(cache_file: str, mtime: float, manifest_file: str, m
     """A collection without room labels: every photo with the model's room, least sure first, ranked again by a head
     fitted on the corrections every RERANK_EVERY of them (`corrections_round`; the page leaves out the photos
     people have corrected in between)."""
-    from .features import load_feature_cache
     from .learning.label_issues import rooms_to_confirm
-    data = load_feature_cache(Path(cache_file))
-    readable = ~np.isnan(data["room"][:, 0])
-    probs = np.full((len(readable), len(_predictor.classes)), 1.0 / len(_predictor.classes))
-    raw = {k: data[k][readable].astype(np.float32) for k in ("room", "quality", "aesthetic", "quality_features",
-                                                             "features")}
-    probs[readable] = _predictor.scores(raw)["probs"]
-    return rooms_to_confirm(Path(manifest_file), Path(cache_file), probs, Path(room_relabels))
+    return rooms_to_confirm(Path(manifest_file), Path(cache_file), _predictor, Path(room_relabels))
 
 
 def learning_unavailable() -> str:

@@ -129,14 +129,14 @@ def test_rooms_to_confirm_rank_by_the_corrections_so_far(issues_env, tmp_path):
     probs[readable] = predictor.scores({k: data[k][readable].astype(np.float32) for k in
                                         ("room", "quality", "aesthetic", "quality_features", "features")})["probs"]
     relabels = tmp_path / "labels" / "room.csv"
-    before = rooms_to_confirm(manifest, cache, probs, relabels)
+    before = rooms_to_confirm(manifest, cache, predictor, relabels)
     assert before["sha256"].tolist() == data["sha256"][room_queue(probs, readable, len(readable))].tolist()
     df = pd.read_csv(manifest)
     taught = [i for i in readable if df["class"][i] in ("Bathroom", "Kitchen")][:MIN_CORRECTIONS]
     store = LabelStore(relabels, ROOM)
     for i in taught:
         store.append(df["path"][i], df["class"][i], sha256=df["sha256"][i], annotator="ana")
-    after = rooms_to_confirm(manifest, cache, probs, relabels)
+    after = rooms_to_confirm(manifest, cache, predictor, relabels)
     left = np.setdiff1d(readable, taught)
     x = market_inputs(data)[readable]
     ranking = room_ranking(x, probs[readable], np.searchsorted(readable, taught),

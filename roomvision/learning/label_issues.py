@@ -26,7 +26,8 @@ from sklearn.preprocessing import StandardScaler
 from ..config import CLASSES, settings
 from ..data import load_manifest
 from ..features import load_feature_cache
-from ..inference import room_probabilities
+from ..inference import Predictor, room_probabilities
+from ..photocache import OUTPUTS
 from .stores import room_corrections
 
 FOLDS = 5
@@ -119,29 +120,31 @@ def _rank(df: pd.DataFrame, data: dict, corrected: pd.Series, temperature: float
     return out.sort_values("score", ascending=False).reset_index(drop=True).round(4)
 
 
-def rooms_to_confirm(manifest: Path, cache: Path, probabilities: np.ndarray, room_relabels: Path | None = None,
+def rooms_to_confirm(manifest: Path, cache: Path, predictor: Predictor, room_relabels: Path | None = None,
                      seed: int = 0) -> pd.DataFrame:
     """For photos without a room label (a team's own photos): the model's room as the starting point ('given' and
-    'suggested', from the served model's `probabilities`, one row per manifest photo), in the room queue's order:
-    least sure first, alternating with photos drawn at random, ranked by a head fitted on the corrections in
-    `room_relabels` so far once they name two rooms (queue.room_ranking; 'score' is its unsureness). Photos people
-    already corrected are not listed."""
+    'suggested', from the `predictor`'s probabilities of the cached outputs), in the room queue's order: least sure
+    first, alternating with photos drawn at random, ranked by a head fitted on the corrections in `room_relabels`
+    so far once they name two rooms (queue.room_ranking; 'score' is its unsureness). Photos people already
+    corrected are not listed."""
     from .market import market_inputs
     from .queue import room_queue, room_ranking
     df = load_manifest(manifest).reset_index(drop=True)
     data = load_feature_cache(cache, df)
     corrections = room_corrections(df, room_relabels)
     readable = ~np.isnan(data["room"][:, 0])
-    rooms = corrections.map({c: i for i, c in enumerate(CLASSES)})
     rows = np.flatnonzero(readable)
+    probabilities = np.full((len(df), len(predictor.classes)), 1.0 / len(predictor.classes))
+    probabilities[rows] = predictor.scores({k: data[k][rows].astype(np.float32) for k in OUTPUTS})["probs"]
+    rooms = corrections.map({c: i for i, c in enumerate(CLASSES)})
     taught = np.flatnonzero(readable & rooms.notna().to_numpy())
-    ranking = np.array(probabilities, dtype=float)
+    ranking = probabilities.copy()
     ranking[rows] = room_ranking(market_inputs(data)[rows], ranking[rows], np.searchsorted(rows, taught),
                                  rooms[taught].to_numpy(int))
     candidates = np.flatnonzero(readable & corrections.isna().to_numpy())
     order = room_queue(ranking, candidates, len(candidates), seed)
     top2 = np.sort(ranking, axis=1)[:, -2:]
-    suggested = np.asarray(CLASSES)[np.asarray(probabilities).argmax(1)]
+    suggested = np.asarray(CLASSES)[probabilities.argmax(1)]
     known = df["class"].isin(CLASSES).to_numpy()
     out = df.loc[order, ["source", "path", "split"]].assign(
         given=np.where(known, df["class"], suggested)[order], suggested=suggested[order],

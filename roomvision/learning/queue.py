@@ -114,7 +114,7 @@ def next_to_label(cache: Path, manifest: Path, relabels: Path, size: int = 300) 
 
 
 RANDOM_SHARE = 0.5     # the room queue alternates uncertain photos with photos drawn at random
-RERANK_EVERY = 25      # corrections between two rankings of the room queue
+RERANK_EVERY = 25      # decisions between two rankings of a queue (the room queue, label issues, Relabel's order)
 
 
 def room_ranking(x: np.ndarray, probs: np.ndarray, corrected: np.ndarray, rooms: np.ndarray) -> np.ndarray:
