@@ -16,7 +16,7 @@ from ..data import load_manifest, load_out_of_scope
 from ..decisions import is_good, out_of_scope
 from ..features import build_feature_cache, cached_pool, load_feature_cache
 from ..inference import Predictor, room_probabilities
-from ..modelinfo import outputs_tensors
+from ..modelinfo import REFERENCE_BACKBONE, REFERENCE_OUTPUT, outputs_tensors
 from ..photocache import run_files
 from ..versions import current_default
 from .heads import (TOO_FEW, balanced_accuracy, fit_human_aesthetic, fit_human_quality, human_targets, moved_rules,
@@ -239,14 +239,8 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
     train_base = (base["split"] == "train").to_numpy() & readable_base
     gate = fit_gate(x[readable & (photos["split"] != "test").to_numpy()], x_base[train_base])
     learned_files = [files[i] for i in np.flatnonzero(learn)]
-    reference = learned_reference = None
-    if imagenet_features:
-        from .finetune import reference_features, saved_reference
-        reference = saved_reference()
-        learned_reference = reference_features(reference, learned_files, predictor.info.preprocess,
-                                               on_progress=on_progress)
-    head = fit_market_head(name, x[learn], y, gate, reference=learned_reference)
-    stage = None
+    head = fit_market_head(name, x[learn], y, gate)
+    stage = reference = None
     if fine_tune:
         from ..model import Checkpoint
         from .finetune import fine_tune_stage, stage_inputs
@@ -259,6 +253,13 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
         head = replace(head, base_tensors=outputs_tensors(weights))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     out = Path(out) if out else settings().versions_dir / f"{weights.stem.split('-people-')[0]}-{name}-{stamp}.pt"
+    if imagenet_features:
+        from .finetune import saved_reference
+        reference = saved_reference()
+        own = _version_outputs(weights, out, replace(head, reference=REFERENCE_BACKBONE), stage, reference, files,
+                               photos, on_progress, cancel)
+        head = replace(fit_market_head(name, x[learn], y, gate, reference=own[REFERENCE_OUTPUT][learn]),
+                       stage=head.stage, base_tensors=head.base_tensors)
     save_market_version(weights, out, head.to_dict(), {}, stage, reference)
     version = Predictor(out, device="cpu")  # measured as it serves: the version's own graph and caches
     test_base = (base["split"] == "test").to_numpy()
@@ -286,6 +287,22 @@ def adapt_to_collection(name: str, weights: Path | None = None, out: Path | None
         report[f"{label}_test_accuracy_version"] = accuracy(after_b, rows, truth_b)
     save_market_version(weights, out, head.to_dict(), report, stage, reference)  # same tensors: graph, caches stay
     return {"out": out, "seconds": time.monotonic() - started, **report}
+
+
+def _version_outputs(weights: Path, out: Path, head, stage, reference, files: list, photos: pd.DataFrame,
+                     on_progress, cancel) -> dict:
+    """The raw outputs of every collection photo by a version's own tensors (`stage`, `reference`), computed through
+    its serving graph before the head that reads them is fitted: the tensors are saved first beside `out` with
+    `head` (never read here: only the outputs are); the version saved with its fitted head has the same tensors, so
+    it shares their ONNX export and per-photo cache (both keyed by the tensors)."""
+    from ..photocache import score_photos
+    tensors = out.with_name(f".{out.name}.partial")  # not a *.pt: never listed as a version
+    try:
+        save_market_version(weights, tensors, head.to_dict(), {}, stage, reference)
+        return score_photos(Predictor(tensors, device="cpu"), files, photos["sha256"].tolist(),
+                            on_progress=on_progress, cancel=cancel)
+    finally:
+        tensors.unlink(missing_ok=True)
 
 
 def save_market_version(weights: Path, out: Path, market: dict, report: dict, stage=None, reference=None) -> Path:
