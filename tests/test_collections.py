@@ -256,6 +256,7 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
     assert report["held_out_accuracy_after"] == 1.0 and report["fine_tuned"] is fine_tune
     assert report["imagenet_features"] is imagenet
     assert info.market["reference"] == ("tf_efficientnet_lite2" if imagenet else "")
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.endswith((".pt", ".partial"))) == [out.name]
     assert model_key(out) == model_key(DEFAULT_WEIGHTS)  # the version shares its base model's photo cache
     version, default = Predictor(out, device="cpu"), Predictor(DEFAULT_WEIGHTS, device="cpu")
     assert (MARKET_OUTPUT in version.head_outputs) is fine_tune
