@@ -204,8 +204,8 @@ def test_a_market_stage_is_averaged_with_the_market_head():
         staged.market_probs(xm[200:], 5)
 
 
-@pytest.mark.parametrize("fine_tune, imagenet", [(False, False), (True, False), (False, True)],
-                         ids=["head", "fine-tuned stage", "imagenet features"])
+@pytest.mark.parametrize("fine_tune, imagenet", [(False, False), (True, False), (False, True), (True, True)],
+                         ids=["head", "fine-tuned stage", "imagenet features", "stage and imagenet features"])
 def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path, monkeypatch, make_room, fine_tune,
                                              imagenet):
     """Import grey listing photos without labels, correct some, `retrain-heads --collection [--fine-tune]
@@ -272,7 +272,8 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
             Predictor(out, profile="fast")
     from roomvision.versions import versions_table
     shown = versions_table([out]).iloc[0]
-    extras = {(False, False): "", (True, False): " (fine-tuned stage)", (False, True): " (ImageNet features)"}
+    extras = {(False, False): "", (True, False): " (fine-tuned stage)", (False, True): " (ImageNet features)",
+              (True, True): " (fine-tuned stage, ImageNet features)"}
     assert shown["market"] == "grey-market" + extras[fine_tune, imagenet] and shown["error"] == ""
     test = photos[photos["split"] == "test"]
     files = [market / p for p in test["path"]]
