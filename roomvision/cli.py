@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import config
-from .config import TrainConfig, missing_extra, settings
+from .config import CLASSES, TrainConfig, missing_extra, settings
 from .modelinfo import CheckpointError
 from .versions import current_default
 
@@ -170,6 +170,30 @@ def cmd_fit_scope(a: argparse.Namespace) -> int:
     result = fit_scope(weights, a.manifest or settings().manifest, a.out_of_scope_root or settings().out_of_scope_root,
                        out, a.data_roots, a.room_relabels or settings().room_relabels)
     print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in result.items()}, indent=2))
+    return 0
+
+
+def cmd_train_thumbnail_features(a: argparse.Namespace) -> int:
+    import json
+    from .data import load_manifest, manifest_roots, resolve_paths
+    from .inference import Predictor
+    from .learning.thumbnails import save_thumbnail_stages, train_thumbnail_stages
+    manifest_path = a.manifest or settings().manifest
+    manifest = load_manifest(manifest_path)
+    roots = manifest_roots(manifest_path, a.data_roots)
+    splits = {}
+    for split in ("train", "val"):
+        rows = manifest[manifest["split"] == split].reset_index(drop=True)
+        splits[split] = (resolve_paths(rows, roots), rows["class"].map(CLASSES.index).to_numpy())
+
+    def report(done, total, message):  # a line per epoch; rendering progress overwrites itself
+        print(f"\r{message}", end="\n" if done == total or message.startswith("epoch") else "", file=sys.stderr,
+              flush=True)
+    tensors, metrics = train_thumbnail_stages(splits["train"], splits["val"],
+                                              Predictor(current_default(), device="cpu").info.preprocess,
+                                              epochs=a.epochs, seed=a.seed, on_progress=report)
+    save_thumbnail_stages(a.out, tensors, metrics)
+    print(json.dumps({"out": str(a.out), **metrics}, indent=2))
     return 0
 
 
@@ -419,9 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --collection: also fine-tune the backbone's last stage on the corrected photos, run "
                         "beside the default one (PyTorch; a minute or two on a CPU)")
     p.add_argument("--imagenet-features", action="store_true",
-                   help="with --collection: the market head also reads the features of an ImageNet backbone never "
-                        "fine-tuned on rooms (EfficientNet-Lite2), run beside the served one (better on a market "
-                        "unlike the training photos; the version computes a second backbone for each photo)")
+                   help="with --collection: the market head also reads the features of EfficientNet-Lite2 as "
+                        "ImageNet left it and of its last stages tuned on grey thumbnails, run beside the served "
+                        "backbone (better on a market unlike the training photos; the version computes a second "
+                        "backbone for each photo)")
     p.add_argument("--out", type=Path, default=None,
                    help="default: data/versions/<name>-people-<UTC time>.pt (or <name>-<collection>-<UTC time>.pt)")
     p.set_defaults(func=cmd_retrain_heads)
@@ -447,6 +472,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=ROOM_RELABELS_HELP + "; photos people marked not a room join the non-room examples")
     p.add_argument("--out", type=Path, default=None, help="default: <weights>-scope.pt next to the weights")
     p.set_defaults(func=cmd_fit_scope)
+
+    p = sub.add_parser("train-thumbnail-features",
+                       help="fine-tune Lite2's last stages on the manifest's training photos rendered as grey 128 px "
+                            "thumbnails (features a market head reads)")
+    p.add_argument("--out", type=Path, default=config.THUMBNAIL_STAGES,
+                   help="file for the tuned tensors (default: %(default)s, what versions adapted with "
+                        "--imagenet-features read)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
+    _add_roots(p)
+    p.set_defaults(func=cmd_train_thumbnail_features)
 
     p = sub.add_parser("export-onnx", help="export a checkpoint for ONNX Runtime (done automatically on first use)")
     p.add_argument("--weights", type=Path, default=None, help="checkpoint (default: the default model)")

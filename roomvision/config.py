@@ -22,6 +22,7 @@ CLASS_ALIASES: dict[str, str] = {
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = PROJECT_ROOT / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "roomvision-default.pt"
+THUMBNAIL_STAGES = WEIGHTS_DIR / "lite2-thumbnails.pth"  # `train-thumbnail-features` makes it (not a model: .pth)
 DATA_DIR = PROJECT_ROOT / "data"
 DEFAULT_MANIFEST = DATA_DIR / "manifest.csv"
 DEFAULT_RELABELS = DATA_DIR / "labels" / "quality_relabels.csv"

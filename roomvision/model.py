@@ -13,9 +13,10 @@ import timm
 import torch
 from torch import nn
 
-from .config import AESTHETIC_BINS, CLASSES
-from .modelinfo import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, INPUT_GRID, LAYOUT_GRID, LUMINANCE_LEVELS,
-                        REFERENCE_BACKBONE, CheckpointError, ModelInfo, read_model_info, storage_digest)
+from .config import AESTHETIC_BINS, CLASSES, THUMBNAIL_STAGES
+from .modelinfo import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, IMAGENET_REFERENCE, INPUT_GRID, LAYOUT_GRID,
+                        LUMINANCE_LEVELS, REFERENCE_BACKBONE, THUMBNAIL_REFERENCE, CheckpointError, ModelInfo,
+                        read_model_info, storage_digest)
 from .preprocess import Preprocess
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
@@ -81,11 +82,55 @@ def create_backbone(name: str = DEFAULT_BACKBONE, pretrained: bool = True) -> nn
 
 
 def reference_backbone(name: str = REFERENCE_BACKBONE, pretrained: bool = True) -> nn.Module:
-    """The backbone with its ImageNet weights and no classifier: pooled features that fine-tuning on rooms did not
-    narrow (a market head reads them beside the served features)."""
+    """The pooled features a market head reads beside the served ones: a backbone with its ImageNet weights and no
+    classifier (features that fine-tuning on rooms did not narrow), or THUMBNAIL_REFERENCE (`ThumbnailReference`)."""
+    if name == THUMBNAIL_REFERENCE:
+        return ThumbnailReference(pretrained).eval()
     model = create_backbone(name, pretrained)
     model.reset_classifier(0)
     return model.eval()
+
+
+FIRST_THUMBNAIL_STAGE = 5  # EfficientNet-Lite2's stages from this one on are tuned on thumbnails
+
+
+def thumbnail_split(lite2: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
+    """EfficientNet-Lite2's stages before FIRST_THUMBNAIL_STAGE, and the rest up to the map its features pool."""
+    return (nn.Sequential(lite2.conv_stem, lite2.bn1, *lite2.blocks[:FIRST_THUMBNAIL_STAGE]),
+            nn.Sequential(*lite2.blocks[FIRST_THUMBNAIL_STAGE:], lite2.conv_head, lite2.bn2))
+
+
+class ThumbnailReference(nn.Module):
+    """EfficientNet-Lite2's ImageNet features beside those of its last two stages and head convolution tuned on the
+    project's training photos rendered as grey 128 px thumbnails (`train-thumbnail-features`, THUMBNAIL_STAGES): the
+    stages before are ImageNet's, computed once for both."""
+
+    def __init__(self, pretrained: bool = True):
+        super().__init__()
+        imagenet = reference_backbone(IMAGENET_REFERENCE, pretrained)
+        tuned = copy.deepcopy(imagenet)
+        if pretrained:
+            tensors = load_thumbnail_stages()
+            missing = {k for k in tuned.state_dict() if k.startswith(("conv_head.", "bn2.")) or
+                       k.startswith(tuple(f"blocks.{i}." for i in range(FIRST_THUMBNAIL_STAGE, len(tuned.blocks))))}
+            if set(tensors) != missing:
+                raise CheckpointError(f"{THUMBNAIL_STAGES} holds other tensors than Lite2's stages from "
+                                      f"{FIRST_THUMBNAIL_STAGE} on; make it again with `train-thumbnail-features`")
+            tuned.load_state_dict({**tuned.state_dict(), **{k: v.float() for k, v in tensors.items()}})
+        self.shared, self.imagenet = thumbnail_split(imagenet)
+        self.thumbnails = thumbnail_split(tuned)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shared = self.shared(x)
+        return torch.cat([self.imagenet(shared).mean(dim=(2, 3)), self.thumbnails(shared).mean(dim=(2, 3))], dim=1)
+
+
+def load_thumbnail_stages() -> dict:
+    """The tuned tensors of THUMBNAIL_STAGES."""
+    if not THUMBNAIL_STAGES.is_file():
+        raise CheckpointError(f"{THUMBNAIL_STAGES} is missing: make it with `python -m roomvision "
+                              f"train-thumbnail-features --out {THUMBNAIL_STAGES}`")
+    return torch.load(THUMBNAIL_STAGES, map_location="cpu", weights_only=True)["state_dict"]
 
 
 class MarketStage(nn.Module):

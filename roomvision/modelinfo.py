@@ -19,8 +19,10 @@ CHECKPOINT_VERSION = 2  # 2: 'calibration' replaces version 1's 'thresholds'
 REQUIRED_KEYS = ("backbone", "classes", "preprocess", "state_dict")
 ONNX_OUTPUTS = ("features", "room", "quality", "aesthetic", "room_cam", "quality_features")  # the serving graph
 MARKET_OUTPUT = "market_room"  # room logits of a market stage (model.MarketStage), in versions adapted to a market
-REFERENCE_OUTPUT = "reference_features"  # pooled features of the ImageNet backbone (model.reference_backbone)
-REFERENCE_BACKBONE = "tf_efficientnet_lite2"  # that backbone (a version's header `market.reference` names it)
+REFERENCE_OUTPUT = "reference_features"  # pooled features of the reference backbone (model.reference_backbone)
+IMAGENET_REFERENCE = "tf_efficientnet_lite2"  # EfficientNet-Lite2 as ImageNet left it (versions made before the next)
+THUMBNAIL_REFERENCE = "tf_efficientnet_lite2+thumbnails"  # its ImageNet features and those tuned on thumbnails
+REFERENCE_BACKBONE = THUMBNAIL_REFERENCE  # what a new version reads (a version's header `market.reference` names it)
 MARKET_OUTPUTS = (MARKET_OUTPUT, REFERENCE_OUTPUT)  # outputs only a version adapted to a market computes
 HEAD_OUTPUTS = ("room", "quality", "aesthetic")  # the raw outputs that predictions are made of
 # The photo-quality descriptor (model.py, `forward_with_quality_features`), in order:

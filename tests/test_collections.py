@@ -173,7 +173,7 @@ def test_a_market_head_reads_the_imagenet_features_where_the_room_shows_only_the
     gate = fit_gate(xm, xb)
     plain = fit_market_head("m", xm[:200], ym[:200], gate)
     both = fit_market_head("m", xm[:200], ym[:200], gate, reference=reference[:200])
-    assert both.reference == "tf_efficientnet_lite2" and plain.reference == ""
+    assert both.reference == "tf_efficientnet_lite2+thumbnails" and plain.reference == ""
     assert _unpack(both.weight).shape == (2, 16 + 8)
     assert np.mean(both.market_probs(xm[200:], 5, reference=reference[200:]).argmax(1) == ym[200:]) > 0.9
     assert np.mean(plain.market_probs(xm[200:], 5).argmax(1) == ym[200:]) < 0.7
@@ -255,7 +255,7 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
     assert report["corrections_used"] == int((photos["split"] != "test").sum())
     assert report["held_out_accuracy_after"] == 1.0 and report["fine_tuned"] is fine_tune
     assert report["imagenet_features"] is imagenet
-    assert info.market["reference"] == ("tf_efficientnet_lite2" if imagenet else "")
+    assert info.market["reference"] == ("tf_efficientnet_lite2+thumbnails" if imagenet else "")
     assert sorted(p.name for p in out.parent.iterdir() if p.name.endswith((".pt", ".partial"))) == [out.name]
     assert model_key(out) == model_key(DEFAULT_WEIGHTS)  # the version shares its base model's photo cache
     version, default = Predictor(out, device="cpu"), Predictor(DEFAULT_WEIGHTS, device="cpu")

@@ -176,15 +176,15 @@ def test_a_market_stage_copied_from_the_model_repeats_its_room_logits_in_both_ba
 
 def test_a_version_with_imagenet_features_computes_the_packaged_backbone_in_both_backends(committed_inputs, tmp_path,
                                                                                          monkeypatch):
-    """A version's ImageNet features are the packaged ImageNet backbone's (EfficientNet-Lite2, named in the header)
-    pooled features on the same input, in its own exported graph and in PyTorch, and what `saved_reference`
-    computes at fitting time."""
+    """A version's reference features are the packaged ImageNet backbone's (EfficientNet-Lite2) pooled features
+    beside those of its last stages tuned on thumbnails (the committed file; the header names both), on the same
+    input, in its own exported graph and in PyTorch, and what `saved_reference` computes at fitting time."""
     from roomvision.config import settings
     from roomvision.learning.finetune import saved_reference
     from roomvision.learning.market import fit_gate, fit_market_head
     from roomvision.learning.retraining import save_market_version
     from roomvision.model import reference_backbone
-    from roomvision.modelinfo import REFERENCE_BACKBONE, REFERENCE_OUTPUT
+    from roomvision.modelinfo import IMAGENET_REFERENCE, REFERENCE_BACKBONE, REFERENCE_OUTPUT
     monkeypatch.setenv("ROOMVISION_CACHE_DIR", str(tmp_path / "cache"))
     settings.cache_clear()
     rng = np.random.default_rng(0)
@@ -193,18 +193,38 @@ def test_a_version_with_imagenet_features_computes_the_packaged_backbone_in_both
                            reference=rng.normal(size=(20, 2)))
     reference = saved_reference()
     out = save_market_version(DEFAULT_WEIGHTS, tmp_path / "ref.pt", head.to_dict(), {}, reference=reference)
-    assert read_model_info(out).market["reference"] == REFERENCE_BACKBONE == "tf_efficientnet_lite2"
+    assert read_model_info(out).market["reference"] == REFERENCE_BACKBONE == "tf_efficientnet_lite2+thumbnails"
     onnx, eager = Predictor(out, backend="onnx"), Predictor(out, backend="torch")
     assert REFERENCE_OUTPUT in onnx.head_outputs and onnx.graph.path.parent == tmp_path / "cache" / "onnx"
     a, b = (p.run(committed_inputs, (REFERENCE_OUTPUT,))[REFERENCE_OUTPUT] for p in (onnx, eager))
     with torch.inference_mode():
         packaged = reference_backbone()(torch.from_numpy(committed_inputs)).numpy()
         fitted_on = reference(torch.from_numpy(committed_inputs)).numpy()
+        imagenet = reference_backbone(IMAGENET_REFERENCE)(torch.from_numpy(committed_inputs)).numpy()
+    assert a.shape == (len(committed_inputs), 2 * imagenet.shape[1])
     for got in (a, b, fitted_on):
         np.testing.assert_allclose(got, packaged, rtol=1e-2, atol=5e-2)  # float16 weights
     np.testing.assert_allclose(a, fitted_on, rtol=1e-3, atol=2e-3)
+    width = imagenet.shape[1]
+    np.testing.assert_allclose(a[:, :width], imagenet, rtol=1e-2, atol=5e-2)  # ImageNet's, then the tuned stages'
+    assert np.abs(a[:, width:] - imagenet).mean() > 10 * np.abs(a[:, :width] - imagenet).mean()
     base = Predictor(DEFAULT_WEIGHTS, backend="onnx").run(committed_inputs, ("features",))["features"]
-    assert np.abs(a - base).mean() > 10 * np.abs(a - packaged).mean()  # not the served features
+    assert np.abs(a[:, :width] - base).mean() > 10 * np.abs(a - packaged).mean()  # not the served features
+
+
+def test_a_missing_or_foreign_thumbnail_stages_file_is_a_clear_error(tmp_path, monkeypatch):
+    """Building the thumbnail reference without its committed tensors names the file and the command that makes it;
+    a version (its tensors in its checkpoint) is built without the file."""
+    from roomvision.model import RoomVisionNet, reference_backbone
+    from roomvision.modelinfo import CheckpointError, THUMBNAIL_REFERENCE
+    monkeypatch.setattr("roomvision.model.THUMBNAIL_STAGES", tmp_path / "none.pt")
+    with pytest.raises(CheckpointError, match="none.pt is missing: make it with `python -m roomvision "
+                                              "train-thumbnail-features"):
+        reference_backbone(THUMBNAIL_REFERENCE)
+    assert RoomVisionNet(pretrained=False, reference=THUMBNAIL_REFERENCE).reference is not None
+    torch.save({"state_dict": {"conv_head.weight": torch.zeros(1)}}, tmp_path / "none.pt")
+    with pytest.raises(CheckpointError, match="holds other tensors than Lite2's stages from 5 on"):
+        reference_backbone(THUMBNAIL_REFERENCE)
 
 
 def test_onnx_backend_matches_pytorch_on_the_committed_model(committed_inputs):

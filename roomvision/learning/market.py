@@ -12,11 +12,12 @@ used only where a photo looks like that market.
   room probabilities are averaged with the market head's (measured better than either alone on the collection's
   validation listings, with 100 corrections by 1.3 points over the head and 2.7 over the stage).
 - ImageNet features (optional, `retrain-heads --collection NAME --imagenet-features`): the head also reads the
-  pooled features of an ImageNet backbone never fine-tuned on rooms (EfficientNet-Lite2, modelinfo.REFERENCE_BACKBONE;
-  model.reference_backbone), run beside the served one on the same input. Fine-tuning on the training rooms narrows
-  the served features; a market unlike those photos gains from the general ones (listing folds over the market's
-  non-test listings, 400 random corrections: served features 0.818, with Lite0's ImageNet features 0.822, with
-  Lite2's 0.836). The gate reads the served inputs.
+  pooled features of EfficientNet-Lite2 (modelinfo.REFERENCE_BACKBONE; model.ThumbnailReference) as ImageNet left
+  it and with its last stages tuned on the training photos rendered as grey thumbnails, run beside the served
+  backbone on the same input. Fine-tuning on the training rooms narrows the served features; a market unlike those
+  photos gains from general ones (listing folds over the market's non-test listings, 400 random corrections: served
+  features 0.818, with Lite0's ImageNet features 0.822, with Lite2's 0.835, with Lite2's and the tuned stages'
+  0.843). The gate reads the served inputs.
 Stored in the checkpoint header as plain numbers (readable without PyTorch), like the out-of-scope head; a market
 stage's weights are tensors of the version's checkpoint.
 """
