@@ -479,8 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=config.THUMBNAIL_STAGES,
                    help="file for the tuned tensors (default: %(default)s, what versions adapted with "
                         "--imagenet-features read)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training photos (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="JPEG qualities, order and flips (default: %(default)s)")
     p.add_argument("--manifest", type=Path, default=None, help=MANIFEST_HELP)
     _add_roots(p)
     p.set_defaults(func=cmd_train_thumbnail_features)

@@ -12,7 +12,7 @@ LAYERS = [
      "robustness", "tables", "learning.scope"},
     {"data", "model", "losses", "transforms", "versions", "learning.stores", "learning.heads", "learning.jobs",
      "learning.market"},
-    {"engine", "samples", "learning.collection", "learning.finetune"},
+    {"engine", "samples", "learning.collection", "learning.finetune", "learning.thumbnails"},
     {"inference", "train"},
     {"photocache"},
     {"features", "evaluate"},
