@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DISTRIBUTION = {"PIL": "pillow", "cv2": "opencv-python-headless", "sklearn": "scikit-learn", "yaml": "pyyaml",
                 "multipart": "python-multipart", "pillow_heif": "pillow-heif"}
-TRAINING_ONLY = {"model", "engine", "train", "samples", "losses", "transforms", "quantize", "finetune"}  # import PyTorch at the top
+TRAINING_ONLY = {"model", "engine", "train", "samples", "losses", "transforms", "quantize", "finetune",
+                 "thumbnails"}  # import PyTorch at the top
 
 
 def requirement_names(requirements: list[str]) -> set[str]:
