@@ -176,8 +176,8 @@ def cmd_fit_scope(a: argparse.Namespace) -> int:
 def cmd_train_thumbnail_features(a: argparse.Namespace) -> int:
     import json
     from .data import load_manifest, manifest_roots, resolve_paths
-    from .inference import Predictor
     from .learning.thumbnails import save_thumbnail_stages, train_thumbnail_stages
+    from .modelinfo import read_model_info
     manifest_path = a.manifest or settings().manifest
     manifest = load_manifest(manifest_path)
     roots = manifest_roots(manifest_path, a.data_roots)
@@ -190,7 +190,7 @@ def cmd_train_thumbnail_features(a: argparse.Namespace) -> int:
         print(f"\r{message}", end="\n" if done == total or message.startswith("epoch") else "", file=sys.stderr,
               flush=True)
     tensors, metrics = train_thumbnail_stages(splits["train"], splits["val"],
-                                              Predictor(current_default(), device="cpu").info.preprocess,
+                                              read_model_info(current_default()).preprocess,
                                               epochs=a.epochs, seed=a.seed, on_progress=report)
     save_thumbnail_stages(a.out, tensors, metrics)
     print(json.dumps({"out": str(a.out), **metrics}, indent=2))

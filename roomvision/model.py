@@ -92,6 +92,8 @@ def reference_backbone(name: str = REFERENCE_BACKBONE, pretrained: bool = True) 
 
 
 FIRST_THUMBNAIL_STAGE = 5  # EfficientNet-Lite2's stages from this one on are tuned on thumbnails
+THUMBNAIL_TUNED_PREFIXES = (*(f"blocks.{i}." for i in range(FIRST_THUMBNAIL_STAGE, 7)),  # Lite2 has 7 stages
+                            "conv_head.", "bn2.")
 
 
 def thumbnail_split(lite2: nn.Module) -> tuple[nn.Sequential, nn.Sequential]:
@@ -111,9 +113,7 @@ class ThumbnailReference(nn.Module):
         tuned = copy.deepcopy(imagenet)
         if pretrained:
             tensors = load_thumbnail_stages()
-            missing = {k for k in tuned.state_dict() if k.startswith(("conv_head.", "bn2.")) or
-                       k.startswith(tuple(f"blocks.{i}." for i in range(FIRST_THUMBNAIL_STAGE, len(tuned.blocks))))}
-            if set(tensors) != missing:
+            if set(tensors) != {k for k in tuned.state_dict() if k.startswith(THUMBNAIL_TUNED_PREFIXES)}:
                 raise CheckpointError(f"{THUMBNAIL_STAGES} holds other tensors than Lite2's stages from "
                                       f"{FIRST_THUMBNAIL_STAGE} on; make it again with `train-thumbnail-features`")
             tuned.load_state_dict({**tuned.state_dict(), **{k: v.float() for k, v in tensors.items()}})

@@ -17,9 +17,9 @@ def test_render_thumbnail_is_a_grey_square_jpeg_of_the_centre(make_room):
 
 def test_training_tunes_only_the_last_stages_and_saves_a_self_describing_file(tmp_path, make_room):
     from roomvision.config import DEFAULT_WEIGHTS
-    from roomvision.inference import Predictor
-    from roomvision.learning.thumbnails import TUNED_PREFIXES, save_thumbnail_stages, train_thumbnail_stages
-    from roomvision.model import reference_backbone
+    from roomvision.learning.thumbnails import save_thumbnail_stages, train_thumbnail_stages
+    from roomvision.model import THUMBNAIL_TUNED_PREFIXES, reference_backbone
+    from roomvision.modelinfo import read_model_info
     files, labels = [], []
     for k in range(5):
         for i in range(4):
@@ -29,11 +29,11 @@ def test_training_tunes_only_the_last_stages_and_saves_a_self_describing_file(tm
             labels.append(k)
     steps = []
     tensors, metrics = train_thumbnail_stages((files, np.array(labels)), (files[:5], np.array(labels[:5])),
-                                              Predictor(DEFAULT_WEIGHTS, device="cpu").info.preprocess, epochs=2,
+                                              read_model_info(DEFAULT_WEIGHTS).preprocess, epochs=2,
                                               on_progress=lambda done, total, message: steps.append(message))
     imagenet = reference_backbone("tf_efficientnet_lite2").state_dict()
-    assert tensors and all(k.startswith(TUNED_PREFIXES) for k in tensors)
-    assert {k for k in imagenet if k.startswith(TUNED_PREFIXES)} == set(tensors)
+    assert tensors and all(k.startswith(THUMBNAIL_TUNED_PREFIXES) for k in tensors)
+    assert {k for k in imagenet if k.startswith(THUMBNAIL_TUNED_PREFIXES)} == set(tensors)
     assert all(v.dtype == torch.float16 for v in tensors.values())
     assert not torch.allclose(tensors["conv_head.weight"].float(), imagenet["conv_head.weight"], atol=1e-4)
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]

@@ -14,14 +14,13 @@ from PIL import Image
 from torch import nn
 
 from ..config import CLASSES
-from ..model import FIRST_THUMBNAIL_STAGE, reference_backbone, thumbnail_split
+from ..model import THUMBNAIL_TUNED_PREFIXES, reference_backbone, thumbnail_split
 from ..modelinfo import IMAGENET_REFERENCE
 from ..images import load_image
 from ..preprocess import EvalPreprocess, Preprocess
 
 THUMBNAIL_SIZE = 128
 JPEG_QUALITY = (60, 90)           # drawn per photo, both ends included
-TUNED_PREFIXES = (*(f"blocks.{i}." for i in range(FIRST_THUMBNAIL_STAGE, 7)), "conv_head.", "bn2.")  # Lite2: 7 stages
 EPOCHS = 3
 BATCH = 64
 LEARNING_RATE = 5e-4              # tuned stages, peak of the one-cycle schedule
@@ -117,14 +116,15 @@ def train_thumbnail_stages(train: tuple[list, np.ndarray], val: tuple[list, np.n
         if on_progress is not None:
             on_progress(epoch + 1, epochs, f"epoch {epoch + 1}/{epochs}: rendered val room accuracy "
                                            f"{history[-1]['val_room_accuracy']:.3f}")
-    tensors = {k: v.half() for k, v in backbone.state_dict().items() if k.startswith(TUNED_PREFIXES)}
+    tensors = {k: v.half() for k, v in backbone.state_dict().items() if k.startswith(THUMBNAIL_TUNED_PREFIXES)}
     return tensors, {"epochs": history}
 
 
 def save_thumbnail_stages(path: Path, tensors: dict, metrics: dict) -> Path:
     """A self-describing file: the tuned tensors, how they were made and how they measured."""
-    recipe = {"backbone": IMAGENET_REFERENCE, "tuned": list(TUNED_PREFIXES), "thumbnail_size": THUMBNAIL_SIZE,
-              "jpeg_quality": list(JPEG_QUALITY), "batch": BATCH, "learning_rate": LEARNING_RATE,
+    recipe = {"backbone": IMAGENET_REFERENCE, "tuned": list(THUMBNAIL_TUNED_PREFIXES),
+              "thumbnail_size": THUMBNAIL_SIZE, "jpeg_quality": list(JPEG_QUALITY), "batch": BATCH,
+              "learning_rate": LEARNING_RATE,
               "head_learning_rate": HEAD_LEARNING_RATE, "weight_decay": WEIGHT_DECAY,
               "label_smoothing": LABEL_SMOOTHING}
     torch.save({"recipe": recipe, "metrics": metrics, "state_dict": tensors}, path)
