@@ -77,9 +77,8 @@ fine_tune = st.checkbox("Also fine-tune the model's last stage on the corrected 
                         key="adapt-fine-tune",
                         help="A copy of the backbone's last stage learns this market's photos and runs beside the "
                              "default one: a minute or two more (README, Your own photos, has the measurements).")
-imagenet_features = st.checkbox("Also read the features of an ImageNet backbone never fine-tuned on rooms",
-                                value=False,
-                                key="adapt-imagenet",
+imagenet_features = st.checkbox("Also read a second backbone's features (EfficientNet-Lite2: ImageNet's, and "
+                                "tuned on grey thumbnails)", value=False, key="adapt-imagenet",
                                 help="More general features beside the model's own: better on photos unlike the "
                                      "training set, at a second backbone per photo (README, Your own photos).")
 status = job_panel("adapt")
@@ -95,7 +94,7 @@ if status and status["state"] == "done":
     st.success(f"Saved {Path(r['out']).name}: {r['corrections_used']} corrections "
                f"({', '.join(f'{k} {v}' for k, v in r['corrections_per_room'].items())})"
                f"{', last stage fine-tuned' if r.get('fine_tuned') else ''}"
-               f"{', ImageNet features' if r.get('imagenet_features') else ''}, {r['seconds']:.0f} s.")
+               f"{', Lite2 features' if r.get('imagenet_features') else ''}, {r['seconds']:.0f} s.")
     before, after = r["held_out_accuracy_before"], r["held_out_accuracy_after"]
     cols = st.columns(3)
     if before is not None:

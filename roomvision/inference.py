@@ -261,7 +261,7 @@ class Predictor:
                              + (("features",) if reads_features else ()) + self.market_outputs)
         if profile == "fast" and self.market_outputs:
             raise ValueError(f"{self.weights.name} runs more than the shipped backbone for the {self.market.name!r} "
-                             f"market (a fine-tuned stage or ImageNet features); the fast profile serves only the "
+                             f"market (a fine-tuned stage or a second backbone); the fast profile serves only the "
                              f"shipped backbone: use the default profile")
         # a head that also reads the refitted proxy rules needs each photo's quality metrics
         self.needs_metrics = self.human_quality is not None and self.human_quality.uses_rules

@@ -43,7 +43,7 @@ def versions_table(paths: list[Path], default: Path | None = None) -> pd.DataFra
             rows.append({**row, "error": str(exc)})
             continue
         val = info.metrics.get("validation", {})
-        extras = [label for key, label in (("stage", "fine-tuned stage"), ("reference", "ImageNet features"))
+        extras = [label for key, label in (("stage", "fine-tuned stage"), ("reference", "Lite2 features"))
                   if info.market.get(key)]
         market = info.market.get("name", "") + (f" ({', '.join(extras)})" if extras else "")
         rows.append({**row, "version": info.version, "market": market,

@@ -210,7 +210,7 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
                                              imagenet):
     """Import grey listing photos without labels, correct some, `retrain-heads --collection [--fine-tune]
     [--imagenet-features]`: the version answers the corrected rooms for that market, leaves the project's photos as
-    they were, and the default is unchanged; a fine-tuned stage or the ImageNet backbone is served from the
+    they were, and the default is unchanged; a fine-tuned stage or the second backbone is served from the
     version's own graph while the outputs it shares with its base model stay in the base model's cache."""
     from PIL import Image, ImageOps
     from roomvision.cli import main
@@ -272,8 +272,8 @@ def test_adapting_to_a_collection_end_to_end(collections, tiny_dataset, tmp_path
             Predictor(out, profile="fast")
     from roomvision.versions import versions_table
     shown = versions_table([out]).iloc[0]
-    extras = {(False, False): "", (True, False): " (fine-tuned stage)", (False, True): " (ImageNet features)",
-              (True, True): " (fine-tuned stage, ImageNet features)"}
+    extras = {(False, False): "", (True, False): " (fine-tuned stage)", (False, True): " (Lite2 features)",
+              (True, True): " (fine-tuned stage, Lite2 features)"}
     assert shown["market"] == "grey-market" + extras[fine_tune, imagenet] and shown["error"] == ""
     test = photos[photos["split"] == "test"]
     files = [market / p for p in test["path"]]
