@@ -106,12 +106,18 @@ def print_listing_folds(folds: pd.DataFrame, default_accuracy: float, n_folds: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=ROOT.parent / "shared" / "datasets" / "listings-es-dev")
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--evaluation", choices=("both", "test-listings", "listing-folds"), default="both")
+    parser.add_argument("--root", type=Path, default=ROOT.parent / "shared" / "datasets" / "listings-es-dev",
+                        help="the listings-es-dev folder (its manifest.csv gives listing ids and, to the simulated "
+                             "annotator only, rooms)")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="the model to adapt")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="repeats with other random draws (the random order, the queue's random picks)")
+    parser.add_argument("--evaluation", choices=("both", "test-listings", "listing-folds"), default="both",
+                        help="the 24 test listings nobody corrects, every listing held out once, or both")
     parser.add_argument("--folds", type=int, default=5, help="listing folds (each held out once)")
     args = parser.parse_args()
+    if not (args.root / "manifest.csv").is_file():
+        parser.error(f"{args.root / 'manifest.csv'} not found: --root is the listings-es-dev folder")
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("ROOMVISION_COLLECTIONS_DIR", tmp)
         os.environ.setdefault("ROOMVISION_VERSIONS_DIR", tmp)
