@@ -17,7 +17,7 @@ used only where a photo looks like that market.
   backbone on the same input. Fine-tuning on the training rooms narrows the served features; a market unlike those
   photos gains from general ones (listing folds over the market's non-test listings, 400 random corrections: served
   features 0.818, with Lite0's ImageNet features 0.822, with Lite2's 0.835, with Lite2's and the tuned stages'
-  0.843). The gate reads the served inputs.
+  0.849). The gate reads the served inputs.
 Stored in the checkpoint header as plain numbers (readable without PyTorch), like the out-of-scope head; a market
 stage's weights are tensors of the version's checkpoint.
 """
